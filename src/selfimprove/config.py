@@ -1,0 +1,695 @@
+"""Typed configuration: ``params.yaml`` mapped onto pydantic models.
+
+Why: a self-improvement loop runs for hours; a misspelt key or an out-of-range value must fail before any
+work, naming the key, its line in ``params.yaml`` and the near matches. The same file is what DVC reads
+for its ``params:`` dependencies, so there is exactly one source of truth.
+
+How:
+- ``load_config(path, overrides)`` parses YAML (syntax errors name line and column), applies dotted
+  overrides in the ``dvc exp run -S`` form (``sample.temperature=0.7``), validates, and raises
+  ``ConfigError`` with one line per problem.
+- ``apply_overrides_to_file(path, overrides)`` writes overrides into ``params.yaml`` itself (comments kept),
+  which is what ``dvc exp run -S`` does too, so a run with overrides leaves DVC's view consistent.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from selfimprove.registry import did_you_mean
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names file, line, key and what is allowed."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+PosInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+Prob = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+# ----------------------------------------------------------------------------------------------- problems
+
+
+class ArithmeticConfig(Strict):
+    """Synthetic addition; difficulty = digits per operand."""
+
+    reverse: bool = Field(True, description="Write digits least-significant first (operands and answer).")
+    answer_width: Literal["fixed", "natural"] = Field(
+        "fixed", description="'fixed': the answer always has L+1 digits (leading carry 0/1); 'natural': no padding."
+    )
+    eval_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="Share of the problem space reserved for eval.")
+
+
+class JsonlConfig(Strict):
+    path: str | None = Field(None, description="JSONL file with id, prompt, answer (+ difficulty, solution, tests).")
+    splits: dict[str, str] = Field(default_factory=dict, description="Split name -> JSONL path (alternative to path).")
+    split_field: str | None = Field(None, description="Field holding the split name when one file has several.")
+
+
+class BenchmarkDataConfig(Strict):
+    data_dir: str | None = Field(None, description="Folder with the problem set's files (see docs/verifiers.md).")
+
+
+class MBPPConfig(BenchmarkDataConfig):
+    variant: Literal["full", "sanitized"] = "full"
+
+
+class ProblemsConfig(Strict):
+    name: str = Field("arithmetic", description="Problem set: arithmetic, jsonl, gsm8k, math500, mbpp, humaneval.")
+    arithmetic: ArithmeticConfig = ArithmeticConfig()
+    jsonl: JsonlConfig = JsonlConfig()
+    gsm8k: BenchmarkDataConfig = BenchmarkDataConfig()
+    math500: BenchmarkDataConfig = BenchmarkDataConfig()
+    mbpp: MBPPConfig = MBPPConfig()
+    humaneval: BenchmarkDataConfig = BenchmarkDataConfig()
+    train_split: str = Field("train", description="Split sampled in rounds (ignored by generators).")
+    eval_split: str = Field("test", description="Split used by evaluate.")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from selfimprove.problems import PROBLEM_SETS
+
+        if v not in PROBLEM_SETS:
+            raise ValueError(f"unknown problem set {v!r}{did_you_mean(v, PROBLEM_SETS.names())} Known: {', '.join(PROBLEM_SETS.names())}")
+        return v
+
+    def options(self) -> dict[str, Any]:
+        section = getattr(self, self.name, None)
+        return section.model_dump() if isinstance(section, BaseModel) else {}
+
+
+# -------------------------------------------------------------------------------------------------- model
+
+
+class TinyModelConfig(Strict):
+    """The embedded default: a small Llama-style model built from a config and trained from scratch."""
+
+    layers: PosInt = 2
+    hidden: PosInt = 128
+    heads: PosInt = 4
+    intermediate: PosInt = 512
+    position_scheme: Literal["coupled", "standard"] = "coupled"
+    rope_theta: float = Field(10000.0, gt=0)
+
+
+class ModelConfig(Strict):
+    source: Literal["tiny", "path", "hub"] = Field(
+        "tiny", description="'tiny': build from model.tiny and train in bootstrap; 'path': local HF folder; 'hub': hub id."
+    )
+    path: str | None = Field(None, description="Local model folder (source=path) or hub id (source=hub).")
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    trust_remote_code: bool = False
+    tiny: TinyModelConfig = TinyModelConfig()
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> ModelConfig:
+        if self.source in ("path", "hub") and not self.path:
+            raise ValueError(f"model.path is required when model.source is {self.source!r}")
+        return self
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+
+class LoraConfig(Strict):
+    enabled: bool = False
+    r: PosInt = 16
+    alpha: PosInt = 32
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    merge: bool = Field(True, description="Merge the adapter into the weights after training (else save adapter-only).")
+
+
+class TrainConfig(Strict):
+    steps: PosInt = Field(300, description="Optimizer steps.")
+    batch_size: PosInt = 128
+    grad_accum: PosInt = 1
+    lr: float = Field(1e-3, gt=0.0, le=1.0)
+    warmup_steps: NonNegInt = 50
+    scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    max_length: PosInt = 512
+    seed: NonNegInt = 0
+    logging_steps: PosInt = 25
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    lora: LoraConfig = LoraConfig()
+
+
+class EarlyStopConfig(Strict):
+    eval_every: PosInt = Field(250, description="Steps between quick in-distribution evals during bootstrap.")
+    target: Prob = Field(0.99, description="Stop once every bootstrap difficulty reaches this greedy accuracy.")
+    problems_per_difficulty: PosInt = 100
+
+
+class BootstrapConfig(Strict):
+    difficulties: list[PosInt] = Field(default_factory=lambda: [1, 2, 3])
+    examples_per_difficulty: PosInt = 20000
+    train: TrainConfig = TrainConfig(steps=1000, lr=2e-3, warmup_steps=100)
+    early_stop: EarlyStopConfig | None = EarlyStopConfig()
+    real_data_split: str | None = Field(
+        None, description="For real models: labelled split kept as 'real' data for mixing (e.g. 'train'); None = none."
+    )
+
+
+# ------------------------------------------------------------------------------------------------ sampling
+
+
+class TransformersSamplerConfig(Strict):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class VllmSamplerConfig(Strict):
+    mode: Literal["auto", "inprocess", "server"] = "auto"
+    python: str | None = Field(None, description="Python of the separate vLLM environment (server mode).")
+    base_url: str | None = Field(None, description="Connect to a running 'vllm serve' instead of starting one.")
+    tensor_parallel_size: PosInt = 1
+    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
+    max_model_len: PosInt | None = None
+    dtype: str = "auto"
+    extra_args: list[str] = Field(default_factory=list)
+    startup_timeout_s: PosInt = 600
+
+
+class OpenAISamplerConfig(Strict):
+    base_url: str | None = Field(None, description="OpenAI-compatible base URL (or env OPENAI_BASE_URL).")
+    model: str | None = Field(None, description="Served model name (or env OPENAI_MODEL).")
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: PosInt = 8
+    max_retries: NonNegInt = 5
+    timeout_s: float = Field(120.0, gt=0)
+
+
+class SampleConfig(Strict):
+    sampler: str = Field("transformers", description="transformers | vllm | openai")
+    problems_per_round: PosInt = Field(3000, description="Unlabelled problems drawn per round.")
+    k: NonNegInt = Field(4, description="Sampled completions per problem (in addition to the greedy one).")
+    greedy: bool = Field(True, description="Also record one greedy completion per problem.")
+    temperature: float = Field(1.0, ge=0.0, le=5.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: NonNegInt = 0
+    max_new_tokens: PosInt = 32
+    batch_size: PosInt = Field(512, description="Sequences per generation batch.")
+    seed: NonNegInt = 0
+    logprobs: bool = True
+    stop: list[str] = Field(default_factory=list, description="Stop strings (in addition to EOS).")
+    transformers: TransformersSamplerConfig = TransformersSamplerConfig()
+    vllm: VllmSamplerConfig = VllmSamplerConfig()
+    openai: OpenAISamplerConfig = OpenAISamplerConfig()
+
+    @field_validator("sampler")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from selfimprove.samplers import SAMPLERS
+
+        if v not in SAMPLERS:
+            raise ValueError(f"unknown sampler {v!r}{did_you_mean(v, SAMPLERS.names())} Known: {', '.join(SAMPLERS.names())}")
+        return v
+
+    @model_validator(mode="after")
+    def _some_samples(self) -> SampleConfig:
+        if self.k == 0 and not self.greedy:
+            raise ValueError("sample.k is 0 and sample.greedy is false: nothing would be sampled")
+        return self
+
+
+# ------------------------------------------------------------------------------------------------- verify
+
+
+class MajorityVoteConfig(Strict):
+    answer: str = Field("exact_match", description="Answer verifier whose extract/equivalent define the vote.")
+    views: bool = Field(False, description="Also vote across equivalent views of a problem when the set provides them.")
+
+
+class CodeTestsConfig(Strict):
+    workers: PosInt | None = None
+    timeout_s: float = Field(5.0, gt=0)
+    memory_mb: PosInt = 1024
+    isolation: Literal["bwrap", "none"] = "bwrap"
+
+
+class JudgeConfig(Strict):
+    sampler: str = "transformers"
+    model_path: str | None = Field(None, description="Judge model; None = the round's current model.")
+    template: str = Field(
+        "Problem:\n{prompt}\n\nAnswer:\n{completion}\n\nRate the answer from 1 to 10. Score:",
+        description="Prompt template with {prompt} and {completion}.",
+    )
+    score_regex: str = r"(?:score\s*[:=]?\s*)?(\d+(?:\.\d+)?)\s*(?:/\s*10)?"
+    min_score: float = 1.0
+    max_score: float = 10.0
+    threshold: float = Field(7.0, description="Scores at or above pass.")
+    max_new_tokens: PosInt = 16
+
+
+class VerifyConfig(Strict):
+    verifier: str = Field("majority_vote", description="exact_match | majority_vote | gsm8k | math_equiv | sandboxed_tests | judge")
+    exact_match: dict[str, Any] = Field(default_factory=dict)
+    majority_vote: MajorityVoteConfig = MajorityVoteConfig()
+    gsm8k: dict[str, Any] = Field(default_factory=dict)
+    math_equiv: dict[str, Any] = Field(default_factory=lambda: {"timeout_s": 5})
+    sandboxed_tests: CodeTestsConfig = CodeTestsConfig()
+    judge: JudgeConfig = JudgeConfig()
+
+    @field_validator("verifier")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from selfimprove.verifiers import VERIFIERS
+
+        if v not in VERIFIERS:
+            raise ValueError(f"unknown verifier {v!r}{did_you_mean(v, VERIFIERS.names())} Known: {', '.join(VERIFIERS.names())}")
+        return v
+
+    def options(self, name: str | None = None) -> dict[str, Any]:
+        section = getattr(self, name or self.verifier, None)
+        if isinstance(section, BaseModel):
+            return section.model_dump()
+        return dict(section or {})
+
+
+# ----------------------------------------------------------------------------------------------- validate
+
+
+class FilterStep(BaseModel):
+    """One filter in the pipeline: ``{function: name, **kwargs}`` (checked against the filter's signature)."""
+
+    model_config = ConfigDict(extra="allow")
+    function: str
+
+    @field_validator("function")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from selfimprove.filters import FILTERS
+
+        if v not in FILTERS:
+            raise ValueError(f"unknown filter {v!r}{did_you_mean(v, FILTERS.names())} Known: {', '.join(FILTERS.names())}")
+        return v
+
+    @model_validator(mode="after")
+    def _args(self) -> FilterStep:
+        from selfimprove.filters.builtin import check_kwargs
+
+        if self.function in __import__("selfimprove.filters", fromlist=["FILTERS"]).FILTERS:
+            check_kwargs(self.function, self.kwargs)
+        return self
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ExpectationsConfig(Strict):
+    """Bounds for the Great Expectations suite run on every round's training set."""
+
+    min_rows: NonNegInt = Field(1, description="Fewest self-generated rows a round may train on.")
+    min_parse_rate: Prob = Field(0.5, description="Fewest share of completions with a parseable answer.")
+    acceptance_rate: tuple[Prob, Prob] = Field((0.001, 1.0), description="Allowed [min, max] share of problems accepted.")
+    max_completion_chars: PosInt = 100_000
+
+
+class ValidateConfig(Strict):
+    filters: list[FilterStep] = Field(
+        default_factory=lambda: [
+            FilterStep(function="format"),
+            FilterStep(function="agreement", min=1.0),
+            FilterStep(function="dedup"),
+            FilterStep(function="per_problem_cap", max=1),
+        ]
+    )
+    accumulate: bool = Field(True, description="Train on accepted rows of all rounds so far (else this round's only).")
+    mix_real: float = Field(0.5, ge=0.0, lt=1.0, description="Share of each training set drawn from the labelled data.")
+    expectations: ExpectationsConfig = ExpectationsConfig()
+
+
+# ----------------------------------------------------------------------------------------------- finetune
+
+
+class DPOConfig(Strict):
+    beta: float = Field(0.1, gt=0.0)
+    loss_type: str = "sigmoid"
+    pairs_per_problem: PosInt = 1
+
+
+class FinetuneConfig(Strict):
+    trainer: str = Field("sft", description="sft | weighted_sft | dpo")
+    init: Literal["continue", "base"] = Field("continue", description="Start from the previous round's model or from round 0's.")
+    train: TrainConfig = TrainConfig()
+    dpo: DPOConfig = DPOConfig()
+
+    @field_validator("trainer")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from selfimprove.trainers import TRAINERS
+
+        if v not in TRAINERS:
+            raise ValueError(f"unknown trainer {v!r}{did_you_mean(v, TRAINERS.names())} Known: {', '.join(TRAINERS.names())}")
+        return v
+
+
+# ----------------------------------------------------------------------------------------------- evaluate
+
+
+class EvaluateConfig(Strict):
+    verifier: str | None = Field(None, description="Gold verifier for scoring (None = the problem set's default).")
+    difficulties: list[int] | None = Field(None, description="Difficulties to report (None = all in the eval split).")
+    problems_per_difficulty: PosInt | None = Field(200, description="Held-out problems per difficulty (None = all).")
+    k: NonNegInt = Field(4, description="Samples per problem for maj@k and pass@k (0 = greedy only).")
+    temperature: float = Field(1.0, ge=0.0, le=5.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: PosInt | None = Field(None, description="None = sample.max_new_tokens.")
+    batch_size: PosInt | None = Field(None, description="None = sample.batch_size.")
+    seed: NonNegInt = 1234
+
+
+# ----------------------------------------------------------------------------------------------- tracking
+
+
+class TrackingConfig(Strict):
+    enabled: bool = True
+    uri: str = Field("sqlite:///mlruns.db", description="MLflow tracking URI; relative sqlite paths are project-relative.")
+    artifact_location: str = Field("mlartifacts", description="Artifact root for new experiments (project-relative).")
+    experiment: str = "selfimprove"
+    registered_model: str = Field("selfimprove-model", description="Registry name; one version per round.")
+    log_model: bool = True
+    best_metric: str = Field("accuracy", description="Metric (higher is better) that picks the 'best' alias.")
+    connect_timeout_s: float = Field(5.0, gt=0, description="Fail fast when a tracking server is unreachable.")
+
+
+# ------------------------------------------------------------------------------------------------- rounds
+
+
+class LoopConfig(Strict):
+    name: str = Field("default", description="Loop name: the MLflow parent run and model-registry tags use it.")
+    promote: Literal["best", "last"] = Field("best", description="Never promote a round that regresses ('best').")
+    stop_on_plateau: NonNegInt = Field(0, description="Stop after this many rounds without improvement (0 = never).")
+
+
+class RoundConfig(Strict):
+    prev: str = Field(description="Round this one starts from: r0 (bootstrap) or the previous round's key.")
+    difficulties: list[int] | None = Field(None, description="Difficulties to sample this round (None = all).")
+    problems: PosInt | None = Field(None, description="Override sample.problems_per_round for this round.")
+
+
+ROUND_KEY = re.compile(r"^r([1-9][0-9]*)$")
+
+
+class Config(Strict):
+    seed: NonNegInt = 0
+    workspace: str = Field("runs", description="Folder (project-relative) holding every round's outputs.")
+    threads: PosInt | None = Field(1, description="torch CPU threads (1 is fastest for tiny models on shared CPUs).")
+    problems: ProblemsConfig = ProblemsConfig()
+    model: ModelConfig = ModelConfig()
+    bootstrap: BootstrapConfig = BootstrapConfig()
+    sample: SampleConfig = SampleConfig()
+    verify: VerifyConfig = VerifyConfig()
+    validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+    finetune: FinetuneConfig = FinetuneConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    loop: LoopConfig = LoopConfig()
+    rounds: dict[str, RoundConfig] = Field(default_factory=dict)
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    @field_validator("rounds")
+    @classmethod
+    def _round_chain(cls, rounds: dict[str, RoundConfig]) -> dict[str, RoundConfig]:
+        expected_prev = "r0"
+        for i, (key, rc) in enumerate(rounds.items(), start=1):
+            if key != f"r{i}":
+                raise ValueError(f"round keys must be r1, r2, ... in order; got {key!r} at position {i} (expected 'r{i}')")
+            if rc.prev != expected_prev:
+                raise ValueError(f"rounds.{key}.prev must be {expected_prev!r} (the round before it), got {rc.prev!r}")
+            expected_prev = key
+        return rounds
+
+    @property
+    def validate_cfg(self) -> ValidateConfig:
+        return self.validate_
+
+    def round_keys(self) -> list[str]:
+        return list(self.rounds)
+
+    def round_config(self, key: str) -> RoundConfig:
+        if key not in self.rounds:
+            raise ConfigError(f"round {key!r} is not in params.yaml rounds ({', '.join(self.rounds) or 'none'})")
+        return self.rounds[key]
+
+    def section_dict(self, name: str) -> dict[str, Any]:
+        """A params section as plain data (what MLflow logs and fingerprints hash)."""
+        return self.model_dump(mode="json", by_alias=True)[name]
+
+
+def round_index(key: str) -> int:
+    m = ROUND_KEY.match(key)
+    if key == "r0":
+        return 0
+    if not m:
+        raise ConfigError(f"bad round key {key!r}: expected r0, r1, r2, ...")
+    return int(m.group(1))
+
+
+# ------------------------------------------------------------------------------------------- YAML loading
+
+
+def _yaml():
+    from ruamel.yaml import YAML
+
+    y = YAML(typ="rt")
+    y.preserve_quotes = True
+    y.width = 120
+    return y
+
+
+def _read_yaml(path: Path) -> Any:
+    from ruamel.yaml.error import MarkedYAMLError
+
+    if not path.exists():
+        raise ConfigError(f"{path}: params file not found (run from the project folder or pass --params)")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = _yaml().load(text)
+    except MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: YAML syntax error: {e.problem or e.context}") from None
+    return {} if data is None else data
+
+
+def _line_of(data: Any, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the deepest key of ``loc`` that exists in the ruamel document."""
+    line = None
+    node = data
+    for part in loc:
+        try:
+            if hasattr(node, "lc") and isinstance(part, str) and part in node:
+                line = node.lc.key(part)[0] + 1
+                node = node[part]
+            elif hasattr(node, "lc") and isinstance(part, int) and isinstance(node, list) and part < len(node):
+                line = node.lc.item(part)[0] + 1
+                node = node[part]
+            else:
+                break
+        except Exception:  # noqa: BLE001 - best effort: a line number is a hint only
+            break
+    return line
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model class that owns the field at ``loc`` (for did-you-mean on unknown keys)."""
+    model: Any = Config
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        field = model.model_fields.get(part) or next(
+            (f for f in model.model_fields.values() if f.alias == part), None
+        )
+        if field is None:
+            return None
+        ann = field.annotation
+        args = getattr(ann, "__args__", ())
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            model = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
+            if model is None and args and ann is not None and getattr(ann, "__origin__", None) is dict:
+                model = args[1] if isinstance(args[1], type) else None
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _format_errors(e: ValidationError, data: Any, source: str) -> str:
+    lines = []
+    for err in e.errors():
+        loc = tuple(p for p in err["loc"] if p not in ("function-after",) and not str(p).startswith("function-"))
+        dotted = ".".join(str(p) for p in loc) or "<root>"
+        line = _line_of(data, loc)
+        where = f"{source}:{line}" if line else source
+        if err["type"] == "extra_forbidden":
+            owner = _model_at(loc)
+            known = sorted({f.alias or n for n, f in owner.model_fields.items()}) if owner else []
+            hint = did_you_mean(str(loc[-1]), known)
+            allowed = f" Allowed keys here: {', '.join(known)}" if known and not hint else ""
+            lines.append(f"{where}: unknown key '{dotted}'{hint}{allowed}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            got = err.get("input")
+            got_s = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+            lines.append(f"{where}: {dotted}: {msg}{got_s}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- overrides
+
+
+def parse_override(text: str) -> tuple[list[str | int], Any]:
+    """Parse ``a.b.c=value``; the value is read as a YAML scalar, like ``dvc exp run -S``.
+
+    >>> parse_override("sample.temperature=0.7")
+    (['sample', 'temperature'], 0.7)
+    >>> parse_override("validate.filters.1.min=0.8")
+    (['validate', 'filters', 1, 'min'], 0.8)
+    """
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE in dotted form, e.g. sample.temperature=0.7")
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"override {text!r}: empty key segment")
+    import yaml
+
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML: {e}") from None
+    path: list[str | int] = [int(p) if p.isdigit() else p for p in key.split(".")]
+    return path, value
+
+
+def _set_path(data: Any, path: list[str | int], value: Any, text: str) -> None:
+    node = data
+    for i, part in enumerate(path[:-1]):
+        if isinstance(part, int):
+            if not isinstance(node, list) or part >= len(node):
+                raise ConfigError(f"override {text!r}: {'.'.join(map(str, path[: i + 1]))} is not a list index that exists")
+            node = node[part]
+        else:
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {'.'.join(map(str, path[:i]))} is not a mapping")
+            if part not in node or node[part] is None:
+                node[part] = {}
+            node = node[part]
+    last = path[-1]
+    if isinstance(last, int):
+        if not isinstance(node, list) or last >= len(node):
+            raise ConfigError(f"override {text!r}: list index {last} does not exist")
+        node[last] = value
+    else:
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {text!r}: parent is not a mapping")
+        node[last] = value
+
+
+def apply_overrides(data: Any, overrides: list[str] | None) -> Any:
+    data = copy.deepcopy(data)
+    for text in overrides or []:
+        path, value = parse_override(text)
+        _set_path(data, path, value, text)
+    return data
+
+
+def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Config:
+    """Load, override and validate ``params.yaml``; raise ``ConfigError`` naming every problem."""
+    path = Path(path)
+    data = _read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections (sample:, verify:, ...)")
+    merged = apply_overrides(data, overrides)
+    try:
+        return Config.model_validate(_plain(merged))
+    except ValidationError as e:
+        source = str(path) + (" (with overrides)" if overrides else "")
+        raise ConfigError(_format_errors(e, merged, source)) from None
+
+
+def _plain(data: Any) -> Any:
+    """ruamel containers -> plain dict/list (pydantic and deepcopy-friendly)."""
+    if isinstance(data, dict):
+        return {str(k): _plain(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_plain(v) for v in data]
+    return data
+
+
+def apply_overrides_to_file(path: str | Path, overrides: list[str]) -> Config:
+    """Validate overrides, then write them into ``params.yaml`` keeping comments (like ``dvc exp run -S``)."""
+    path = Path(path)
+    config = load_config(path, overrides)  # validate first: never write an invalid file
+    if not overrides:
+        return config
+    data = _read_yaml(path)
+    for text in overrides:
+        p, value = parse_override(text)
+        _set_path(data, p, value, text)
+    buf = io.StringIO()
+    _yaml().dump(data, buf)
+    from selfimprove.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(buf.getvalue(), encoding="utf-8")
+    return config
+
+
+def set_rounds(path: str | Path, n: int, start_difficulty: int | None = None) -> Config:
+    """Rewrite ``rounds`` in ``params.yaml`` to r1..rn, extending the curriculum by one difficulty per round."""
+    path = Path(path)
+    data = _read_yaml(path)
+    old = dict(data.get("rounds") or {})
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+    new = CommentedMap()
+    last_diff: list[int] | None = None
+    for i in range(1, n + 1):
+        key = f"r{i}"
+        if key in old:
+            entry = old[key]
+            diffs = entry.get("difficulties")
+            last_diff = list(diffs) if diffs else last_diff
+        else:
+            if last_diff:
+                diffs = [max(last_diff) + 1]
+            elif start_difficulty is not None:
+                diffs = [start_difficulty + i - 1]
+            else:
+                diffs = None
+            entry = CommentedMap(prev=f"r{i - 1}")
+            if diffs:
+                seq = CommentedSeq(diffs)
+                seq.fa.set_flow_style()
+                entry["difficulties"] = seq
+            entry.fa.set_flow_style()
+            last_diff = diffs
+        new[key] = entry
+    data["rounds"] = new
+    buf = io.StringIO()
+    _yaml().dump(data, buf)
+    config = Config.model_validate(_plain(data))
+    from selfimprove.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(buf.getvalue(), encoding="utf-8")
+    return config

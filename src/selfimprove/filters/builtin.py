@@ -1,0 +1,160 @@
+"""Built-in filters for the validate stage.
+
+| name | keeps |
+|---|---|
+| ``keep_correct`` | completions a gold verifier passed |
+| ``agreement`` | completions in the (label-free) majority whose agreement share is >= ``min`` |
+| ``min_score`` | completions whose verdict score is >= ``min`` (judges, partial credit) |
+| ``format`` | completions that stopped on their own and whose answer matches the problem's ``answer_regex`` |
+| ``length`` | completions within ``min_chars``..``max_chars`` (and ``max_tokens``) |
+| ``dedup`` | the first of identical (problem, normalised completion) rows |
+| ``per_problem_cap`` | at most ``max`` rows per problem (greedy first, then highest log-probability) |
+| ``decontaminate`` | rows whose prompt is not in the evaluation set (exact, whitespace-normalised) |
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from selfimprove.registry import Registry
+from selfimprove.types import Completion, Problem, Verdict
+
+
+@dataclass
+class Candidate:
+    problem: Problem
+    completion: Completion
+    verdict: Verdict
+    weight: float = 1.0
+
+
+@dataclass
+class FilterContext:
+    """What filters may consult besides the rows: the evaluation prompts (for decontamination)."""
+
+    eval_prompts: frozenset[str] = frozenset()
+
+
+@dataclass
+class FilterStat:
+    function: str
+    kwargs: dict
+    rows_in: int
+    rows_out: int
+    problems_out: int = 0
+
+    @property
+    def removed(self) -> int:
+        return self.rows_in - self.rows_out
+
+
+FilterFn = Callable[..., list[Candidate]]
+FILTERS: Registry[FilterFn] = Registry("filter")
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.split())
+
+
+@FILTERS.register("keep_correct")
+def keep_correct(rows: list[Candidate], ctx: FilterContext) -> list[Candidate]:
+    return [r for r in rows if r.verdict.passed]
+
+
+@FILTERS.register("agreement")
+def agreement(rows: list[Candidate], ctx: FilterContext, min: float = 0.5) -> list[Candidate]:  # noqa: A002
+    if not 0.0 <= min <= 1.0:
+        raise ValueError(f"agreement.min must be within [0, 1], got {min}")
+    return [r for r in rows if r.verdict.passed and (r.verdict.agreement or 0.0) >= min - 1e-12]
+
+
+@FILTERS.register("min_score")
+def min_score(rows: list[Candidate], ctx: FilterContext, min: float = 0.5) -> list[Candidate]:  # noqa: A002
+    return [r for r in rows if r.verdict.score >= min]
+
+
+@FILTERS.register("format")
+def format_(rows: list[Candidate], ctx: FilterContext, require_stop: bool = True) -> list[Candidate]:
+    out = []
+    for r in rows:
+        if require_stop and r.completion.finish_reason != "stop":
+            continue
+        if not r.completion.text.strip():
+            continue
+        pattern = r.problem.meta.get("answer_regex")
+        if pattern:
+            answer = r.verdict.answer if r.verdict.answer is not None else r.completion.text.strip()
+            if not re.fullmatch(pattern, answer):
+                continue
+        out.append(r)
+    return out
+
+
+@FILTERS.register("length")
+def length(
+    rows: list[Candidate], ctx: FilterContext, min_chars: int = 1, max_chars: int = 100_000, max_tokens: int | None = None
+) -> list[Candidate]:
+    return [
+        r
+        for r in rows
+        if min_chars <= len(r.completion.text) <= max_chars and (max_tokens is None or r.completion.n_tokens <= max_tokens)
+    ]
+
+
+@FILTERS.register("dedup")
+def dedup(rows: list[Candidate], ctx: FilterContext) -> list[Candidate]:
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for r in rows:
+        key = (r.problem.id, _norm(r.completion.text))
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
+@FILTERS.register("per_problem_cap")
+def per_problem_cap(rows: list[Candidate], ctx: FilterContext, max: int = 1) -> list[Candidate]:  # noqa: A002
+    if max < 1:
+        raise ValueError(f"per_problem_cap.max must be >= 1, got {max}")
+    by: dict[str, list[Candidate]] = defaultdict(list)
+    for r in rows:
+        by[r.problem.id].append(r)
+    out = []
+    for items in by.values():
+        items.sort(key=lambda r: (not r.completion.greedy, -(r.completion.logprob or 0.0), r.completion.sample_idx))
+        out.extend(items[:max])
+    return out
+
+
+@FILTERS.register("decontaminate")
+def decontaminate(rows: list[Candidate], ctx: FilterContext) -> list[Candidate]:
+    if not ctx.eval_prompts:
+        return rows
+    return [r for r in rows if _norm(r.problem.prompt) not in ctx.eval_prompts]
+
+
+def check_kwargs(name: str, kwargs: dict) -> None:
+    """Raise a ValueError naming unknown/missing filter arguments (called at config time)."""
+    fn = FILTERS.get(name)
+    sig = inspect.signature(fn)
+    params = [p for p in list(sig.parameters)[2:]]
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        raise ValueError(f"filter {name!r} does not take {', '.join(unknown)}; it takes: {', '.join(params) or 'nothing'}")
+
+
+def run_filters(
+    rows: list[Candidate], steps: Iterable[tuple[str, dict]], ctx: FilterContext
+) -> tuple[list[Candidate], list[FilterStat]]:
+    stats = []
+    for name, kwargs in steps:
+        check_kwargs(name, kwargs)
+        before = len(rows)
+        rows = FILTERS.get(name)(rows, ctx, **kwargs)
+        stats.append(FilterStat(name, dict(kwargs), before, len(rows), len({r.problem.id for r in rows})))
+    return rows, stats

@@ -1,0 +1,85 @@
+"""Where every stage reads and writes: one place, so DVC's ``dvc.yaml``, the CLI and the Prefect flow agree.
+
+Layout under the workspace (``runs/`` by default); every directory is one DVC output with its own
+``manifest.json``:
+
+    runs/r0/validate/   labelled data the bootstrap trained on (train.jsonl) + empty accepted.jsonl
+    runs/r0/model/      round-0 model (trained from scratch, or a pointer to a local/hub model)
+    runs/rN/sample/     problems.jsonl (with hidden gold) + samples.jsonl (completions only)
+    runs/rN/verify/     verdicts.jsonl
+    runs/rN/validate/   train.jsonl (what finetune trains on), accepted.jsonl (accumulated self-labels),
+                        pairs.jsonl (DPO), report.json (filters + Great Expectations results)
+    runs/rN/model/      the round's fine-tuned model (HF format)
+    runs/rN/evaluate/   predictions.jsonl
+    runs/rN/metrics.json  per-round metrics (DVC metrics file, not cached)
+    runs/summary/       accuracy.csv / accuracy.png across rounds (DVC plots)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from selfimprove.config import Config, round_index
+
+
+@dataclass(frozen=True)
+class RoundPaths:
+    workspace: Path
+    key: str
+    prev: str | None
+
+    @classmethod
+    def for_round(cls, config: Config, key: str, project: str | Path = ".") -> RoundPaths:
+        ws = Path(project) / config.workspace
+        if key == "r0":
+            return cls(ws, "r0", None)
+        return cls(ws, key, config.round_config(key).prev)
+
+    @property
+    def round(self) -> int:
+        return round_index(self.key)
+
+    @property
+    def dir(self) -> Path:
+        return self.workspace / self.key
+
+    # outputs of this round
+    @property
+    def sample(self) -> Path:
+        return self.dir / "sample"
+
+    @property
+    def verify(self) -> Path:
+        return self.dir / "verify"
+
+    @property
+    def validate(self) -> Path:
+        return self.dir / "validate"
+
+    @property
+    def model(self) -> Path:
+        return self.dir / "model"
+
+    @property
+    def evaluate(self) -> Path:
+        return self.dir / "evaluate"
+
+    @property
+    def metrics(self) -> Path:
+        return self.dir / "metrics.json"
+
+    # inputs from other rounds
+    @property
+    def prev_paths(self) -> RoundPaths:
+        if self.prev is None:
+            raise ValueError("round 0 has no previous round")
+        return RoundPaths(self.workspace, self.prev, None)
+
+    @property
+    def base(self) -> RoundPaths:
+        return RoundPaths(self.workspace, "r0", None)
+
+
+def summary_dir(config: Config, project: str | Path = ".") -> Path:
+    return Path(project) / config.workspace / "summary"

@@ -1,0 +1,48 @@
+"""Checks that fail in seconds, before any training or sampling: model path, data, tracking server, workspace.
+
+``preflight(config, project)`` returns a list of problems (empty = good to go); the loop refuses to start
+while it is non-empty, so a typo in a path costs seconds, not a round.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from selfimprove.config import Config
+
+
+def preflight(config: Config, project: str | Path = ".") -> list[str]:
+    project = Path(project)
+    problems: list[str] = []
+    mc = config.model
+    if mc.source == "path":
+        p = Path(mc.path)  # type: ignore[arg-type]
+        if not p.is_absolute():
+            p = project / p
+        if not (p / "config.json").exists():
+            problems.append(f"model.path: {p} not found or has no config.json (a Hugging Face model folder is needed)")
+    try:
+        from selfimprove.stages.common import eval_problems, problem_set
+
+        pset = problem_set(config)
+        if not eval_problems(config, pset):
+            problems.append(f"problems: problem set {config.problems.name!r} has no evaluation problems "
+                            f"(evaluate.difficulties={config.evaluate.difficulties})")
+    except Exception as e:  # noqa: BLE001 - report every loader error as a preflight problem
+        problems.append(f"problems.{config.problems.name}: {e}")
+    if config.tracking.enabled:
+        from selfimprove.tracking import TrackingError, check_server, resolve_uri
+
+        uri, _ = resolve_uri(config, project)
+        try:
+            check_server(uri, config.tracking.connect_timeout_s)
+        except TrackingError as e:
+            problems.append(f"tracking.uri: {e}")
+    ws = project / config.workspace
+    try:
+        ws.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        problems.append(f"workspace: cannot create {ws}: {e}")
+    if not config.rounds:
+        problems.append("rounds: no rounds in params.yaml (add r1: {prev: r0, ...} or run 'selfimprove rounds 2')")
+    return problems

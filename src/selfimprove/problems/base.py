@@ -1,0 +1,59 @@
+"""Problem-set protocol: a named source of ``Problem`` records with splits.
+
+``load(split)`` returns the problems of a split ('train', 'test', ...). ``generate(n, difficulties, seed,
+round)`` is for procedural sets that can make fresh unlabelled problems each round. Every problem set
+guarantees that nothing in its evaluation split can appear in what it hands out for training.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from selfimprove.types import Problem
+
+
+class ProblemSet:
+    name: ClassVar[str] = "base"
+    #: Verifier to use for this set's problems unless the config says otherwise.
+    default_verifier: ClassVar[str] = "exact_match"
+
+    def __init__(self, **options: Any):
+        self.options = options
+
+    def load(self, split: str) -> list[Problem]:
+        """All problems of ``split``; raise ``ValueError`` naming the split/file if unavailable."""
+        raise NotImplementedError
+
+    def splits(self) -> list[str]:
+        return ["train", "test"]
+
+    def training_pool(self, n: int, difficulties: list[int] | None, seed: int, round: int) -> list[Problem]:
+        """Problems to sample from in a round (default: the train split, subsampled deterministically)."""
+        import random
+
+        pool = self.load("train")
+        if difficulties:
+            pool = [p for p in pool if p.difficulty in set(difficulties)]
+        rng = random.Random(f"{seed}/{round}/{self.name}")
+        if n and n < len(pool):
+            pool = rng.sample(pool, n)
+        return pool
+
+    def eval_set(self, per_difficulty: int | None, difficulties: list[int] | None, seed: int) -> list[Problem]:
+        """Held-out problems for evaluation (default: the test split, optionally capped per difficulty)."""
+        import random
+
+        pool = self.load("test")
+        if difficulties:
+            pool = [p for p in pool if p.difficulty in set(difficulties)]
+        if not per_difficulty:
+            return pool
+        by: dict[Any, list[Problem]] = {}
+        for p in pool:
+            by.setdefault(p.difficulty, []).append(p)
+        rng = random.Random(f"{seed}/eval/{self.name}")
+        out: list[Problem] = []
+        for d in sorted(by, key=lambda x: (x is None, x)):
+            items = by[d]
+            out.extend(items if len(items) <= per_difficulty else rng.sample(items, per_difficulty))
+        return out

@@ -1,0 +1,173 @@
+"""Great Expectations gate for each round's self-generated dataset.
+
+GX decides; we only make its verdict stop the round: GX returns ``success=False`` without raising, so
+``check_round_data`` raises ``DataQualityError`` whose message names every failed expectation with its
+observed value and example rows. The full result (GX's own JSON) goes into the round's validation report.
+
+Four batches are validated, each against its own suite:
+
+| batch | expectations |
+|---|---|
+| ``train`` (the training set) | exact column set; ids unique; prompt/completion non-null; completion length 1..max; origin in {self, real}; weight >= 0; **no prompt from the evaluation set** |
+| ``accepted`` (this round's new self-labels) | at least ``min_rows`` rows |
+| ``samples`` (every completion with its verdict) | answer parse rate >= ``min_parse_rate`` |
+| ``problems`` (one row per sampled problem) | acceptance rate within ``acceptance_rate`` |
+
+GX is imported lazily (its import takes ~5 s) and its progress bars are off.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from selfimprove.config import ExpectationsConfig
+
+log = logging.getLogger(__name__)
+
+TRAIN_COLUMNS = ["id", "prompt", "completion", "problem_id", "origin", "round", "weight", "difficulty", "label", "agreement"]
+PAIR_COLUMNS = ["id", "prompt", "chosen", "rejected", "problem_id", "round", "difficulty", "origin"]
+
+
+class DataQualityError(RuntimeError):
+    """A round's dataset failed its Great Expectations suite; ``report`` holds the details."""
+
+    def __init__(self, message: str, report: dict[str, Any]):
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class QualityReport:
+    success: bool
+    suites: dict[str, dict[str, Any]] = field(default_factory=dict)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"success": self.success, "failures": self.failures, "suites": self.suites}
+
+    def summary(self) -> str:
+        if self.success:
+            n = sum(len(s["results"]) for s in self.suites.values())
+            return f"all {n} expectations passed"
+        lines = [f"{len(self.failures)} expectation(s) failed:"]
+        for f in self.failures:
+            col = f" on column '{f['column']}'" if f.get("column") else ""
+            detail = []
+            if f.get("observed_value") is not None:
+                detail.append(f"observed {f['observed_value']!r}")
+            if f.get("unexpected_count"):
+                detail.append(f"{f['unexpected_count']} unexpected row(s), e.g. {f.get('examples')}")
+            if f.get("error"):
+                detail.append(f"error: {f['error']}")
+            bounds = {k: v for k, v in f.get("kwargs", {}).items() if k in ("min_value", "max_value", "value_set", "column_set")}
+            if "value_set" in bounds and len(str(bounds["value_set"])) > 80:
+                bounds["value_set"] = f"<{len(bounds['value_set'])} values>"
+            lines.append(f"  - [{f['batch']}] {f['expectation']}{col} {bounds}: " + "; ".join(detail))
+        return "\n".join(lines)
+
+
+_CTX: Any = None
+
+
+def _context() -> Any:
+    global _CTX
+    if _CTX is None:
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        logging.getLogger("great_expectations").setLevel(logging.WARNING)
+        ctx = gx.get_context(mode="ephemeral")
+        ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+        _CTX = ctx
+    return _CTX
+
+
+def _suite_specs(cfg: ExpectationsConfig, eval_prompts: list[str], columns: list[str], text_col: str) -> dict[str, list[Any]]:
+    import great_expectations.expectations as gxe
+
+    lo, hi = cfg.acceptance_rate
+    train = [
+        gxe.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True),
+        gxe.ExpectColumnValuesToBeUnique(column="id"),
+        gxe.ExpectColumnValuesToNotBeNull(column="prompt"),
+        gxe.ExpectColumnValuesToNotBeNull(column=text_col),
+        gxe.ExpectColumnValueLengthsToBeBetween(column=text_col, min_value=1, max_value=cfg.max_completion_chars),
+        gxe.ExpectColumnValuesToBeInSet(column="origin", value_set=["self", "real"]),
+    ]
+    if text_col == "completion":
+        train.append(gxe.ExpectColumnValuesToBeBetween(column="weight", min_value=0))
+    else:
+        train.append(gxe.ExpectColumnValueLengthsToBeBetween(column="rejected", min_value=1, max_value=cfg.max_completion_chars))
+    if eval_prompts:
+        train.append(gxe.ExpectColumnValuesToNotBeInSet(column="prompt_normalized", value_set=eval_prompts))
+    return {
+        "train": train,
+        "accepted": [gxe.ExpectTableRowCountToBeBetween(min_value=cfg.min_rows)],
+        "samples": [gxe.ExpectColumnMeanToBeBetween(column="parsed", min_value=cfg.min_parse_rate, max_value=1.0)],
+        "problems": [gxe.ExpectColumnMeanToBeBetween(column="accepted", min_value=lo, max_value=hi)],
+    }
+
+
+def check_round_data(
+    frames: dict[str, Any],
+    cfg: ExpectationsConfig,
+    eval_prompts: list[str],
+    name: str = "round",
+    pairs: bool = False,
+    raise_on_failure: bool = True,
+) -> QualityReport:
+    """Validate the round's frames (``train``, ``accepted``, ``samples``, ``problems``) with GX.
+
+    ``train`` must carry a ``prompt_normalized`` column (whitespace-normalised prompt) for the
+    decontamination expectation. Raises ``DataQualityError`` on any failure unless told not to.
+    """
+    import great_expectations as gx
+
+    ctx = _context()
+    columns = (PAIR_COLUMNS if pairs else TRAIN_COLUMNS) + ["prompt_normalized"]
+    specs = _suite_specs(cfg, eval_prompts, columns, "chosen" if pairs else "completion")
+    report = QualityReport(success=True)
+    for batch, expectations in specs.items():
+        df = frames[batch]
+        uid = f"{name}-{batch}-{id(df)}"
+        bd = ctx.data_sources.add_pandas(f"src-{uid}").add_dataframe_asset(batch).add_batch_definition_whole_dataframe("all")
+        suite = ctx.suites.add(gx.ExpectationSuite(name=f"suite-{uid}"))
+        for e in expectations:
+            suite.add_expectation(e)
+        vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=f"vd-{uid}", data=bd, suite=suite))
+        res = vd.run(batch_parameters={"dataframe": df}, result_format="COMPLETE")
+        report.suites[batch] = res.to_json_dict()
+        for r in res.results:
+            if r.success:
+                continue
+            report.success = False
+            kwargs = {k: v for k, v in r.expectation_config.kwargs.items() if k not in ("batch_id",)}
+            idx = (r.result or {}).get("unexpected_index_list") or []
+            examples = []
+            for i in list(idx)[:3]:
+                try:
+                    row = df.loc[i]
+                    examples.append({c: row[c] for c in ("id", "problem_id", "prompt", "completion", "chosen") if c in df.columns})
+                except Exception:  # noqa: BLE001
+                    examples.append(i)
+            if not examples:
+                examples = list((r.result or {}).get("partial_unexpected_list") or [])[:3]
+            info = r.exception_info or {}
+            error = info.get("exception_message") if info.get("raised_exception") else None
+            report.failures.append(
+                {
+                    "batch": batch,
+                    "expectation": r.expectation_config.type,
+                    "column": kwargs.get("column"),
+                    "kwargs": kwargs,
+                    "observed_value": (r.result or {}).get("observed_value"),
+                    "unexpected_count": (r.result or {}).get("unexpected_count"),
+                    "examples": examples,
+                    "error": error,
+                }
+            )
+    if not report.success and raise_on_failure:
+        raise DataQualityError(f"{name}: dataset failed validation; the round stops here.\n{report.summary()}", report.to_dict())
+    return report

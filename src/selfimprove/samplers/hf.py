@@ -1,0 +1,173 @@
+"""``transformers`` sampler: batched ``model.generate`` with a KV cache, on CPU or one GPU.
+
+Prompts are sorted by length and left-padded in batches of about ``batch_size`` sequences (prompts per batch
+= batch_size / completions per problem), so padding stays small. Per batch, one greedy pass (if asked) and
+one sampling pass with ``num_return_sequences=k``. Token log-probabilities come from the raw logits (the
+model's own distribution, before temperature/top-p), as vLLM's default ``raw_logprobs`` reports them.
+Sampling is seeded once per call, so the same problems, params and seed give the same completions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from selfimprove.samplers.base import Sampler, SamplingParams, completion_id
+from selfimprove.types import Completion, Problem
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("sample.transformers.device is 'cuda' but torch sees no GPU; use 'auto' or 'cpu'")
+    return device
+
+
+def resolve_model(model_dir: str | Path) -> str:
+    """A round's model folder, or the external model it points to (``model_ref.json``)."""
+    import json
+
+    model_dir = Path(model_dir)
+    ref = model_dir / "model_ref.json"
+    if ref.exists():
+        return json.loads(ref.read_text())["path"]
+    if not (model_dir / "config.json").exists():
+        raise FileNotFoundError(
+            f"model not found: {model_dir} has no config.json (run the stage that produces it, e.g. 'dvc repro', "
+            "or check model.path)"
+        )
+    return str(model_dir)
+
+
+def load_model(model_dir: str | Path, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import selfimprove.models  # noqa: F401 - registers the tiny model class
+
+    path = resolve_model(model_dir)
+    device = pick_device(device)
+    torch_dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    if torch_dtype == "auto" and device == "cpu":
+        torch_dtype = torch.float32
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    model.to(device).eval()
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return model, tok
+
+
+class TransformersSampler(Sampler):
+    name: ClassVar[str] = "transformers"
+
+    def __init__(self, model_dir: str | Path, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False,
+                 model: Any = None, tokenizer: Any = None, **options: Any):
+        super().__init__(model_dir, device=device, **options)
+        if model is not None:
+            self.model, self.tok = model, tokenizer
+        else:
+            self.model, self.tok = load_model(model_dir, device, dtype, trust_remote_code)
+        self.device = next(self.model.parameters()).device
+
+    @classmethod
+    def from_model(cls, model: Any, tokenizer: Any) -> TransformersSampler:
+        return cls("<in-memory>", model=model, tokenizer=tokenizer)
+
+    def _generate(self, prompts: list[str], params: SamplingParams, do_sample: bool, n: int) -> list[dict[str, Any]]:
+        import torch
+
+        tok = self.tok
+        tok.padding_side = "left"
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=True).to(self.device)
+        gen_kwargs: dict[str, Any] = dict(
+            max_new_tokens=params.max_new_tokens,
+            do_sample=do_sample,
+            num_return_sequences=n,
+            return_dict_in_generate=True,
+            output_logits=params.logprobs,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+        if do_sample:
+            gen_kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
+        else:
+            gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+        if params.stop:
+            gen_kwargs.update(stop_strings=list(params.stop), tokenizer=tok)
+        with torch.inference_mode():
+            out = self.model.generate(**enc, **gen_kwargs)
+        seqs = out.sequences[:, enc["input_ids"].shape[1]:]
+        lps = None
+        if params.logprobs and out.logits:
+            logits = torch.stack(out.logits, dim=1).float()  # (B*n, T, V)
+            logp = torch.log_softmax(logits, dim=-1)
+            lps = logp.gather(-1, seqs[:, : logp.shape[1]].unsqueeze(-1)).squeeze(-1)
+        results = []
+        eos, pad = tok.eos_token_id, tok.pad_token_id
+        for i in range(seqs.shape[0]):
+            ids = seqs[i].tolist()
+            n_tok, finish = len(ids), "length"
+            for j, t in enumerate(ids):
+                if t == eos:
+                    n_tok, finish = j, "stop"
+                    break
+            if finish == "length" and pad != eos:
+                while n_tok > 0 and ids[n_tok - 1] == pad:
+                    n_tok -= 1
+            text = tok.decode(ids[:n_tok], skip_special_tokens=True)
+            if finish == "length" and params.stop and any(text.endswith(s) or s in text for s in params.stop):
+                finish = "stop"
+                for s in params.stop:
+                    if s in text:
+                        text = text[: text.index(s)]
+            token_lps = None if lps is None else [round(float(x), 5) for x in lps[i, : n_tok + (1 if finish == "stop" else 0)]]
+            results.append({"text": text, "n_tokens": n_tok, "finish_reason": finish, "token_logprobs": token_lps})
+        return results
+
+    def sample(self, problems: Sequence[Problem], params: SamplingParams, round: int, progress: bool = True) -> list[Completion]:
+        import torch
+        from tqdm.auto import tqdm
+
+        torch.manual_seed(params.seed)
+        order = sorted(range(len(problems)), key=lambda i: (len(problems[i].prompt), i))
+        per_batch = max(1, params.batch_size // max(1, params.n_per_problem))
+        out: dict[int, list[Completion]] = {}
+        t0 = time.perf_counter()
+        bar = tqdm(total=len(problems), desc=f"sample r{round}", unit="prob", disable=not progress, leave=False)
+        for start in range(0, len(order), per_batch):
+            idx = order[start : start + per_batch]
+            prompts = [problems[i].prompt for i in idx]
+            per_problem: dict[int, list[dict[str, Any]]] = {i: [] for i in idx}
+            if params.greedy:
+                for i, res in zip(idx, self._generate(prompts, params, do_sample=False, n=1)):
+                    per_problem[i].append(res | {"greedy": True})
+            if params.k:
+                res = self._generate(prompts, params, do_sample=True, n=params.k)
+                for j, i in enumerate(idx):
+                    per_problem[i].extend(r | {"greedy": False} for r in res[j * params.k : (j + 1) * params.k])
+            for i in idx:
+                p = problems[i]
+                out[i] = [
+                    Completion(
+                        id=completion_id(p.id, s),
+                        problem_id=p.id,
+                        round=round,
+                        sample_idx=s,
+                        sampler=self.name,
+                        **r,
+                    )
+                    for s, r in enumerate(per_problem[i])
+                ]
+            bar.update(len(idx))
+        bar.close()
+        log.info("sampled %d problems x %d in %.1fs", len(problems), params.n_per_problem, time.perf_counter() - t0)
+        return [c for i in range(len(problems)) for c in out[i]]

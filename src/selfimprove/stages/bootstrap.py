@@ -1,0 +1,153 @@
+"""``bootstrap`` (round 0): the starting model and the labelled data the rounds may mix in.
+
+- ``model.source: tiny`` (the embedded default): build a character tokenizer and a tiny Llama-style model
+  from ``model.tiny``, train it with TRL SFT on labelled easy problems (``bootstrap.difficulties``), stopping
+  early once every bootstrap difficulty reaches ``bootstrap.early_stop.target`` greedy accuracy.
+- ``model.source: path | hub``: no training; ``runs/r0/model/model_ref.json`` points at the model, and the
+  labelled split named by ``bootstrap.real_data_split`` (if any) becomes the real data for mixing.
+
+Either way round 0 is evaluated like every other round (``runs/r0/metrics.json``), so the curve starts here.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from selfimprove.config import Config
+from selfimprove.io import staged_output, write_json, write_jsonl, write_manifest
+from selfimprove.paths import RoundPaths
+from selfimprove.stages.common import (
+    StageReport,
+    evaluate_with,
+    gold_verifier,
+    problem_set,
+    sampling_params,
+    setup_runtime,
+    timer,
+)
+from selfimprove.stages.evaluate import _write, evaluate_model
+from selfimprove.tracking import Tracker
+from selfimprove.types import Problem, TrainRow
+
+log = logging.getLogger(__name__)
+
+
+def labelled_rows(config: Config) -> list[TrainRow]:
+    pset = problem_set(config)
+    bc = config.bootstrap
+    if config.model.source == "tiny":
+        if hasattr(pset, "labelled"):
+            problems: list[Problem] = pset.labelled(bc.examples_per_difficulty, bc.difficulties, config.seed)
+        else:
+            problems = [p for p in pset.load(config.problems.train_split) if p.difficulty in set(bc.difficulties) or not bc.difficulties]
+    elif bc.real_data_split:
+        problems = pset.load(bc.real_data_split)
+    else:
+        return []
+    rows = []
+    for p in problems:
+        completion = p.solution if p.solution is not None else p.answer
+        if completion is None:
+            continue
+        rows.append(TrainRow(id=f"real/{p.id}", prompt=p.prompt, completion=completion, problem_id=p.id, origin="real",
+                             round=0, difficulty=p.difficulty, label=p.answer))
+    return rows
+
+
+class _EarlyStop:
+    """Quick greedy eval during bootstrap training; stops once every bootstrap difficulty hits the target."""
+
+    def __init__(self, config: Config, tokenizer: Any, tracker: Tracker):
+        from transformers import TrainerCallback
+
+        es = config.bootstrap.early_stop
+        assert es is not None
+        pset = problem_set(config)
+        self.problems = pset.eval_set(es.problems_per_difficulty, config.bootstrap.difficulties, config.seed + 17)
+        self.verifier = gold_verifier(config, pset)
+        self.params = sampling_params(config, evaluation=True)
+        self.params = type(self.params)(**{**self.params.__dict__, "k": 0, "logprobs": False})
+        self.history: list[dict[str, Any]] = []
+        outer = self
+
+        class _CB(TrainerCallback):
+            def on_step_end(self, args, state, control, model=None, **kw):  # noqa: ANN001
+                if state.global_step % es.eval_every or state.global_step >= state.max_steps:
+                    return
+                from selfimprove.samplers.hf import TransformersSampler
+
+                model.eval()
+                metrics, _ = evaluate_with(TransformersSampler.from_model(model, tokenizer), outer.problems,
+                                           outer.verifier, outer.params, round=0, progress=False)
+                model.train()
+                accs = {k: v for k, v in metrics.items() if k.startswith("accuracy/")}
+                outer.history.append({"step": state.global_step, **accs})
+                tracker.log_metrics({f"bootstrap/{k}": v for k, v in accs.items()}, step=state.global_step)
+                log.info("bootstrap step %d: %s", state.global_step, {k: round(v, 3) for k, v in accs.items()})
+                if accs and min(accs.values()) >= es.target:
+                    control.should_training_stop = True
+
+        self.callback = _CB()
+
+
+def _build_tiny(config: Config, rows: list[TrainRow], directory: Path) -> tuple[Any, Any]:
+    from selfimprove.models import build_char_tokenizer, build_tiny_model
+
+    chars = "".join(sorted({ch for r in rows for ch in r.prompt + r.completion}))
+    tok = build_char_tokenizer(chars)
+    t = config.model.tiny
+    model = build_tiny_model(tok, layers=t.layers, hidden=t.hidden, heads=t.heads, intermediate=t.intermediate,
+                             position_scheme=t.position_scheme, rope_theta=t.rope_theta, seed=config.seed)
+    model.save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return model, tok
+
+
+def run_bootstrap(config: Config, paths: RoundPaths, tracker: Tracker) -> StageReport:
+    setup_runtime(config)
+    mc = config.model
+    if mc.source == "path" and not Path(mc.path).exists():  # type: ignore[arg-type]
+        raise FileNotFoundError(f"model not found: model.path = {mc.path!r} does not exist")
+    with timer() as t:
+        rows = labelled_rows(config)
+        with staged_output(paths.validate) as out:
+            write_jsonl(out / "train.jsonl", rows)
+            write_jsonl(out / "accepted.jsonl", [])
+            write_manifest(out, producer="bootstrap")
+        train_report: dict[str, Any] = {}
+        with staged_output(paths.model) as out:
+            if mc.source == "tiny":
+                from selfimprove.trainers.sft import train_sft
+
+                if not rows:
+                    raise ValueError("bootstrap has no labelled rows to train the tiny model on; check bootstrap.difficulties")
+                with tempfile.TemporaryDirectory() as tmp:
+                    model, tok = _build_tiny(config, rows, Path(tmp))
+                    stopper = _EarlyStop(config, tok, tracker) if config.bootstrap.early_stop else None
+                    train_report = train_sft(tmp, rows, out, config.bootstrap.train, tracker, prefix="bootstrap",
+                                             model=model, tokenizer=tok,
+                                             callbacks=[stopper.callback] if stopper else [])
+                    if stopper:
+                        train_report["early_stop_history"] = stopper.history
+            else:
+                write_json(out / "model_ref.json", {"source": mc.source, "path": mc.path, "revision": mc.revision})
+            StageReport(stage="bootstrap", round=0, details=train_report).write(out)
+            write_manifest(out, producer="bootstrap")
+    metrics = {"bootstrap/rows": len(rows), "bootstrap/seconds": t["seconds"]}
+    if train_report:
+        metrics.update({"bootstrap/steps": train_report["steps"], "bootstrap/final_loss": train_report["final_loss"],
+                        "bootstrap/train_seconds": train_report["seconds"]})
+    with timer() as te:
+        eval_metrics, predictions = evaluate_model(config, paths.model, 0)
+    metrics.update(eval_metrics)
+    metrics["evaluate/seconds"] = te["seconds"]
+    metrics["round"] = 0
+    tracker.log_params({"bootstrap.rows": len(rows)})
+    if rows:
+        tracker.log_dataset(paths.validate / "train.jsonl", name="r0/train", context="training")
+    report = _write(config, paths, tracker, metrics, predictions, t["seconds"] + te["seconds"])
+    report.stage = "bootstrap"
+    return report

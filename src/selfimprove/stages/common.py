@@ -1,0 +1,231 @@
+"""Helpers shared by the stage functions: problem sets, verifiers, samplers, reports, scoring."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from selfimprove.config import Config
+from selfimprove.io import write_json
+from selfimprove.problems import PROBLEM_SETS, ProblemSet
+from selfimprove.samplers import SAMPLERS, Sampler, SamplingParams
+from selfimprove.types import Completion, Problem, Verdict
+from selfimprove.verifiers import VERIFIERS, AnswerVerifier, Verifier
+
+log = logging.getLogger(__name__)
+
+REPORT = "stage_report.json"
+
+
+class StageReport(BaseModel):
+    """What a stage did: its metrics (also logged to MLflow) and where its outputs are."""
+
+    stage: str
+    round: int
+    seconds: float = 0.0
+    skipped: bool = False
+    metrics: dict[str, float] = Field(default_factory=dict)
+    outputs: dict[str, str] = Field(default_factory=dict)
+    details: dict[str, Any] = Field(default_factory=dict)
+
+    def write(self, directory: Path) -> None:
+        write_json(directory / REPORT, self)
+
+
+def read_report(directory: Path) -> StageReport | None:
+    p = Path(directory) / REPORT
+    if not p.exists():
+        return None
+    return StageReport.model_validate_json(p.read_text())
+
+
+@contextmanager
+def timer() -> Iterator[dict[str, float]]:
+    t = {"start": time.perf_counter()}
+    yield t
+    t["seconds"] = time.perf_counter() - t["start"]
+
+
+def setup_runtime(config: Config) -> None:
+    """Thread count and offline defaults; call once per process before heavy work."""
+    for k, v in {
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DVC_NO_ANALYTICS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "GX_ANALYTICS_ENABLED": "false",
+    }.items():
+        os.environ.setdefault(k, v)
+    if config.model.source != "hub":
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.set_flush_denormal(True)
+
+
+def problem_set(config: Config) -> ProblemSet:
+    return PROBLEM_SETS.get(config.problems.name)(**config.problems.options())
+
+
+def gold_verifier(config: Config, pset: ProblemSet) -> Verifier:
+    name = config.evaluate.verifier or pset.default_verifier
+    return VERIFIERS.get(name)(**config.verify.options(name))
+
+
+def round_verifier(config: Config) -> Verifier:
+    name = config.verify.verifier
+    return VERIFIERS.get(name)(**config.verify.options(name))
+
+
+def eval_problems(config: Config, pset: ProblemSet) -> list[Problem]:
+    ev = config.evaluate
+    return pset.eval_set(ev.problems_per_difficulty, ev.difficulties, ev.seed)
+
+
+def normalize_prompt(text: str) -> str:
+    return " ".join(text.split())
+
+
+def sampling_params(config: Config, *, evaluation: bool = False, seed: int | None = None) -> SamplingParams:
+    s, ev = config.sample, config.evaluate
+    if evaluation:
+        return SamplingParams(
+            k=ev.k,
+            greedy=True,
+            temperature=ev.temperature,
+            top_p=ev.top_p,
+            top_k=s.top_k,
+            max_new_tokens=ev.max_new_tokens or s.max_new_tokens,
+            seed=ev.seed if seed is None else seed,
+            logprobs=False,
+            batch_size=ev.batch_size or s.batch_size,
+            stop=tuple(s.stop),
+        )
+    return SamplingParams(
+        k=s.k,
+        greedy=s.greedy,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        top_k=s.top_k,
+        max_new_tokens=s.max_new_tokens,
+        seed=s.seed if seed is None else seed,
+        logprobs=s.logprobs,
+        batch_size=s.batch_size,
+        stop=tuple(s.stop),
+    )
+
+
+def make_sampler(config: Config, model_dir: str | Path) -> Sampler:
+    name = config.sample.sampler
+    options = config.sample.model_dump().get(name, {}) or {}
+    if name == "transformers":
+        options = options | {"dtype": config.model.dtype, "trust_remote_code": config.model.trust_remote_code}
+    return SAMPLERS.get(name)(model_dir, **options)
+
+
+def strip_gold(problems: dict[str, Problem]) -> dict[str, Problem]:
+    """What a label-free verifier may see: no answer, solution or tests."""
+    return {k: p.model_copy(update={"answer": None, "solution": None, "tests": None}) for k, p in problems.items()}
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k estimator (Chen et al. 2021).
+
+    >>> round(pass_at_k(4, 1, 1), 3), pass_at_k(4, 0, 4), pass_at_k(4, 1, 4)
+    (0.25, 0.0, 1.0)
+    """
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
+
+
+def bucket(p: Problem) -> str:
+    return f"d{p.difficulty}" if p.difficulty is not None else "all"
+
+
+def score_eval(
+    problems: Sequence[Problem], completions: Sequence[Completion], verdicts: Sequence[Verdict], k: int
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Greedy accuracy, maj@k and pass@k per difficulty bucket and overall (mean over buckets)."""
+    by_problem: dict[str, list[tuple[Completion, Verdict]]] = defaultdict(list)
+    for c, v in zip(completions, verdicts):
+        by_problem[c.problem_id].append((c, v))
+    per_bucket: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    rows = []
+    for p in problems:
+        items = by_problem.get(p.id, [])
+        greedy = [v for c, v in items if c.greedy]
+        samples = [v for c, v in items if not c.greedy]
+        g = float(greedy[0].passed) if greedy else float("nan")
+        b = per_bucket[bucket(p)]
+        b["accuracy"].append(g)
+        row: dict[str, Any] = {"problem_id": p.id, "difficulty": p.difficulty, "greedy_correct": bool(g == 1.0),
+                               "greedy_answer": greedy[0].answer if greedy else None, "gold": p.answer}
+        if k and samples:
+            n, c = len(samples), sum(v.passed for v in samples)
+            b[f"pass_at_{k}"].append(pass_at_k(n, c, min(k, n)))
+            b["pass_at_1_sampled"].append(c / n)
+            votes: dict[str, list[Verdict]] = defaultdict(list)
+            for v in samples:
+                if v.answer is not None:
+                    votes[v.answer].append(v)
+            maj = max(votes.values(), key=len) if votes else []
+            b[f"maj_at_{k}"].append(float(bool(maj) and maj[0].passed))
+            row.update(samples_correct=c, samples=n)
+        rows.append(row)
+    metrics: dict[str, float] = {}
+    overall: dict[str, list[float]] = defaultdict(list)
+    for bname in sorted(per_bucket, key=lambda s: (len(s), s)):
+        for m, vals in per_bucket[bname].items():
+            vals = [x for x in vals if not math.isnan(x)]
+            if vals:
+                metrics[f"{m}/{bname}"] = sum(vals) / len(vals)
+                overall[m].append(metrics[f"{m}/{bname}"])
+    for m, vals in overall.items():
+        metrics[m] = sum(vals) / len(vals)
+    return metrics, rows
+
+
+def evaluate_with(
+    sampler: Sampler, problems: Sequence[Problem], verifier: Verifier, params: SamplingParams, round: int,
+    progress: bool = True,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    completions = sampler.sample(problems, params, round=round, progress=progress)
+    pmap = {p.id: p for p in problems}
+    verdicts = verifier.verify(pmap, completions)
+    return score_eval(problems, completions, verdicts, params.k)
+
+
+def label_precision(
+    rows: Sequence[Any], problems: dict[str, Problem], verifier: Verifier
+) -> tuple[float | None, dict[str, float]]:
+    """Share of accepted self-labels that are correct against the hidden gold (reward-hacking check)."""
+    if not rows:
+        return None, {}
+    if not isinstance(verifier, AnswerVerifier):
+        return None, {}
+    ok: dict[str, list[bool]] = defaultdict(list)
+    for r in rows:
+        p = problems.get(r.problem_id)
+        if p is None or p.answer is None:
+            continue
+        a = verifier.extract(r.completion, p)
+        ok[bucket(p)].append(a is not None and verifier.equivalent(a, p.answer))
+    flat = [x for v in ok.values() for x in v]
+    if not flat:
+        return None, {}
+    return sum(flat) / len(flat), {k: sum(v) / len(v) for k, v in ok.items()}

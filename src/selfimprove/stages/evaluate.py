@@ -1,0 +1,124 @@
+"""``evaluate``: held-out accuracy per difficulty (greedy, maj@k, pass@k) and the precision of the round's
+accepted self-labels against the hidden gold; registers the round's model and moves the ``best`` alias.
+
+It also gathers every stage report of the round into ``metrics.json`` (the DVC metrics file) and logs the
+round's summary to MLflow (nested run and, with ``step=round``, the loop's parent run).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from selfimprove.config import Config
+from selfimprove.io import read_verified_jsonl, staged_output, write_json, write_jsonl, write_manifest
+from selfimprove.paths import RoundPaths
+from selfimprove.samplers.hf import TransformersSampler, resolve_model
+from selfimprove.stages.common import (
+    StageReport,
+    eval_problems,
+    evaluate_with,
+    gold_verifier,
+    label_precision,
+    make_sampler,
+    problem_set,
+    read_report,
+    sampling_params,
+    setup_runtime,
+    timer,
+)
+from selfimprove.tracking import Tracker
+from selfimprove.types import Problem, TrainRow
+
+log = logging.getLogger(__name__)
+
+
+def collect_stage_metrics(paths: RoundPaths) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for d in (paths.sample, paths.verify, paths.validate, paths.model):
+        rep = read_report(d)
+        if rep is not None:
+            out.update(rep.metrics)
+    return out
+
+
+def evaluate_model(config: Config, model_dir: Path | None, round: int, sampler: Any = None) -> tuple[dict[str, float], list[dict]]:
+    pset = problem_set(config)
+    problems = eval_problems(config, pset)
+    verifier = gold_verifier(config, pset)
+    params = sampling_params(config, evaluation=True)
+    try:
+        if sampler is not None:
+            return evaluate_with(sampler, problems, verifier, params, round)
+        with make_sampler(config, model_dir) as s:
+            return evaluate_with(s, problems, verifier, params, round)
+    finally:
+        verifier.close()
+
+
+def finish_round(config: Config, paths: RoundPaths, tracker: Tracker, metrics: dict[str, float]) -> dict[str, Any]:
+    """Register the round's model, promote it if it is the best so far, close the round's run."""
+    best_key = config.tracking.best_metric
+    version = tracker.log_model(paths.model, metrics.get(best_key))
+    promoted = False
+    if version is not None:
+        current = getattr(tracker, "alias_version", lambda a: None)("best")
+        best_so_far = _best_metric(tracker, current, best_key)
+        value = metrics.get(best_key)
+        if config.loop.promote == "last" or current is None or (value is not None and (best_so_far is None or value >= best_so_far)):
+            tracker.promote(version, "best")
+            promoted = True
+        tracker.set_tags({"selfimprove.promoted": str(promoted).lower()})
+    last = config.round_keys()[-1] if config.rounds else "r0"
+    tracker.finish("FINISHED", parent_status="FINISHED" if paths.key == last else None)
+    return {"model_version": version, "promoted": promoted}
+
+
+def _best_metric(tracker: Tracker, version: str | None, key: str) -> float | None:
+    client = getattr(tracker, "client", None)
+    if version is None or client is None:
+        return None
+    mv = client.get_model_version(tracker.config.tracking.registered_model, version)  # type: ignore[attr-defined]
+    run = client.get_run(mv.run_id)
+    return run.data.metrics.get(key)
+
+
+def run_evaluate(config: Config, paths: RoundPaths, tracker: Tracker) -> StageReport:
+    setup_runtime(config)
+    resolve_model(paths.model)
+    with timer() as t:
+        metrics, predictions = evaluate_model(config, paths.model, paths.round)
+    pset = problem_set(config)
+    verifier = gold_verifier(config, pset)
+    sampled = {p.id: p for p in read_verified_jsonl(paths.sample / "problems.jsonl", Problem)}
+    accepted = [r for r in read_verified_jsonl(paths.validate / "accepted.jsonl", TrainRow) if r.round == paths.round]
+    precision, by_bucket = label_precision(accepted, sampled, verifier)
+    verifier.close()
+    if precision is not None:
+        metrics["acceptance_precision"] = precision
+        metrics.update({f"acceptance_precision/{k}": v for k, v in by_bucket.items()})
+    metrics["evaluate/seconds"] = t["seconds"]
+    metrics.update(collect_stage_metrics(paths))
+    metrics["round"] = paths.round
+    return _write(config, paths, tracker, metrics, predictions, t["seconds"])
+
+
+def _write(config: Config, paths: RoundPaths, tracker: Tracker, metrics: dict[str, float], predictions: list[dict],
+           seconds: float) -> StageReport:
+    report = StageReport(stage="evaluate", round=paths.round, seconds=seconds, metrics=metrics,
+                         outputs={"metrics": str(paths.metrics)})
+    with staged_output(paths.evaluate) as out:
+        write_jsonl(out / "predictions.jsonl", predictions)
+        report.write(out)
+        write_manifest(out, producer=f"evaluate@{paths.key}")
+    write_json(paths.metrics, {k: (round(v, 6) if isinstance(v, float) else v) for k, v in sorted(metrics.items())})
+    tracker.log_metrics(metrics, step=paths.round, parent=True)
+    tracker.log_dict(metrics, f"metrics/{paths.key}.json")
+    info = finish_round(config, paths, tracker, metrics)
+    report.details.update(info)
+    log.info("evaluate@%s: accuracy %.3f", paths.key, metrics.get("accuracy", float("nan")))
+    return report
+
+
+__all__ = ["run_evaluate", "evaluate_model", "TransformersSampler"]

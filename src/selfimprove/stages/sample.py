@@ -1,0 +1,59 @@
+"""``sample``: k completions per problem from the previous round's model.
+
+Writes ``problems.jsonl`` (the round's problems, gold included for later auditing) and ``samples.jsonl``
+(completions only) separately, so label-free verifiers are handed no gold by construction.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from selfimprove.config import Config
+from selfimprove.io import staged_output, write_jsonl, write_manifest
+from selfimprove.paths import RoundPaths
+from selfimprove.samplers.hf import resolve_model
+from selfimprove.stages.common import StageReport, make_sampler, problem_set, sampling_params, setup_runtime, timer
+from selfimprove.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+def run_sample(config: Config, paths: RoundPaths, tracker: Tracker) -> StageReport:
+    setup_runtime(config)
+    rc = config.round_config(paths.key)
+    model_dir = paths.prev_paths.model
+    resolve_model(model_dir)  # fail before any work if the model is missing
+    pset = problem_set(config)
+    n = rc.problems or config.sample.problems_per_round
+    seed = config.seed * 100_003 + config.sample.seed * 101 + paths.round
+    with timer() as t:
+        problems = pset.training_pool(n, rc.difficulties, seed, paths.round)
+        if not problems:
+            raise ValueError(
+                f"problem set {config.problems.name!r} gave no problems for round {paths.key} "
+                f"(difficulties={rc.difficulties}); check rounds.{paths.key}.difficulties"
+            )
+        params = sampling_params(config, seed=seed)
+        with make_sampler(config, model_dir) as sampler:
+            completions = sampler.sample(problems, params, round=paths.round)
+    tokens = sum(c.n_tokens for c in completions)
+    metrics = {
+        "sample/problems": len(problems),
+        "sample/completions": len(completions),
+        "sample/tokens": tokens,
+        "sample/tokens_per_s": tokens / max(t["seconds"], 1e-9),
+        "sample/stop_rate": sum(c.finish_reason == "stop" for c in completions) / max(len(completions), 1),
+        "sample/seconds": t["seconds"],
+    }
+    report = StageReport(stage="sample", round=paths.round, seconds=t["seconds"], metrics=metrics,
+                         outputs={"samples": str(paths.sample / "samples.jsonl")},
+                         details={"sampler": config.sample.sampler, "model": str(model_dir)})
+    with staged_output(paths.sample) as out:
+        write_jsonl(out / "problems.jsonl", problems)
+        write_jsonl(out / "samples.jsonl", completions)
+        report.write(out)
+        write_manifest(out, producer=f"sample@{paths.key}")
+    tracker.log_metrics(metrics)
+    tracker.log_dataset(paths.sample / "samples.jsonl", name=f"{paths.key}/samples", context="samples")
+    log.info("sample@%s: %d problems, %d completions in %.1fs", paths.key, len(problems), len(completions), t["seconds"])
+    return report

@@ -1,0 +1,136 @@
+"""``validate``: build the round's training set with the configured filters, then gate it with GX.
+
+Steps: join problems, completions and verdicts; run the filter pipeline (``validate.filters``); accumulate
+accepted self-labels across rounds (``validate.accumulate``); mix in labelled data (``validate.mix_real``);
+run the Great Expectations suite. A failed suite raises ``DataQualityError``: the round stops, nothing is
+written to the stage's output, and the readable report lands in ``runs/rN/validate.failed.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+
+from selfimprove.config import Config
+from selfimprove.filters import Candidate, FilterContext, run_filters
+from selfimprove.io import read_verified_jsonl, staged_output, write_json, write_jsonl, write_manifest
+from selfimprove.paths import RoundPaths
+from selfimprove.quality import DataQualityError, check_round_data
+from selfimprove.stages.common import StageReport, eval_problems, normalize_prompt, problem_set, setup_runtime, timer
+from selfimprove.tracking import Tracker
+from selfimprove.types import Completion, PreferencePair, Problem, TrainRow, Verdict
+
+log = logging.getLogger(__name__)
+
+
+def _row(c: Candidate, key_round: int) -> TrainRow:
+    return TrainRow(
+        id=f"r{key_round}/{c.completion.id}",
+        prompt=c.problem.prompt,
+        completion=c.completion.text,
+        problem_id=c.problem.id,
+        origin="self",
+        round=key_round,
+        weight=c.weight,
+        difficulty=c.problem.difficulty,
+        label=c.verdict.label,
+        agreement=c.verdict.agreement,
+    )
+
+
+def _frames(train: list, accepted_now: list[TrainRow], verdicts: list[Verdict], problems: dict[str, Problem],
+            accepted_problems: set[str], pairs: bool):
+    import pandas as pd
+
+    tdf = pd.DataFrame([r.model_dump() for r in train])
+    if tdf.empty:
+        from selfimprove.quality import PAIR_COLUMNS, TRAIN_COLUMNS
+
+        tdf = pd.DataFrame(columns=PAIR_COLUMNS if pairs else TRAIN_COLUMNS)
+    tdf["prompt_normalized"] = [normalize_prompt(p) for p in tdf["prompt"]] if len(tdf) else []
+    return {
+        "train": tdf,
+        "accepted": pd.DataFrame({"id": [r.id for r in accepted_now]}),
+        "samples": pd.DataFrame({"parsed": [1.0 if v.answer is not None else 0.0 for v in verdicts]}),
+        "problems": pd.DataFrame({"accepted": [1.0 if pid in accepted_problems else 0.0 for pid in problems]}),
+    }
+
+
+def run_validate(config: Config, paths: RoundPaths, tracker: Tracker) -> StageReport:
+    setup_runtime(config)
+    vc = config.validate_cfg
+    problems = {p.id: p for p in read_verified_jsonl(paths.sample / "problems.jsonl", Problem)}
+    completions = read_verified_jsonl(paths.sample / "samples.jsonl", Completion)
+    verdicts = read_verified_jsonl(paths.verify / "verdicts.jsonl", Verdict)
+    vmap = {v.sample_id: v for v in verdicts}
+    missing = [c.id for c in completions if c.id not in vmap]
+    if missing:
+        raise ValueError(f"{paths.verify / 'verdicts.jsonl'}: no verdict for {len(missing)} completion(s), e.g. {missing[:3]}")
+    candidates = [Candidate(problems[c.problem_id], c, vmap[c.id]) for c in completions]
+    pset = problem_set(config)
+    eval_prompts = sorted({normalize_prompt(p.prompt) for p in eval_problems(config, pset)})
+    ctx = FilterContext(eval_prompts=frozenset(eval_prompts))
+    with timer() as t:
+        kept, stats = run_filters(candidates, [(s.function, s.kwargs) for s in vc.filters], ctx)
+        accepted_now = [_row(c, paths.round) for c in kept]
+        accepted_problems = {c.problem.id for c in kept}
+        prev_accepted: list[TrainRow] = []
+        if vc.accumulate and paths.prev_paths.key != "r0":
+            prev_accepted = read_verified_jsonl(paths.prev_paths.validate / "accepted.jsonl", TrainRow)
+        accepted_all = prev_accepted + accepted_now
+        real_pool = [r for r in read_verified_jsonl(paths.base.validate / "train.jsonl", TrainRow) if r.origin == "real"]
+        rng = random.Random(config.seed * 7919 + paths.round)
+        n_real = 0
+        if vc.mix_real > 0 and real_pool and accepted_all:
+            n_real = min(len(real_pool), round(len(accepted_all) * vc.mix_real / (1 - vc.mix_real)))
+        real_rows = rng.sample(real_pool, n_real) if n_real else []
+        pairs: list[PreferencePair] = []
+        dpo = config.finetune.trainer == "dpo"
+        if dpo:
+            from selfimprove.trainers.dpo import build_pairs
+
+            pairs = build_pairs(candidates, kept, config, paths.round)
+        train: list = pairs if dpo else accepted_all + real_rows
+        rng.shuffle(train)
+        frames = _frames(train, accepted_now if not dpo else pairs, verdicts, problems, accepted_problems, dpo)
+        failed_path = paths.dir / "validate.failed.json"
+        try:
+            quality = check_round_data(frames, vc.expectations, eval_prompts, name=f"validate@{paths.key}", pairs=dpo)
+        except DataQualityError as e:
+            write_json(failed_path, json.loads(json.dumps({"error": str(e), "report": e.report}, default=str)))
+            tracker.set_tags({"selfimprove.validate_failed": "true"})
+            raise DataQualityError(f"{e}\nFull report: {failed_path}", e.report) from None
+        failed_path.unlink(missing_ok=True)
+    n_problems = max(len(problems), 1)
+    metrics = {
+        "validate/accepted": len(accepted_now),
+        "validate/accepted_problems": len(accepted_problems),
+        "validate/acceptance_rate": len(accepted_problems) / n_problems,
+        "validate/accepted_total": len(accepted_all),
+        "validate/real_rows": len(real_rows),
+        "validate/train_rows": len(train),
+        "validate/seconds": t["seconds"],
+    }
+    for s in stats:
+        metrics[f"validate/removed/{s.function}"] = s.removed
+    report = StageReport(
+        stage="validate", round=paths.round, seconds=t["seconds"], metrics=metrics,
+        outputs={"train": str(paths.validate / "train.jsonl")},
+        details={
+            "filters": [{"function": s.function, "kwargs": s.kwargs, "rows_in": s.rows_in, "rows_out": s.rows_out,
+                         "problems_out": s.problems_out} for s in stats],
+            "expectations": quality.summary(),
+        },
+    )
+    with staged_output(paths.validate) as out:
+        write_jsonl(out / "train.jsonl", train)
+        write_jsonl(out / "accepted.jsonl", accepted_all)
+        write_json(out / "quality.json", json.loads(json.dumps(quality.to_dict(), default=str)))
+        report.write(out)
+        write_manifest(out, producer=f"validate@{paths.key}")
+    tracker.log_metrics(metrics)
+    tracker.log_dataset(paths.validate / "train.jsonl", name=f"{paths.key}/train", context="training")
+    log.info("validate@%s: accepted %d rows from %d/%d problems; train %d rows; %s", paths.key, len(accepted_now),
+             len(accepted_problems), len(problems), len(train), quality.summary())
+    return report
