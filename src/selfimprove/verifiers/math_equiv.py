@@ -1,0 +1,864 @@
+"""MATH-style answer verifier: the last ``\\boxed{}`` answer, compared with the gold by value and by symbol.
+
+What: ``MathEquivVerifier`` (registry name ``math_equiv``) grades free-form solutions to competition-math
+problems (MATH, MATH-500, any LaTeX-answer set). ``extract`` finds the final answer, ``equivalent`` decides
+whether two LaTeX answers denote the same mathematical object (``\\frac12`` = ``0.5`` = ``\\dfrac{1}{2}``,
+``1 \\pm \\sqrt2`` = ``{1+\\sqrt2, 1-\\sqrt2}``, ``(1,2)`` != ``(2,1)``).
+
+Why this shape: string normalisation (hendrycks ``is_equiv``) misses equal values written differently, and a
+symbolic comparison can hang: sympy on a pathological answer (``\\[\\[\\[...``, ``9^{9^{9}}``) may run for
+minutes, and math-verify's own guard is ``signal.alarm``, which works only in the main thread, so inside a
+Prefect task thread it raises instead of protecting. So parsing and comparison run in a worker subprocess
+that this module starts with ``python -m selfimprove.verifiers.math_equiv --worker``: the worker bounds each
+operation with a real-time timer of ``timeout_s``, and the parent kills the worker outright (and starts a
+fresh one on the next call) if an answer is still missing after ``1.5 * timeout_s + 1`` seconds, which
+covers computations stuck in C code that no signal can interrupt. A timed-out comparison is graded
+``status="timeout"``, never ``pass``.
+
+Who does what: the boxed-answer search below is plain Python (linear, no regex backtracking). LaTeX
+parsing, free-form extraction and the equivalence test are math-verify's (``math_verify.parse`` /
+``math_verify.verify``), which converts LaTeX with ``latex2sympy2_extended`` and compares with sympy.
+math-verify is imported only inside the worker, so importing this module stays cheap.
+
+Policy (also in ``docs/verifiers.md``):
+- Extraction: the last ``\\boxed{...}`` or ``\\fbox{...}`` (nested braces matched, escaped ``\\{``/``\\}``
+  skipped, ``\\boxed 5`` accepted, a box directly inside a box unwrapped, empty boxes ignored). Boxes written
+  as a list (``\\boxed{1}, \\boxed{2}``, ``\\boxed{1} and \\boxed{2}``: gap shorter than 10 characters, or
+  shorter than 70 with ``and``/``or``/``,``/``;``) form one answer ``1, 2``; a gap with a correction cue
+  (``wait``, ``actually``, ``no``, ...) breaks the list, so a model that corrects itself is graded on its
+  last box. If the last box is never closed (truncated output) there is no answer. Without any box,
+  math-verify's free-form extraction runs (``match_types``: ``latex`` = "final answer is $x$", "answer: $x$",
+  the last LaTeX span; ``expr`` = plain numbers/expressions); ``match_types=[]`` accepts boxed answers only.
+- Equivalence (math-verify, strict mode): numbers equal after rounding to ``float_rounding`` decimals;
+  ``\\dfrac``/``\\tfrac``/``\\frac12`` are fractions; a mixed number ``2\\frac{1}{2}`` is 5/2; ``\\text{ cm}``
+  and other units after a number are dropped; ``28\\%`` equals 28 and 0.28; ``90^\\circ`` equals 90 but not
+  ``\\frac{\\pi}{2}`` (no unit conversion); ``x = 5`` equals ``5``; ``\\text{(C)}`` equals ``C``. A
+  parenthesised tuple is ordered; a bare list ``a, b`` or set ``\\{a, b\\}`` is unordered; when the gold is
+  a tuple the answer must give the elements in its order, when the gold is a bare list any order passes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from selfimprove.types import Completion, Problem, Verdict
+from selfimprove.verifiers.base import AnswerVerifier
+
+log = logging.getLogger(__name__)
+
+MatchType = Literal["latex", "expr"]
+
+
+class MathEquivConfig(BaseModel):
+    """Options of the ``math_equiv`` verifier (``verifiers.math_equiv.*`` in params.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    timeout_s: float = Field(default=5.0, gt=0, description="Wall-clock limit per extraction or comparison.")
+    match_types: list[MatchType] = Field(
+        default_factory=lambda: ["latex", "expr"],
+        description="Free-form extraction when a completion has no \\boxed{}: 'latex' (answer markers, last "
+        "LaTeX span), 'expr' (plain numbers/expressions); [] = boxed answers only.",
+    )
+    float_rounding: int = Field(default=6, ge=0, description="Decimals kept when comparing floats.")
+    numeric_precision: int = Field(default=15, ge=1, description="Significant digits for numeric evaluation.")
+    strict: bool = Field(default=True, description="False: variables matched by position, sets vs tuples allowed.")
+    allow_set_relation_comp: bool = Field(
+        default=False, description="True: '1 < x < 2' may equal '(1, 2)' whatever side is the gold."
+    )
+    ordered_lists: bool = Field(
+        default=False, description="True: a bare list 'a, b' is an ordered tuple (hendrycks-style grading)."
+    )
+    workers: int = Field(default=1, ge=1, description="Worker processes used by verify() on a batch.")
+    memory_mb: int = Field(default=4096, ge=256, description="Address-space cap of each worker process.")
+    cache_size: int = Field(default=65536, ge=0, description="Comparisons memoised in the parent (0 = off).")
+
+
+# ------------------------------------------------------------------------------------------ boxed answers
+
+_BOX_COMMANDS = ("\\boxed", "\\fbox")
+# A gap between two boxes with one of these words means the model revised its answer, not listed two.
+_CORRECTION_CUE = re.compile(
+    r"\b(?:wait|no|not|actually|instead|mistake|wrong|incorrect|correction|oops|recheck|re-check)\b", re.I
+)
+_LIST_CONNECTIVE = re.compile(r"\b(?:and|or)\b|[,;]")
+_UNBRACED_TOKEN_END = re.compile(r"[\s$]")
+
+
+@dataclass(frozen=True)
+class Box:
+    """One ``\\boxed``/``\\fbox`` occurrence: its content (None if never closed) and its span in the text."""
+
+    content: str | None
+    start: int
+    end: int
+
+
+def brace_pairs(text: str) -> dict[int, int]:
+    """Map each ``{`` to its closing ``}`` in one pass; escaped braces (``\\{``) do not group.
+
+    >>> brace_pairs(r"{a\\}{b}}")
+    {4: 6, 0: 7}
+    """
+    pairs: dict[int, int] = {}
+    stack: list[int] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\":
+            i += 2  # \{ \} \\ are characters, not groups
+            continue
+        if c == "{":
+            stack.append(i)
+        elif c == "}" and stack:
+            pairs[stack.pop()] = i
+        i += 1
+    return pairs
+
+
+def _box_span(text: str, start: int, pairs: Mapping[int, int]) -> tuple[int, int, int] | None:
+    """``(content_start, content_end, box_end)`` of the command at ``start``; content_end -1 = never closed.
+
+    None if the command is only a prefix of a longer one (``\\boxedsymbol``) or has no argument.
+    """
+    n = len(text)
+    cmd_end = start + (6 if text.startswith("\\boxed", start) else 5)
+    if cmd_end < n and text[cmd_end].isalpha():
+        return None
+    j = cmd_end
+    while j < n and text[j].isspace():
+        j += 1
+    if j < n and text[j] == "{":
+        close = pairs.get(j)
+        return (j + 1, -1, n) if close is None else (j + 1, close, close + 1)
+    if cmd_end < j < n:  # \boxed 5: the argument is the next token
+        m = _UNBRACED_TOKEN_END.search(text, j)
+        end = m.start() if m else n
+        while end > j and text[end - 1] in ".,;:":
+            end -= 1
+        return j, end, end
+    return None
+
+
+def _box_at(text: str, start: int, pairs: Mapping[int, int]) -> Box | None:
+    span = _box_span(text, start, pairs)
+    if span is None:
+        return None
+    lo, hi, end = span
+    if hi < 0:
+        return Box(None, start, end)
+    # \boxed{\boxed{5}} -> 5: a box that is the whole content of a box is redundant (a loop, not recursion,
+    # so that thousands of nested boxes cannot exhaust the stack).
+    while True:
+        while lo < hi and text[lo].isspace():
+            lo += 1
+        while hi > lo and text[hi - 1].isspace():
+            hi -= 1
+        inner = _box_span(text, lo, pairs) if text.startswith(_BOX_COMMANDS, lo) else None
+        if inner is None or inner[1] < 0 or inner[2] != hi:
+            break
+        lo, hi = inner[0], inner[1]
+    return Box(text[lo:hi], start, end)
+
+
+def find_boxes(text: str) -> list[Box]:
+    """All boxes in order of their opening command, nested braces matched, in time linear in the text.
+
+    >>> [b.content for b in find_boxes(r"so \\boxed{\\frac{1}{2}} or \\fbox{3} or \\boxed 7. \\boxed{\\boxed{8}}")]
+    ['\\\\frac{1}{2}', '3', '7', '8']
+    """
+    pairs = brace_pairs(text)
+    boxes: list[Box] = []
+    next_at = {cmd: text.find(cmd) for cmd in _BOX_COMMANDS}
+    pos = 0
+    while True:
+        for cmd, at in next_at.items():
+            if 0 <= at < pos:
+                next_at[cmd] = text.find(cmd, pos)
+        found = [at for at in next_at.values() if at >= 0]
+        if not found:
+            return boxes
+        start = min(found)
+        box = _box_at(text, start, pairs)
+        if box is None:
+            pos = start + 1
+            continue
+        boxes.append(box)
+        # Boxes opened inside an unclosed box still count; a closed box is skipped as a whole.
+        pos = start + 1 if box.content is None else max(box.end, start + 1)
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last box (None if there is none, it is empty, or it was never closed).
+
+    >>> last_boxed(r"first \\boxed{3}, then \\boxed{\\frac{a}{b}}.")
+    '\\\\frac{a}{b}'
+    """
+    boxes = [b for b in find_boxes(text) if b.content != ""]
+    if not boxes or boxes[-1].content is None:
+        return None
+    return boxes[-1].content
+
+
+def last_boxed_group(text: str) -> list[str] | None:
+    """The final answer written as one box or as a list of adjacent boxes; None if there is no usable box.
+
+    >>> last_boxed_group(r"$\\boxed{1}$ and $\\boxed{2}$")
+    ['1', '2']
+    >>> last_boxed_group(r"\\boxed{3}. Wait, no: \\boxed{4}")
+    ['4']
+    """
+    boxes = [b for b in find_boxes(text) if b.content != ""]
+    if not boxes or boxes[-1].content is None:
+        return None
+    group = [boxes[-1]]
+    for prev in reversed(boxes[:-1]):
+        head = group[0]
+        if prev.content is None:
+            break
+        gap = text[prev.end : head.start]
+        if _CORRECTION_CUE.search(gap):
+            break
+        listed = len(gap) < 10 or (len(gap) < 70 and _LIST_CONNECTIVE.search(gap) is not None)
+        if not listed or (len(gap) >= 10 and prev.content == head.content):
+            break
+        if prev.content != head.content:
+            group.insert(0, prev)
+        else:
+            group[0] = prev  # the same answer boxed twice in a row counts once
+    return [b.content for b in group if b.content is not None]
+
+
+_FINAL_ANSWER_PHRASE = re.compile(r"final answer is", re.I)
+_ENCLOSING = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
+_THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+
+
+@dataclass(frozen=True)
+class Located:
+    """Where a completion's final answer is: a box group, free text from ``start`` on, a cut-off box, or nothing."""
+
+    kind: Literal["box", "free", "truncated"]
+    answer: str | None = None
+    start: int = 0
+
+
+def locate_answer(text: str, match_types: Sequence[str] = ("latex", "expr")) -> Located:
+    """Apply the extraction policy up to the point where math-verify's free-form search must take over.
+
+    The last marker wins: the last box group, unless the Minerva phrase "final answer is" follows it.
+
+    >>> locate_answer(r"so \\boxed{1} and \\boxed{2}.")
+    Located(kind='box', answer='1, 2', start=0)
+    >>> locate_answer(r"\\boxed{200} ... Final Answer: The final answer is $10,455$.").kind
+    'free'
+    >>> locate_answer(r"the answer is \\boxed{12").kind
+    'truncated'
+    """
+    boxes = find_boxes(text)
+    if boxes and boxes[-1].content is None:
+        return Located("truncated")
+    after = boxes[-1].end if boxes else 0
+    if boxes and "latex" in match_types:
+        phrase = None
+        for phrase in _FINAL_ANSWER_PHRASE.finditer(text, after):
+            pass
+        if phrase is not None:
+            return Located("free", start=phrase.start())
+    group = last_boxed_group(text)
+    if group:
+        return Located("box", answer=", ".join(group))
+    return Located("free", start=0)
+
+
+def clean_answer(answer: str) -> str:
+    """Strip what is never part of an answer: enclosing math delimiters, a final period, a dangling backslash.
+
+    >>> clean_answer(r"$\\frac{2}{3}$.")
+    '\\\\frac{2}{3}'
+    """
+    s = answer.strip()
+    changed = True
+    for _ in range(8):  # bounded: "$$$$...$" must not cost quadratic time
+        if not (changed and s):
+            break
+        changed = False
+        stripped = s.rstrip(" .,;:") if not s.endswith("..") else s
+        if stripped != s:
+            s, changed = stripped.strip(), True
+        if s.endswith("\\") and (len(s) - len(s.rstrip("\\"))) % 2 == 1:
+            s, changed = s[:-1].rstrip(), True
+        for left, right in _ENCLOSING:
+            if len(s) > len(left) + len(right) and s.startswith(left) and s.endswith(right):
+                s, changed = s[len(left) : -len(right)].strip(), True
+                break
+    return s
+
+
+def _top_level_comma(s: str) -> bool:
+    depth = 0
+    i = 0
+    while i < len(s):
+        c = s[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        elif c == "," and depth == 0:
+            return True
+        i += 1
+    return False
+
+
+def as_ordered(answer: str) -> str:
+    """Read a bare list as an ordered tuple (option ``ordered_lists``); numbers with thousands commas stay.
+
+    >>> as_ordered("10, 4, -2"), as_ordered("(1, 2)"), as_ordered("1,000")
+    ('(10, 4, -2)', '(1, 2)', '1,000')
+    """
+    if _THOUSANDS.match(answer.replace(" ", "")) or not _top_level_comma(answer):
+        return answer
+    return f"({answer})"
+
+
+_PLAIN_DECIMAL = re.compile(r"^[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?$")
+_BASE_NUMERAL = re.compile(r"^([0-9A-Za-z]+)\s*_\s*\{?\s*(\d+)\s*\}?$")
+
+
+def literal_equal(answer: str, reference: str) -> bool | None:
+    """Decide the cases math-verify gets wrong before it runs; None = let math-verify decide.
+
+    Two plain decimals are compared exactly: math-verify rounds floats to ``float_rounding`` decimal places,
+    which makes ``.0000672`` equal ``.0000673``. Base-n numerals (``204_5``) are compared digit by digit:
+    math-verify drops the subscript, which makes ``204_5`` equal ``204_6``. A missing base on one side is
+    read as the question's base.
+
+    >>> literal_equal("72.00", "72"), literal_equal(".0000672", ".0000673"), literal_equal("1,080", "1080")
+    (True, False, True)
+    >>> literal_equal("204_5", "204_{6}"), literal_equal("204", "204_5"), literal_equal("x", "1")
+    (False, True, None)
+    """
+    from decimal import Decimal, InvalidOperation
+
+    a, b = clean_answer(answer), clean_answer(reference)
+    if _PLAIN_DECIMAL.match(a) and _PLAIN_DECIMAL.match(b) and any(c.isdigit() for c in a + b):
+        try:
+            return Decimal(a.replace(",", "")) == Decimal(b.replace(",", ""))
+        except InvalidOperation:
+            return None
+    ma, mb = _BASE_NUMERAL.match(a), _BASE_NUMERAL.match(b)
+    if ma is None and mb is None:
+        return None
+    digits_a, base_a = (ma.group(1), ma.group(2)) if ma else (a, None)
+    digits_b, base_b = (mb.group(1), mb.group(2)) if mb else (b, None)
+    if not (digits_a.isalnum() and digits_b.isalnum()):
+        return None
+    if base_a is not None and base_b is not None and int(base_a) != int(base_b):
+        return False
+    return digits_a.lower().lstrip("0") == digits_b.lower().lstrip("0")
+
+
+# ------------------------------------------------------------------------------------ worker (child side)
+
+
+class _Deadline(BaseException):
+    """Raised by the worker's timer; a BaseException so that math-verify's ``except Exception`` lets it pass."""
+
+
+def _on_alarm(signum: int, frame: Any) -> None:
+    raise _Deadline()
+
+
+_WORKER_STATE: dict[str, Any] = {}
+
+
+def _w_configs(match_types: Sequence[str]) -> list[Any]:
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig
+
+    out: list[Any] = []
+    if "latex" in match_types:
+        out.append(LatexExtractionConfig(boxed_match_priority=0))
+    if "expr" in match_types:
+        out.append(ExprExtractionConfig())
+    return out
+
+
+def _w_parse_answer(answer: str, opts: Mapping[str, Any]) -> list[Any]:
+    """Parse a bare answer (what ``extract`` returns, or a gold ``answer`` field) with math-verify."""
+    from math_verify import parse
+
+    ordered = bool(opts.get("ordered_lists"))
+    key = (answer, ordered)
+    cache: OrderedDict[tuple[str, bool], list[Any]] = _WORKER_STATE.setdefault("parsed", OrderedDict())
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    # One line: LaTeX treats a newline as a space, math-verify's inline pattern does not.
+    body = " ".join(clean_answer(answer).split())
+    if ordered:
+        body = as_ordered(body)
+    parsed = parse(f"\\boxed{{{body}}}", _w_configs(["latex", "expr"]), parsing_timeout=None) if body else []
+    if body and not parsed:
+        parsed = parse(body, _w_configs(["latex", "expr"]), parsing_timeout=None)
+    cache[key] = parsed
+    if len(cache) > 256:
+        cache.popitem(last=False)
+    return parsed
+
+
+def _w_answer_string(parsed: list[Any]) -> str | None:
+    from math_verify.grader import get_pct_val
+
+    if not parsed:
+        return None
+    text = clean_answer(parsed[-1] if isinstance(parsed[-1], str) else str(parsed[0]))
+    # math-verify reads "28 percent" as 28/100 but returns the bare digits as its string; keep the sign.
+    if get_pct_val(parsed[0]) is not None and "%" not in text:
+        text = f"{text}\\%"
+    return text or None
+
+
+def _w_extract_free(text: str, match_types: Sequence[str]) -> tuple[str | None, list[Any]]:
+    """math-verify's free-form extraction (answer phrases, last LaTeX span, plain numbers)."""
+    from math_verify import parse
+
+    configs = _w_configs(match_types)
+    if not configs:
+        return None, []
+    parsed = parse(text, configs, parsing_timeout=None)
+    return _w_answer_string(parsed), parsed
+
+
+def _w_verify(gold: list[Any], pred: list[Any], opts: Mapping[str, Any]) -> bool:
+    from math_verify import verify
+
+    if not gold or not pred:
+        return False
+    return bool(
+        verify(
+            gold,
+            pred,
+            float_rounding=opts["float_rounding"],
+            numeric_precision=opts["numeric_precision"],
+            strict=opts["strict"],
+            allow_set_relation_comp=opts["allow_set_relation_comp"],
+            timeout_seconds=None,
+        )
+    )
+
+
+def _w_handle(req: Mapping[str, Any]) -> dict[str, Any]:
+    op = req["op"]
+    opts = req.get("opts", {})
+    match_types = opts.get("match_types", ["latex", "expr"])
+    if op == "ping":
+        return {"ok": True}
+    if op == "extract":
+        answer, _ = _w_extract_free(req["text"], match_types)
+        return {"answer": answer}
+    if op == "equiv":
+        gold = _w_parse_answer(req["reference"], opts)
+        return {"equal": _w_verify(gold, _w_parse_answer(req["answer"], opts), opts)}
+    if op == "grade":
+        answer, pred = _w_extract_free(req["text"], match_types)
+        if answer is None:
+            return {"answer": None, "equal": False}
+        literal = literal_equal(answer, req["gold"])
+        if literal is not None:
+            return {"answer": answer, "equal": literal}
+        if opts.get("ordered_lists"):
+            pred = _w_parse_answer(answer, opts)
+        return {"answer": answer, "equal": _w_verify(_w_parse_answer(req["gold"], opts), pred, opts)}
+    raise ValueError(f"unknown worker op {op!r}")
+
+
+class _DropTimeoutWarning(logging.Filter):
+    """math-verify warns once that its own timeout is off; in the worker our timer replaces it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Timeout is disabled")
+
+
+def _worker_main() -> None:
+    """Serve JSON-line requests on stdin until EOF; one JSON-line reply per request on the protocol fd."""
+    # The protocol gets a private copy of stdout; fd 1 is pointed at stderr so that a stray print in a
+    # library cannot corrupt the replies.
+    proto = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    os.dup2(2, 1)
+    memory_mb = int(os.environ.get("SELFIMPROVE_MATH_WORKER_MEMORY_MB", "0"))
+    if memory_mb > 0:
+        with contextlib.suppress(ValueError, OSError, ImportError):
+            import resource
+
+            limit = memory_mb * 1024 * 1024
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    logging.basicConfig(level=logging.ERROR)
+    for name in ("math_verify", "math_verify.parser", "math_verify.grader"):
+        logging.getLogger(name).addFilter(_DropTimeoutWarning())
+    import math_verify  # noqa: F401  (import before "ready" so the first request's timer measures only work)
+
+    signal.signal(signal.SIGALRM, _on_alarm)
+    proto.write(json.dumps({"ready": True}) + "\n")
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        req = json.loads(line)
+        reply: dict[str, Any] = {"id": req.get("id")}
+        signal.setitimer(signal.ITIMER_REAL, float(req.get("timeout_s", 5.0)))
+        try:
+            reply.update(_w_handle(req))
+        except _Deadline:
+            reply["timeout"] = True
+        except MemoryError:
+            reply["error"] = "memory"
+        except RecursionError:
+            reply["error"] = "recursion"
+        except Exception as e:  # a parser bug on one answer must not end the worker
+            reply["error"] = f"{type(e).__name__}: {e}"[:500]
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        try:
+            proto.write(json.dumps(reply, ensure_ascii=False) + "\n")
+        except _Deadline:  # the timer fired between the op's end and the cancel above
+            proto.write(json.dumps({"id": req.get("id"), "timeout": True}) + "\n")
+
+
+# ----------------------------------------------------------------------------------- worker (parent side)
+
+
+class WorkerTimeout(RuntimeError):
+    """A worker did not answer in time (it is killed; the next request starts a fresh one)."""
+
+
+class WorkerFailure(RuntimeError):
+    """A worker died or reported an error for one request."""
+
+
+def _kill(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    with contextlib.suppress(Exception):
+        proc.wait(timeout=5)
+
+
+class _Worker:
+    """One math-verify worker process, started on first use and restarted after a kill or crash."""
+
+    START_TIMEOUT_S = 120.0
+
+    def __init__(self, memory_mb: int):
+        self.memory_mb = memory_mb
+        self.proc: subprocess.Popen | None = None
+        self._buf = b""
+        self._next_id = 0
+        self._finalizer: weakref.finalize | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+
+    def _start(self) -> None:
+        import selfimprove
+
+        pkg_root = str(Path(selfimprove.__file__).resolve().parent.parent)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH", "")) if p)
+        env["SELFIMPROVE_MATH_WORKER_MEMORY_MB"] = str(self.memory_mb)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "selfimprove.verifiers.math_equiv", "--worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            start_new_session=True,  # a Ctrl-C in the terminal is the parent's to handle, not the worker's
+        )
+        self._buf = b""
+        self._finalizer = weakref.finalize(self, _kill, self.proc)
+        try:
+            hello = self._read_line(time.monotonic() + self.START_TIMEOUT_S)
+        except WorkerTimeout:
+            self.close()
+            raise WorkerFailure(f"math worker did not start within {self.START_TIMEOUT_S:.0f} s") from None
+        if not json.loads(hello).get("ready"):
+            self.close()
+            raise WorkerFailure(f"math worker sent {hello!r} instead of a ready message")
+
+    def _read_line(self, deadline: float) -> str:
+        assert self.proc is not None and self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            while b"\n" not in self._buf:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WorkerTimeout()
+                if not sel.select(left):
+                    continue
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    code = self.proc.poll()
+                    raise WorkerFailure(f"math worker exited (code {code})")
+                self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line.decode("utf-8")
+
+    def request(self, payload: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """Send one request; raise WorkerTimeout (worker killed) or WorkerFailure (worker gone)."""
+        if self.proc is None or self.proc.poll() is not None:
+            self._start()
+        assert self.proc is not None and self.proc.stdin is not None
+        self._next_id += 1
+        payload = {**payload, "id": self._next_id, "timeout_s": timeout_s}
+        try:
+            self.proc.stdin.write((json.dumps(payload, ensure_ascii=False) + "\n").encode("utf-8"))
+            self.proc.stdin.flush()
+            # The worker's own timer fires at timeout_s; the margin covers work stuck in C code.
+            hard_limit = 1.5 * timeout_s + 1.0
+            reply = json.loads(self._read_line(time.monotonic() + hard_limit))
+        except WorkerTimeout:
+            log.warning("math worker pid %s sent no reply within %.1f s; killing it", self.pid, hard_limit)
+            self.close()
+            raise
+        except (BrokenPipeError, WorkerFailure) as e:
+            self.close()
+            raise WorkerFailure(str(e) or "math worker pipe closed") from None
+        if reply.get("id") != self._next_id:
+            self.close()
+            raise WorkerFailure(f"math worker answered request {reply.get('id')} for {self._next_id}")
+        return reply
+
+    def close(self) -> None:
+        _kill(self.proc)
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        self.proc = None
+        self._buf = b""
+
+
+class _Pool:
+    """Worker processes shared by a verifier and the views made with ``with_options`` (opts travel per request)."""
+
+    def __init__(self, size: int, memory_mb: int):
+        self.size = size
+        self.memory_mb = memory_mb
+        self._idle: queue.Queue[_Worker] = queue.Queue()
+        self._all: list[_Worker] = []
+        self._lock = threading.Lock()
+
+    def request(self, payload: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        with self._lock:
+            if not self._all:
+                for _ in range(self.size):
+                    w = _Worker(self.memory_mb)
+                    self._all.append(w)
+                    self._idle.put(w)
+        worker = self._idle.get()
+        try:
+            return worker.request(payload, timeout_s)
+        except WorkerTimeout:
+            return {"timeout": True}
+        except WorkerFailure as e:
+            return {"error": f"worker failure: {e}"}
+        finally:
+            self._idle.put(worker)
+
+    def pids(self) -> list[int]:
+        return [pid for w in self._all if (pid := w.pid) is not None]
+
+    def close(self) -> None:
+        for w in self._all:
+            w.close()
+
+
+# --------------------------------------------------------------------------------------------- verifier
+
+Outcome = Literal["equal", "different", "timeout", "memory", "error"]
+
+
+class MathEquivVerifier(AnswerVerifier):
+    """Last-boxed answer vs gold LaTeX answer, equal by value or symbol (math-verify), time-bounded."""
+
+    name: ClassVar[str] = "math_equiv"
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        self.config = MathEquivConfig(**options)
+        self._pool = _Pool(self.config.workers, self.config.memory_mb)
+        self._owns_pool = True
+        self._cache: OrderedDict[tuple[str, str], Outcome] = OrderedDict()
+        self._cache_lock = threading.Lock()
+
+    def with_options(self, **overrides: Any) -> MathEquivVerifier:
+        """A verifier with other comparison options that reuses this one's worker processes.
+
+        Starting a worker costs about 1.5 s (sympy import), so graders that switch settings per record use
+        views. Closing a view leaves the workers running; closing this verifier stops them.
+        """
+        fixed = {"workers", "memory_mb"} & set(overrides)
+        if fixed:
+            raise ValueError(f"with_options cannot change {sorted(fixed)}: they size the shared worker pool")
+        view = MathEquivVerifier(**{**self.options, **overrides})
+        view._pool, view._owns_pool = self._pool, False
+        return view
+
+    # -- worker pool
+
+    def _call(self, payload: dict[str, Any]) -> dict[str, Any]:
+        opts = self.config.model_dump(
+            include={
+                "match_types",
+                "float_rounding",
+                "numeric_precision",
+                "strict",
+                "allow_set_relation_comp",
+                "ordered_lists",
+            }
+        )
+        return self._pool.request({**payload, "opts": opts}, self.config.timeout_s)
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the running workers (for monitoring and tests)."""
+        return self._pool.pids()
+
+    def close(self) -> None:
+        if self._owns_pool:
+            self._pool.close()
+
+    def __enter__(self) -> MathEquivVerifier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the AnswerVerifier interface
+
+    def extract(self, text: str, problem: Problem | None = None) -> str | None:
+        """The final answer: the last box (group), else math-verify's free-form extraction; None if none."""
+        where = locate_answer(text, self.config.match_types)
+        if where.kind != "free" or not self.config.match_types:
+            return where.answer
+        return self._call({"op": "extract", "text": text[where.start :]}).get("answer")
+
+    def compare(self, answer: str, reference: str) -> Outcome:
+        """Equivalence with the reason a comparison gave no verdict ('timeout', 'error')."""
+        if answer.strip() == reference.strip() and answer.strip():
+            return "equal"
+        literal = literal_equal(answer, reference)
+        if literal is not None:
+            return "equal" if literal else "different"
+        key = (answer, reference)
+        with self._cache_lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        reply = self._call({"op": "equiv", "answer": answer, "reference": reference})
+        outcome = _outcome(reply)
+        self._remember(key, outcome)
+        return outcome
+
+    def equivalent(self, answer: str, reference: str) -> bool:
+        return self.compare(answer, reference) == "equal"
+
+    def _remember(self, key: tuple[str, str], outcome: Outcome) -> None:
+        # Only verdicts are memoised: a timeout may come from a worker that was stuck, not from the input.
+        if self.config.cache_size <= 0 or outcome not in ("equal", "different"):
+            return
+        with self._cache_lock:
+            self._cache[key] = outcome
+            if len(self._cache) > self.config.cache_size:
+                self._cache.popitem(last=False)
+
+    def check(self, problem: Problem, completion: Completion) -> Verdict:
+        """One worker round trip: extraction and comparison share the parsed objects."""
+        t0 = time.perf_counter()
+        gold = problem.answer
+        if gold is None:
+            raise ValueError(
+                f"problem {problem.id!r} has no gold answer; verifier {self.name!r} needs one "
+                "(use a label-free verifier such as 'majority_vote' for unlabelled problems)"
+            )
+        where = locate_answer(completion.text, self.config.match_types)
+        answer: str | None = where.answer
+        outcome: Outcome = "different"
+        if where.kind == "box" and answer is not None:
+            outcome = self.compare(answer, gold)
+        elif where.kind == "free" and self.config.match_types:
+            reply = self._call({"op": "grade", "text": completion.text[where.start :], "gold": gold})
+            answer = reply.get("answer")
+            outcome = _outcome(reply)
+        passed = outcome == "equal"
+        if outcome == "timeout":
+            status, reason = "timeout", f"comparison did not finish within {self.config.timeout_s:g} s"
+        elif outcome == "memory":
+            status, reason = "memory", f"comparison exceeded the worker's {self.config.memory_mb} MB"
+        elif outcome == "error":
+            status, reason = "infra_error", "the math worker failed on this completion"
+        elif answer is None:
+            status = "no_answer"
+            reason = (
+                "the last \\boxed{} is never closed (output cut off?)"
+                if where.kind == "truncated"
+                else "no final answer found in the completion"
+            )
+        else:
+            status = "pass" if passed else "fail"
+            reason = "answer matches gold" if passed else f"answer {answer!r} != gold {gold!r}"
+        return Verdict(
+            sample_id=completion.id,
+            problem_id=completion.problem_id,
+            round=completion.round,
+            verifier=self.name,
+            passed=passed,
+            score=1.0 if passed else 0.0,
+            status=status,
+            answer=answer,
+            label=gold,
+            reason=reason,
+            cost_s=time.perf_counter() - t0,
+        )
+
+    def verify(self, problems: Mapping[str, Problem], completions: Sequence[Completion]) -> list[Verdict]:
+        if self.config.workers <= 1 or len(completions) <= 1:
+            return [self.check(problems[c.problem_id], c) for c in completions]
+        with ThreadPoolExecutor(max_workers=self.config.workers) as pool:
+            return list(pool.map(lambda c: self.check(problems[c.problem_id], c), completions))
+
+
+def _outcome(reply: Mapping[str, Any]) -> Outcome:
+    if reply.get("timeout"):
+        return "timeout"
+    if "error" in reply:
+        log.debug("math worker error: %s", reply["error"])
+        return "memory" if reply["error"] == "memory" else "error"
+    return "equal" if reply.get("equal") else "different"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--worker"]:
+        _worker_main()
+    else:
+        sys.exit("usage: python -m selfimprove.verifiers.math_equiv --worker  (started by MathEquivVerifier)")
