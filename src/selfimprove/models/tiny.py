@@ -34,6 +34,7 @@ from transformers import (
     AutoModelForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
+    LlamaModel,
     PreTrainedTokenizerFast,
 )
 
@@ -157,6 +158,35 @@ class TinyLlamaConfig(LlamaConfig):
         return out
 
 
+class TinyLlamaModel(LlamaModel):
+    """The Llama backbone with coupled position ids derived from ``input_ids`` when none are given.
+
+    The ids must be computed here, not only in the causal-LM head: TRL's trainers patch in a fused LM head
+    that calls the backbone directly (``model.base_model(...)``), which would otherwise fall back to
+    0, 1, 2, ... during training while generation used coupled ids.
+    """
+
+    config_class = TinyLlamaConfig
+
+    def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.LongTensor | None = None, cache: Any = None, **kwargs: Any) -> Any:
+        coupled = getattr(self.config, "position_scheme", "standard") == "coupled"
+        if coupled and position_ids is None:
+            past = cache.get_seq_length() if cache is not None else 0
+            if input_ids is None or past:
+                raise ValueError(
+                    "coupled position ids are computed from the full input_ids; pass position_ids explicitly when "
+                    "calling forward with inputs_embeds or a non-empty cache (generate() does this for you)"
+                )
+            position_ids = coupled_position_ids(input_ids, self.config.position_reset_token_ids or [], attention_mask)
+        if coupled and attention_mask is None and cache is None and input_ids is not None:
+            # Without a 2D mask, transformers reads non-monotonic position ids as packed sequences and would
+            # forbid attention across the resets; an explicit all-ones mask keeps one sequence per row.
+            attention_mask = torch.ones_like(input_ids)
+        return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               cache=cache, **kwargs)
+
+
 class TinyLlamaForCausalLM(LlamaForCausalLM):
     """``LlamaForCausalLM`` that derives its position ids from ``input_ids`` when the caller gives none.
 
@@ -169,6 +199,11 @@ class TinyLlamaForCausalLM(LlamaForCausalLM):
 
     config_class = TinyLlamaConfig
     config: TinyLlamaConfig
+
+    def __init__(self, config: TinyLlamaConfig):
+        super().__init__(config)
+        self.model = TinyLlamaModel(config)
+        self.post_init()
 
     @property
     def _coupled(self) -> bool:
