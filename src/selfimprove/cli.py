@@ -134,7 +134,7 @@ def report(
     params: ParamsOpt = "params.yaml",
 ) -> None:
     """Print the per-round table read back from MLflow (accuracy per difficulty, acceptance, time per stage)."""
-    from selfimprove.report import render, table_rows
+    from selfimprove.report import TABLE_WIDTH, render, table_rows
     from selfimprove.tracking import TrackingError, read_rounds
 
     config = _load(project, params)
@@ -145,7 +145,7 @@ def report(
     if as_json:
         print(json.dumps({"loop": config.loop.name, "rounds": rounds, "table": table_rows(rounds)}, indent=2, default=str))
     else:
-        out.print(render(rounds, title=f"loop '{config.loop.name}' (from MLflow)"))
+        out.print(render(rounds, title=f"loop '{config.loop.name}' (from MLflow)"), width=max(out.width, TABLE_WIDTH))
 
 
 @app.command()

@@ -71,6 +71,11 @@ class QualityReport:
 _CTX: Any = None
 
 
+def _plain(v: Any) -> Any:
+    """numpy scalars -> Python numbers, so reports read 0.0 rather than np.float64(0.0)."""
+    return v.item() if hasattr(v, "item") and not isinstance(v, list | dict | str) else v
+
+
 def _context() -> Any:
     global _CTX
     if _CTX is None:
@@ -162,7 +167,7 @@ def check_round_data(
                     "expectation": r.expectation_config.type,
                     "column": kwargs.get("column"),
                     "kwargs": kwargs,
-                    "observed_value": (r.result or {}).get("observed_value"),
+                    "observed_value": _plain((r.result or {}).get("observed_value")),
                     "unexpected_count": (r.result or {}).get("unexpected_count"),
                     "examples": examples,
                     "error": error,

@@ -57,19 +57,58 @@ def _fmt(v: Any, key: str) -> str:
     return str(v)
 
 
+HEADERS = {
+    "round": "round",
+    "accuracy": "mean",
+    "accepted": "accepted",
+    "acceptance_rate": "acc.rate",
+    "label_precision": "prec",
+    "model_version": "model v",
+    "bootstrap_s": "boot",
+    "sample_s": "sample",
+    "verify_s": "verify",
+    "validate_s": "valid",
+    "finetune_s": "tune",
+    "evaluate_s": "eval",
+}
+
+
+def _header(c: str) -> str:
+    if c in HEADERS:
+        return HEADERS[c]
+    if c.startswith("acc_d") and c[5:].isdigit():
+        return f"{c[5:]}d"
+    return c.removeprefix("acc_")
+
+
+def _short(v: Any, key: str) -> str:
+    if isinstance(v, int | float) and not key.endswith("_s") and key not in ("accepted", "round", "model_version"):
+        return f"{float(v):.2f}"
+    return _fmt(v, key)
+
+
+TABLE_WIDTH = 120
+
+
 def render(rounds: list[dict[str, Any]], title: str = "selfimprove: rounds") -> Any:
+    """A rich table: greedy accuracy per difficulty ('4d' = 4-digit problems), accepted self-labels, their
+    precision against hidden gold, seconds per stage."""
     from rich.table import Table
 
     rows = table_rows(rounds)
     cols: list[str] = []
     for r in rows:
         cols.extend(k for k in r if k not in cols)
-    t = Table(title=title, show_lines=False)
+    from rich import box
+
+    cols = [c for c in cols if c not in ("acceptance_rate", "model_version")]
+    t = Table(title=title, caption="Nd: held-out greedy accuracy on N-digit problems (difficulty N); prec: share of "
+              "the round's accepted self-labels matching the hidden gold; boot..eval: seconds per stage", caption_justify="left",
+              box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
     for c in cols:
-        header = c.replace("acc_d", "acc ").replace("acc_", "acc ").replace("_s", " s").replace("_", " ")
-        t.add_column(header, justify="right")
+        t.add_column(_header(c), justify="right", no_wrap=True)
     for r in rows:
-        t.add_row(*[_fmt(r.get(c), c) for c in cols])
+        t.add_row(*[_short(r.get(c), c) for c in cols])
     return t
 
 

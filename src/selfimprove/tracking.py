@@ -412,13 +412,17 @@ def _params(d: Mapping[str, Any]) -> list[Any]:
 
 def _log_transformers(model_dir: Path) -> Any:
     import mlflow.transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import selfimprove.models  # noqa: F401 - registers the tiny model class with the Auto* factories
 
+    # Components rather than a folder path: MLflow 3.17's path-based flavor config breaks on transformers 5.
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
     # Explicit requirements: the default probe imports torchvision (a CUDA build on PyPI).
     reqs = [f"torch=={_version('torch').split('+')[0]}", f"transformers=={_version('transformers')}", "tokenizers", "safetensors"]
     return mlflow.transformers.log_model(
-        transformers_model=str(model_dir), name="model", task="text-generation", pip_requirements=reqs
+        transformers_model={"model": model, "tokenizer": tok}, name="model", task="text-generation", pip_requirements=reqs
     )
 
 

@@ -82,14 +82,18 @@ class TransformersSampler(Sampler):
     def from_model(cls, model: Any, tokenizer: Any) -> TransformersSampler:
         return cls("<in-memory>", model=model, tokenizer=tokenizer)
 
-    def _generate(self, prompts: list[str], params: SamplingParams, do_sample: bool, n: int) -> list[dict[str, Any]]:
+    def _generate(self, prompts: list[str], params: SamplingParams, do_sample: bool, n: int,
+                  answer_tokens: int | None = None) -> list[dict[str, Any]]:
+        """Generate ``n`` completions per prompt. ``answer_tokens``: the problems declare their answer length
+        (``meta.max_new_tokens``); reaching it ends the answer, so it counts as a natural stop."""
         import torch
 
         tok = self.tok
         tok.padding_side = "left"
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=True).to(self.device)
+        max_new = min(params.max_new_tokens, answer_tokens) if answer_tokens else params.max_new_tokens
         gen_kwargs: dict[str, Any] = dict(
-            max_new_tokens=params.max_new_tokens,
+            max_new_tokens=max_new,
             do_sample=do_sample,
             num_return_sequences=n,
             return_dict_in_generate=True,
@@ -123,6 +127,8 @@ class TransformersSampler(Sampler):
             if finish == "length" and pad != eos:
                 while n_tok > 0 and ids[n_tok - 1] == pad:
                     n_tok -= 1
+            if finish == "length" and answer_tokens and n_tok >= answer_tokens:
+                finish = "stop"
             text = tok.decode(ids[:n_tok], skip_special_tokens=True)
             if finish == "length" and params.stop and any(text.endswith(s) or s in text for s in params.stop):
                 finish = "stop"
@@ -138,20 +144,31 @@ class TransformersSampler(Sampler):
         from tqdm.auto import tqdm
 
         torch.manual_seed(params.seed)
-        order = sorted(range(len(problems)), key=lambda i: (len(problems[i].prompt), i))
+        def answer_len(i: int) -> int | None:
+            v = problems[i].meta.get("max_new_tokens")
+            return int(v) if v else None
+
+        # Batches never mix declared answer lengths, and similar prompt lengths keep padding small.
+        order = sorted(range(len(problems)), key=lambda i: (answer_len(i) or 0, len(problems[i].prompt), i))
         per_batch = max(1, params.batch_size // max(1, params.n_per_problem))
+        batches: list[list[int]] = []
+        for i in order:
+            if batches and len(batches[-1]) < per_batch and answer_len(batches[-1][0]) == answer_len(i):
+                batches[-1].append(i)
+            else:
+                batches.append([i])
         out: dict[int, list[Completion]] = {}
         t0 = time.perf_counter()
         bar = tqdm(total=len(problems), desc=f"sample r{round}", unit="prob", disable=not progress, leave=False)
-        for start in range(0, len(order), per_batch):
-            idx = order[start : start + per_batch]
+        for idx in batches:
             prompts = [problems[i].prompt for i in idx]
+            alen = answer_len(idx[0])
             per_problem: dict[int, list[dict[str, Any]]] = {i: [] for i in idx}
             if params.greedy:
-                for i, res in zip(idx, self._generate(prompts, params, do_sample=False, n=1)):
+                for i, res in zip(idx, self._generate(prompts, params, do_sample=False, n=1, answer_tokens=alen)):
                     per_problem[i].append(res | {"greedy": True})
             if params.k:
-                res = self._generate(prompts, params, do_sample=True, n=params.k)
+                res = self._generate(prompts, params, do_sample=True, n=params.k, answer_tokens=alen)
                 for j, i in enumerate(idx):
                     per_problem[i].extend(r | {"greedy": False} for r in res[j * params.k : (j + 1) * params.k])
             for i in idx:

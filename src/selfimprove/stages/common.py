@@ -68,7 +68,9 @@ def setup_runtime(config: Config) -> None:
     if config.model.source != "hub":
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
+    import transformers
 
+    transformers.utils.logging.disable_progress_bar()  # per-tensor load/save bars drown the round's own progress
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.set_flush_denormal(True)
