@@ -215,7 +215,7 @@ def last_boxed(text: str) -> str | None:
     '\\\\frac{a}{b}'
     """
     boxes = [b for b in find_boxes(text) if b.content != ""]
-    if not boxes or boxes[-1].content is None:
+    if not boxes or any(b.content is None for b in boxes):
         return None
     return boxes[-1].content
 
@@ -229,8 +229,8 @@ def last_boxed_group(text: str) -> list[str] | None:
     ['4']
     """
     boxes = [b for b in find_boxes(text) if b.content != ""]
-    if not boxes or boxes[-1].content is None:
-        return None
+    if not boxes or any(b.content is None for b in boxes):
+        return None  # a box still open at the end: the output was cut off inside it
     group = [boxes[-1]]
     for prev in reversed(boxes[:-1]):
         head = group[0]
@@ -276,8 +276,8 @@ def locate_answer(text: str, match_types: Sequence[str] = ("latex", "expr")) -> 
     'truncated'
     """
     boxes = find_boxes(text)
-    if boxes and boxes[-1].content is None:
-        return Located("truncated")
+    if any(b.content is None for b in boxes):
+        return Located("truncated")  # everything after an unclosed box is inside it: the output was cut off
     after = boxes[-1].end if boxes else 0
     if boxes and "latex" in match_types:
         phrase = None
