@@ -10,7 +10,9 @@ per-test details.
 * HumanEval: ``{"format": "humaneval", "prompt": <signature + docstring>, "test": <code defining
   check(candidate)>, "entry_point": "<name>"}``
 * MBPP: ``{"format": "asserts", "asserts": ["assert f(1) == 2", ...], "setup": "<test_setup_code or ''>",
-  "imports": ["import math", ...]}``, optionally ``"entry_point": "<name>"`` naming the function under test.
+  "imports": ["import math", ...]}``, optionally ``"challenge_asserts": [...]`` (MBPP's harder extra tests,
+  run after ``asserts`` unless ``challenge_tests=False``) and ``"entry_point": "<name>"`` naming the
+  function under test (``Problem.meta["entry_point"]`` is used too when present).
 
 Why the verdict cannot be forged (the protocol; details in ``sandbox/_worker.py``): inside the sandbox the
 candidate's code runs in its own process C, which only ever receives call requests with *arguments*. The
@@ -306,7 +308,7 @@ class PreparedTests:
     remote_names: list[str] = field(default_factory=list)
 
 
-def prepare_tests(problem: Problem) -> PreparedTests:
+def prepare_tests(problem: Problem, challenge_tests: bool = True) -> PreparedTests:
     """Validate ``problem.tests`` and build the tester spec; raise ``ValueError`` naming the problem."""
     tests = problem.tests
     if not tests:
@@ -331,12 +333,20 @@ def prepare_tests(problem: Problem) -> PreparedTests:
         return PreparedTests("humaneval", spec, [], [], sources, len(sources), entry, tests["prompt"], [entry])
     if fmt == "asserts":
         asserts = tests.get("asserts")
+        challenge = tests.get("challenge_asserts") or []
         if not isinstance(asserts, list) or not asserts or not all(isinstance(a, str) for a in asserts):
             raise ValueError(f"problem {problem.id!r}: 'asserts' must be a non-empty list of strings")
+        if not isinstance(challenge, list) or not all(isinstance(a, str) for a in challenge):
+            raise ValueError(f"problem {problem.id!r}: 'challenge_asserts' must be a list of strings")
+        if challenge_tests:
+            asserts = [*asserts, *challenge]
         imports = tests.get("imports") or []
         setup = tests.get("setup") or ""
+        if not isinstance(imports, list) or not isinstance(setup, str):
+            raise ValueError(f"problem {problem.id!r}: 'imports' must be a list and 'setup' a string")
         imports_src = "\n".join(imports)
-        remote, modules = analyze_asserts(asserts, imports_src, tests.get("entry_point"))
+        entry = tests.get("entry_point") or problem.meta.get("entry_point")
+        remote, modules = analyze_asserts(asserts, imports_src, entry if isinstance(entry, str) else None)
         if not remote:
             raise ValueError(f"problem {problem.id!r}: no assert calls a function of the candidate")
         spec = {"mode": "asserts", "preamble": imports_src, "local_modules": modules, "remote_names": remote,
@@ -344,8 +354,8 @@ def prepare_tests(problem: Problem) -> PreparedTests:
         before = [(imports_src, "<imports>")] if imports_src else []
         after = [(setup.replace("\r\n", "\n"), "<setup>")] if setup.strip() else []
         sources = {i: a.strip() for i, a in enumerate(asserts)}
-        return PreparedTests("asserts", spec, before, after, sources, len(asserts), tests.get("entry_point"),
-                             remote_names=remote)
+        return PreparedTests("asserts", spec, before, after, sources, len(asserts),
+                             entry if isinstance(entry, str) else None, remote_names=remote)
     raise ValueError(f"problem {problem.id!r}: unknown tests format {fmt!r} (expected 'humaneval' or 'asserts')")
 
 
@@ -436,6 +446,15 @@ def classify(result: JobResult, prep: PreparedTests) -> tuple[str, bool, str, di
     passed_ids = [t for t in tests if not t.get("failed")]
     details["tests_total"] = prep.n_tests if prep.mode == "asserts" else len(tests)
     details["tests_passed"] = len(passed_ids)
+    limit_note = ""
+    status = bad("fail")
+    if status == "timeout":
+        limit_note = (f"exceeded the {'wall-clock' if result.wall_timeout else 'CPU'} limit "
+                      f"({lim.effective_wall_s if result.wall_timeout else lim.effective_cpu_s} s); ")
+    elif status == "memory":
+        limit_note = f"ran out of memory (limit {lim.memory_mb} MiB); "
+    elif status == "crashed":
+        limit_note = f"the candidate process crashed ({_signal_name(result.candidate.signal if result.candidate else None)}); "
     if failing:
         first = failing[0]
         where = (f"test {first['id'] + 1}/{prep.n_tests}" if prep.mode == "asserts" else f"assert at line {first['id']}")
@@ -443,18 +462,18 @@ def classify(result: JobResult, prep: PreparedTests) -> tuple[str, bool, str, di
         reason = f"{where} failed: `{_short(prep.sources.get(first['id'], '?'), 160)}`: {_short(first.get('error', ''), 160)}"
         if observed:
             reason += f" (observed {_short(observed, 200)})"
-        return bad("fail"), False, reason, details
+        return status, False, limit_note + reason, details
     if rep.get("check_error"):
         line = rep.get("check_error_line")
         reason = f"check() raised {_short(str(rep['check_error']), 200)}" + (f" at line {line}" if line else "")
         observed = "; ".join(rep.get("check_observed") or [])
         if observed:
             reason += f" (observed {_short(observed, 200)})"
-        return bad("fail"), False, reason, details
+        return status, False, limit_note + reason, details
     if prep.mode == "asserts" and ran != set(range(prep.n_tests)):
-        return bad("fail"), False, f"only {len(ran)} of {prep.n_tests} tests ran", details
+        return status, False, f"{limit_note}only {len(ran)} of {prep.n_tests} tests ran", details
     if not tests:
-        return bad("fail"), False, "no assertion was executed", details
+        return status, False, f"{limit_note}no assertion was executed", details
     if not rep.get("calls"):
         return "fail", False, "the tests never called the candidate's code", details
     return "pass", True, f"all {len(tests)} {'tests' if prep.mode == 'asserts' else 'asserts'} passed", details
@@ -472,7 +491,8 @@ class SandboxedTestsVerifier(Verifier):
     ``max_file_bytes`` [16 MiB] largest file the job may write; ``max_processes`` [8] extra processes or
     threads; ``isolation`` ["bwrap"], or "none" to run WITHOUT isolation (logged as a warning on every
     call); ``sandbox_uid`` [65534 when run as root] uid the sandboxes run as; ``tmp_mb`` [64] size of the
-    sandbox's /tmp. The pool starts on the first ``verify`` and lives until ``close``.
+    sandbox's /tmp; ``challenge_tests`` [True] also run MBPP's ``challenge_asserts``. The pool starts on the
+    first ``verify`` and lives until ``close``.
     """
 
     name: ClassVar[str] = "sandboxed_tests"
@@ -491,10 +511,13 @@ class SandboxedTestsVerifier(Verifier):
         isolation: str = "bwrap",
         sandbox_uid: int | None = None,
         tmp_mb: int = 64,
+        challenge_tests: bool = True,
     ):
         super().__init__(workers=workers, timeout_s=timeout_s, wall_timeout_s=wall_timeout_s, memory_mb=memory_mb,
                          max_output_bytes=max_output_bytes, max_file_bytes=max_file_bytes,
-                         max_processes=max_processes, isolation=isolation, sandbox_uid=sandbox_uid, tmp_mb=tmp_mb)
+                         max_processes=max_processes, isolation=isolation, sandbox_uid=sandbox_uid, tmp_mb=tmp_mb,
+                         challenge_tests=challenge_tests)
+        self.challenge_tests = challenge_tests
         if isolation not in ("bwrap", "none"):
             raise ValueError(f"isolation must be 'bwrap' or 'none', got {isolation!r}")
         self.limits = Limits(cpu_s=timeout_s, wall_s=wall_timeout_s, memory_mb=memory_mb,
@@ -522,7 +545,7 @@ class SandboxedTestsVerifier(Verifier):
         if key not in self._prepared:
             if len(self._prepared) > 100_000:
                 self._prepared.clear()
-            self._prepared[key] = prepare_tests(problem)
+            self._prepared[key] = prepare_tests(problem, self.challenge_tests)
         return self._prepared[key]
 
     def verify(self, problems: Mapping[str, Problem], completions: Sequence[Completion]) -> list[Verdict]:

@@ -723,6 +723,13 @@ class SandboxPool:
                     fut.set_result(self._execute(sandbox, job))
                 except BaseException as e:
                     fut.set_exception(e)
+                if not sandbox.alive:
+                    # Restart a recycled sandbox now, while idle, rather than on the next job's clock.
+                    try:
+                        sandbox.stop()
+                        sandbox.start()
+                    except SandboxUnavailableError as e:
+                        logger.warning("sandbox %d could not restart (will retry on the next job): %s", index, e)
         finally:
             sandbox.stop()
 
