@@ -55,7 +55,12 @@ def test_check_end_to_end():
     p = Problem(id="p", prompt="12+30=", answer="42")
     c = Completion(id="p#0", problem_id="p", round=1, sample_idx=0, text="12+30 = 42")
     verdict = v.check(p, c)
-    assert (verdict.passed, verdict.status, verdict.answer, verdict.verifier) == (True, "pass", "42", "exact_match")
+    assert (verdict.passed, verdict.status, verdict.answer, verdict.verifier) == (
+        True,
+        "pass",
+        "42",
+        "exact_match",
+    )
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,9 @@ from selfimprove.verifiers import VERIFIERS, make_verifier
 from selfimprove.verifiers.gsm8k import GSM8KVerifier, canonical, find_answer
 
 BENCH = Path(
-    os.environ.get("SELFIMPROVE_BENCHMARKS_DIR", Path(__file__).resolve().parents[2].parent / "shared" / "benchmarks")
+    os.environ.get(
+        "SELFIMPROVE_BENCHMARKS_DIR", Path(__file__).resolve().parents[2].parent / "shared" / "benchmarks"
+    )
 )
 needs_gsm8k = pytest.mark.skipif(
     not (BENCH / "gsm8k" / "test.jsonl").is_file(), reason=f"GSM8K data not found under {BENCH}"
@@ -82,7 +84,10 @@ def test_raw_gold_answer_field_grades_against_its_own_final_number(v):
 # (completion, extracted answer) -- formats seen in real model output; None = no answer.
 EXTRACT_TABLE = [
     ("#### 72", "72"),
-    ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips.\n#### 72", "72"),
+    (
+        "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips.\n#### 72",
+        "72",
+    ),
     (r"The total is $\boxed{72}$.", "72"),
     (r"\[\boxed{72}\]", "72"),
     (r"\fbox{72}", "72"),
@@ -167,7 +172,12 @@ def test_equivalent_is_exact_numeric(v, answer, reference, equal):
 def test_check_statuses(v, text, status, answer):
     p = Problem(id="p", prompt="q", answer="72")
     verdict = v.check(p, _completion(text))
-    assert (verdict.status, verdict.answer, verdict.passed, verdict.label) == (status, answer, status == "pass", "72")
+    assert (verdict.status, verdict.answer, verdict.passed, verdict.label) == (
+        status,
+        answer,
+        status == "pass",
+        "72",
+    )
 
 
 def test_fallback_none_requires_a_marker():

@@ -1,10 +1,10 @@
-"""math_equiv verifier on real data: MATH-500 golds, the labelled answer-equivalence pairs, model-output formats,
-and the guarantees around math-verify: bounded time per comparison, a hung worker replaced, thread safety,
-lazy import.
+"""math_equiv verifier on real data: MATH-500 golds, the labelled answer-equivalence pairs, model-output
+formats, and the guarantees around math-verify: bounded time per comparison, a hung worker replaced, thread
+safety, lazy import.
 
 Policy decisions on the labelled pairs are explicit tables below (``POLICY_OVERRIDES`` for rows where our
-verdict differs from the label under the label's own grader settings, ``NOTED_CLASSES`` for the rows that carry
-a ``note``); ``docs/verifiers.md`` explains each.
+verdict differs from the label under the label's own grader settings, ``NOTED_CLASSES`` for the rows that
+carry a ``note``); ``docs/verifiers.md`` explains each.
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ from selfimprove.verifiers import VERIFIERS
 from selfimprove.verifiers.math_equiv import MathEquivVerifier, find_boxes, last_boxed, last_boxed_group
 
 BENCH = Path(
-    os.environ.get("SELFIMPROVE_BENCHMARKS_DIR", Path(__file__).resolve().parents[2].parent / "shared" / "benchmarks")
+    os.environ.get(
+        "SELFIMPROVE_BENCHMARKS_DIR", Path(__file__).resolve().parents[2].parent / "shared" / "benchmarks"
+    )
 )
 PAIRS = BENCH / "math_equivalence" / "answer_equivalence_pairs.jsonl"
 needs_math500 = pytest.mark.skipif(
@@ -68,7 +70,10 @@ BOX_TABLE = [
     (r"\boxed  {3}", ["3"]),
     (r"\boxed{\boxed{8}}", ["8"]),
     (r"\boxed{ \fbox{ 8 } }", ["8"]),
-    (r"first \boxed{3}; then a long derivation, seventy characters or more, changes the result to \boxed{4}", ["4"]),
+    (
+        r"first \boxed{3}; then a long derivation, seventy characters or more, changes the result to \boxed{4}",
+        ["4"],
+    ),
     (r"\boxed{3} so the answer is \boxed{4}", ["4"]),  # 10-69 characters without and/or/,/; between: no list
     (r"\boxed{3}. Wait, that is wrong: \boxed{4}", ["4"]),  # a correction cue breaks the list
     (r"\boxed{1}, \boxed{2} and \boxed{3}", ["1", "2", "3"]),
@@ -95,7 +100,12 @@ def test_find_boxes_keeps_positions_and_marks_unclosed():
 
 @pytest.mark.parametrize(
     "text",
-    [r"\boxed{" * 30_000, r"\fbox{1}" * 30_000, "{" * 100_000 + r"\boxed{5}", r"\boxed{" * 5_000 + "5" + "}" * 5_000],
+    [
+        r"\boxed{" * 30_000,
+        r"\fbox{1}" * 30_000,
+        "{" * 100_000 + r"\boxed{5}",
+        r"\boxed{" * 5_000 + "5" + "}" * 5_000,
+    ],
     ids=["open", "many", "braces", "nested"],
 )
 def test_box_search_is_linear(text):
@@ -174,8 +184,16 @@ def _pair_verdict(verifier: MathEquivVerifier, row: dict) -> bool:
 
 # Rows (0-based line index) where our verdict differs from the label even under the label's own settings.
 POLICY_OVERRIDES = {
-    255: (False, "unclosed box", r"gold '\\boxed{W(n) = 1 ...' never closes its box: we read no answer, not the rest"),
-    298: (False, "wrong label", "1 - 1/e != 1 + 1/e; the note flags the label as Math-Verify behaviour, not maths"),
+    255: (
+        False,
+        "unclosed box",
+        r"gold '\\boxed{W(n) = 1 ...' never closes its box: we read no answer, not the rest",
+    ),
+    298: (
+        False,
+        "wrong label",
+        "1 - 1/e != 1 + 1/e; the note flags the label as Math-Verify behaviour, not maths",
+    ),
 }
 
 
@@ -213,7 +231,7 @@ def _note_class(note: str) -> str:
     raise AssertionError(f"unclassified note: {note}")
 
 
-# Our verdict per noted row class with *default* options (the policy the loop uses): True = agree with the label.
+# Our verdict per noted row class with *default* options (the loop's policy): True = agree with the label.
 NOTED_CLASSES = {
     "python literal": (True, 9, "5 = 5.0 = 5.000 and 1/2 = 0.5 are equal values; None is no answer"),
     "decimal comma": (True, 4, "free-form numbers: a comma before 1-2 digits (or after a lone 0) is decimal"),
@@ -316,8 +334,11 @@ FORMAT_TABLE = [
     (r"\boxed{\boxed{5}}", "5", "pass"),
     (r"\boxed 5.", "5", "pass"),
     (r"\fbox{5}", "5", "pass"),
-    (r"\boxed{200} so after six months... Final Answer: The final answer is $10,455$. I hope it is correct.",
-     "10455", "pass"),  # the phrase after the last box is the last marker
+    (
+        r"\boxed{200} so after six months... Final Answer: The final answer is $10,455$. I hope it is correct.",
+        "10455",
+        "pass",
+    ),  # the phrase after the last box is the last marker
     ("Final Answer: The final answer is $\\frac{3}{4}$. I hope it is correct.", "0.75", "pass"),
     ("I think the result is 5", "5", "pass"),  # free-form fallback (match_types expr)
     ("no math here", "5", "no_answer"),
@@ -412,7 +433,9 @@ def test_safe_from_threads_where_math_verify_alone_cannot_time_out(v):
 def test_verify_batch_with_two_workers():
     problems = {f"p{i}": Problem(id=f"p{i}", prompt="", answer=str(i)) for i in range(6)}
     # fractions, so that the worker decides (plain numbers are compared in the parent)
-    completions = [_completion(rf"\boxed{{\frac{{{2 * i if i % 2 else 2 * i + 2}}}{{2}}}}", f"p{i}") for i in range(6)]
+    completions = [
+        _completion(rf"\boxed{{\frac{{{2 * i if i % 2 else 2 * i + 2}}}{{2}}}}", f"p{i}") for i in range(6)
+    ]
     with MathEquivVerifier(workers=2) as two:
         verdicts = two.verify(problems, completions)
         assert len(two.worker_pids()) == 2

@@ -82,7 +82,9 @@ class GSM8KProblems(ProblemSet):
         if split not in self._cache:
             path = require_file(self.data_dir / f"{split}.jsonl", "gsm8k", "GSM8K", "train.jsonl/test.jsonl")
             rows = iter_numbered_jsonl(path)
-            self._cache[split] = [self._problem(row, split, i, f"{path}:{n}") for i, (n, row) in enumerate(rows)]
+            self._cache[split] = [
+                self._problem(row, split, i, f"{path}:{n}") for i, (n, row) in enumerate(rows)
+            ]
         return list(self._cache[split])
 
     def _problem(self, row: Any, split: str, index: int, where: str) -> Problem:
@@ -92,7 +94,8 @@ class GSM8KProblems(ProblemSet):
         solution = row_field(row, "answer", str, where, "GSM8K")
         if solution.count("####") != 1:
             raise DataError(
-                f"{where}: field 'answer' must be a worked solution ending in exactly one '#### <number>' line "
+                f"{where}: field 'answer' must be a worked solution ending in exactly one '#### <number>' "
+                "line "
                 f"(found {solution.count('####')}); is this the openai/grade-school-math file?"
             )
         answer = gold_number(solution)
@@ -110,4 +113,3 @@ class GSM8KProblems(ProblemSet):
             source=self.name,
             meta={"question": question, "split": split, "index": index},
         )
-

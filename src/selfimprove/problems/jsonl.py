@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from selfimprove.io import DataError, MAX_LINE_BYTES, parse_json_line
+from selfimprove.io import MAX_LINE_BYTES, DataError, parse_json_line
 from selfimprove.problems.base import ProblemSet
 from selfimprove.registry import did_you_mean
 from selfimprove.types import Problem
@@ -50,11 +50,12 @@ def benchmark_dir(set_name: str, data_dir: str | Path | None) -> Path:
 
 
 def require_file(path: Path, set_name: str, label: str, expected: str) -> Path:
-    """Return ``path`` if it is a file, else raise DataError saying where the data was looked for and how to fix it."""
+    """``path`` if it is a file, else a DataError saying where the data was looked for and how to fix it."""
     if path.is_file():
         return path
     raise DataError(
-        f"{label} data not found at {path}: set problems.{set_name}.data_dir to the folder holding {expected} "
+        f"{label} data not found at {path}: "
+        f"set problems.{set_name}.data_dir to the folder holding {expected} "
         f"(or set {BENCHMARKS_ENV} to a folder holding {set_name}/{expected.split(' ')[0]})"
     )
 
@@ -79,7 +80,9 @@ def iter_numbered_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
 def row_field(row: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, what: str) -> Any:
     """``row[key]``, required and of type ``kind``; the error names the place, the field and the fix."""
     if key not in row:
-        raise DataError(f"{where}: {what} row has no {key!r} field (keys: {', '.join(sorted(row)) or 'none'})")
+        raise DataError(
+            f"{where}: {what} row has no {key!r} field (keys: {', '.join(sorted(row)) or 'none'})"
+        )
     value = row[key]
     if not isinstance(value, kind) or isinstance(value, bool) and bool not in _as_tuple(kind):
         raise DataError(f"{where}: field {key!r} must be {_kind_name(kind)}, got {type(value).__name__}")
@@ -119,13 +122,15 @@ class JsonlProblemsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str | dict[str, str] = Field(
-        description="One JSONL file, or a mapping {split: file}. Relative paths are taken from the working directory."
+        description="One JSONL file, or a mapping {split: file}; relative paths start at the working dir."
     )
     split_field: str | None = Field(
         default=None, description="Row key holding each row's split (single-file path only)."
     )
     split: str = Field(default="train", description="Split name of a single file without split_field.")
-    verifier: str | None = Field(default=None, description="Verifier for rows that name none (default exact_match).")
+    verifier: str | None = Field(
+        default=None, description="Verifier for rows that name none (default exact_match)."
+    )
     require_answer: bool = Field(default=True, description="False: rows may omit 'answer' (unlabelled pool).")
     name: str = Field(default="jsonl", description="Written to Problem.source.")
 
@@ -140,7 +145,9 @@ class JsonlProblems(ProblemSet):
         super().__init__(**options)
         self.config = JsonlProblemsConfig(**options)
         if isinstance(self.config.path, dict) and self.config.split_field:
-            raise ValueError("problems.jsonl: split_field applies to a single file; with a {split: file} mapping drop it")
+            raise ValueError(
+                "problems.jsonl: split_field applies to a single file; with a {split: file} mapping drop it"
+            )
         if self.config.verifier is not None:
             _check_verifier_name(self.config.verifier, "problems.jsonl.verifier")
         self._splits: dict[str, list[Problem]] | None = None
@@ -152,7 +159,7 @@ class JsonlProblems(ProblemSet):
         splits = self._load_all()
         if split not in splits:
             how = (
-                f"a {{split: file}} mapping in problems.jsonl.path"
+                "a {split: file} mapping in problems.jsonl.path"
                 if isinstance(self.config.path, dict)
                 else "problems.jsonl.split_field, or problems.jsonl.split for a single file"
             )
@@ -167,10 +174,10 @@ class JsonlProblems(ProblemSet):
             return self._splits
         seen: dict[str, str] = {}
         out: dict[str, list[Problem]] = {}
-        files = (
-            self.config.path
-            if isinstance(self.config.path, dict)
-            else {None: self.config.path}  # type: ignore[dict-item]
+        path_option = self.config.path
+        # None marks the single-file case, whose rows get their split from split_field or the split option.
+        files: dict[str | None, str] = (
+            dict(path_option) if isinstance(path_option, dict) else {None: path_option}
         )
         for file_split, file in files.items():
             path = Path(file).expanduser()
@@ -198,7 +205,8 @@ class JsonlProblems(ProblemSet):
         value = row.pop(self.config.split_field, None)
         if not isinstance(value, str) or not value:
             raise DataError(
-                f"{where}: field {self.config.split_field!r} (problems.jsonl.split_field) must be a non-empty "
+                f"{where}: field {self.config.split_field!r} (problems.jsonl.split_field) must be a "
+                "non-empty "
                 f"string naming the row's split, got {value!r}"
             )
         return value
@@ -229,15 +237,25 @@ class JsonlProblems(ProblemSet):
                     "problems.jsonl.require_answer: false for an unlabelled pool"
                 )
         elif isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
-            raise DataError(f"{where}: field 'answer' must be a string or number, got {type(answer).__name__}")
+            raise DataError(
+                f"{where}: field 'answer' must be a string or number, got {type(answer).__name__}"
+            )
         elif isinstance(answer, float) and not math.isfinite(answer):
             raise DataError(f"{where}: field 'answer' is not a finite number")
         else:
             data["answer"] = str(answer)
-        for key, kind in (("solution", str), ("tests", dict), ("difficulty", int), ("meta", dict), ("source", str)):
+        for key, kind in (
+            ("solution", str),
+            ("tests", dict),
+            ("difficulty", int),
+            ("meta", dict),
+            ("source", str),
+        ):
             value = row.get(key)
             if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
-                raise DataError(f"{where}: field {key!r} must be {_kind_name(kind)}, got {type(value).__name__}")
+                raise DataError(
+                    f"{where}: field {key!r} must be {_kind_name(kind)}, got {type(value).__name__}"
+                )
         verifier = row.get("verifier")
         if verifier is not None:
             if not isinstance(verifier, str):
@@ -256,4 +274,6 @@ def _check_verifier_name(name: str, where: str) -> None:
 
     if name not in VERIFIERS:
         known = VERIFIERS.names()
-        raise DataError(f"{where}: unknown verifier {name!r}{did_you_mean(name, known)} Known: {', '.join(known)}")
+        raise DataError(
+            f"{where}: unknown verifier {name!r}{did_you_mean(name, known)} Known: {', '.join(known)}"
+        )

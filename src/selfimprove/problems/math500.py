@@ -4,15 +4,16 @@ What: ``Math500Problems`` (registry name ``math500``) reads ``test.jsonl`` as pu
 ``openai/prm800k`` (``prm800k/math_splits/test.jsonl``; rows ``{"problem", "solution", "answer", "subject",
 "level", "unique_id"}``). Each row becomes a ``Problem`` graded by ``math_equiv``:
 
-- ``id`` ``math500/<unique_id without .json>`` (e.g. ``math500/test/precalculus/807``), stable across file order;
+- ``id`` ``math500/<unique_id without .json>`` (e.g. ``math500/test/precalculus/807``), stable across
+  file order;
 - ``prompt`` the problem in ``prompt_template``; ``answer`` the gold LaTeX ``answer`` field;
 - ``solution`` the gold worked solution (it ends with the answer in ``\\boxed{}``);
 - ``difficulty`` the MATH ``level`` (1-5); ``meta`` ``subject`` and ``unique_id``.
 
 MATH-500 is an evaluation set: it has only the ``test`` split, so asking for ``train`` (e.g. as a training
 pool) is an error; train on MATH's train split through the ``jsonl`` set. Where the file is: option
-``path``, else ``data_dir`` (default ``$SELFIMPROVE_BENCHMARKS_DIR/math500``, else ``data/benchmarks/math500``)
-joined with ``test.jsonl``.
+``path``, else ``data_dir`` (default ``$SELFIMPROVE_BENCHMARKS_DIR/math500``, else
+``data/benchmarks/math500``) joined with ``test.jsonl``.
 """
 
 from __future__ import annotations
@@ -80,7 +81,10 @@ class Math500Problems(ProblemSet):
                 where = f"{path}:{n}"
                 problem = self._problem(row, where)
                 if problem.id in seen:
-                    raise DataError(f"{where}: duplicate unique_id {problem.meta['unique_id']!r} (first at {seen[problem.id]})")
+                    raise DataError(
+                        f"{where}: duplicate unique_id {problem.meta['unique_id']!r} "
+                        f"(first at {seen[problem.id]})"
+                    )
                 seen[problem.id] = where
                 problems.append(problem)
             self._cache = problems

@@ -11,8 +11,8 @@ Each task becomes a ``Problem`` graded by the sandboxed code verifier (``sandbox
 - ``prompt`` the task text with the first test as a usage example, in the shape of the standard MBPP
   prompt (``prompt_template``, default a docstring block: ``\"\"\"\\n<text>\\n<first assert>\\n\"\"\"\\n``);
 - ``tests`` ``{"format": "asserts", "asserts": test_list, "challenge_asserts": challenge_test_list or [],
-  "setup": test_setup_code or "", "imports": test_imports or []}`` (``\\r\\n`` in setup code normalised);
-- ``solution`` the reference code with ``\\r\\n`` normalised to ``\\n``;
+  "setup": test_setup_code or "", "imports": test_imports or []}`` (line endings in setup code normalised);
+- ``solution`` the reference code with ``\\r\\n`` (and a stray ``\\r``) normalised to ``\\n``;
 - ``meta`` ``task_id``, ``variant``, ``split``, ``entry_point`` (the function the tests call, when the
   reference code defines it) and, for the sanitized set, ``source_file``.
 
@@ -22,7 +22,6 @@ Where the files are: option ``path`` (the file itself), else ``data_dir`` (defau
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -48,7 +47,7 @@ SPLITS: dict[str, tuple[int, int]] = {
     "train": (601, 974),
 }
 FILES = {"full": "mbpp.jsonl", "sanitized": "sanitized-mbpp.json"}
-_DEF = re.compile(r"^def\s+([A-Za-z_]\w*)\s*\(", re.M)
+_DEF = re.compile(r"^def\s+([A-Za-z_]\w*)\s*\(", re.MULTILINE)
 _CALL = re.compile(r"\b([A-Za-z_]\w*)\s*\(")
 
 
@@ -57,7 +56,9 @@ class MBPPProblemsConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    variant: Literal["full", "sanitized"] = Field(default="full", description="mbpp.jsonl or sanitized-mbpp.json.")
+    variant: Literal["full", "sanitized"] = Field(
+        default="full", description="mbpp.jsonl or sanitized-mbpp.json."
+    )
     data_dir: str | None = Field(default=None, description="Folder holding mbpp.jsonl / sanitized-mbpp.json.")
     path: str | None = Field(default=None, description="The data file itself (overrides data_dir).")
     prompt_template: str = Field(
@@ -81,7 +82,7 @@ def split_of(task_id: int) -> str | None:
 def entry_point(code: str, first_test: str) -> str | None:
     """The function the tests call, if the reference code defines it.
 
-    >>> entry_point("import math\\ndef helper(x):\\n  pass\\ndef area(r):\\n  return helper(r)", "assert area(2)==4")
+    >>> entry_point("def helper(x):\\n  pass\\ndef area(r):\\n  return helper(r)", "assert area(2)==4")
     'area'
     """
     defined = set(_DEF.findall(code))
@@ -89,6 +90,11 @@ def entry_point(code: str, first_test: str) -> str | None:
         if name in defined:
             return name
     return None
+
+
+def _unix_newlines(code: Any) -> Any:
+    """``\\r\\n`` and lone ``\\r`` (four full-MBPP solutions end in one) become ``\\n``; other values pass."""
+    return code.replace("\r\n", "\n").replace("\r", "\n") if isinstance(code, str) else code
 
 
 class MBPPProblems(ProblemSet):
@@ -100,7 +106,9 @@ class MBPPProblems(ProblemSet):
     def __init__(self, **options: Any):
         super().__init__(**options)
         self.config = MBPPProblemsConfig(**options)
-        check_template(self.config.prompt_template, "problems.mbpp.prompt_template", ["text", "example", "tests"])
+        check_template(
+            self.config.prompt_template, "problems.mbpp.prompt_template", ["text", "example", "tests"]
+        )
         file_name = FILES[self.config.variant]
         self.path = (
             Path(self.config.path).expanduser()
@@ -114,7 +122,9 @@ class MBPPProblems(ProblemSet):
 
     def load(self, split: str) -> list[Problem]:
         if split not in SPLITS:
-            raise DataError(f"mbpp has no split {split!r}; use one of {list(SPLITS)} (task_id ranges of the MBPP README)")
+            raise DataError(
+                f"mbpp has no split {split!r}; use one of {list(SPLITS)} (task_id ranges of the MBPP README)"
+            )
         return [p for p in self._load_all() if p.meta["split"] == split]
 
     def _load_all(self) -> list[Problem]:
@@ -128,7 +138,8 @@ class MBPPProblems(ProblemSet):
             data = parse_json_line(path.read_bytes(), str(path))
             if not isinstance(data, list):
                 raise DataError(
-                    f"{path}: expected a JSON array of tasks (sanitized-mbpp.json); got {type(data).__name__}. "
+                    f"{path}: expected a JSON array of tasks (sanitized-mbpp.json); "
+                    f"got {type(data).__name__}. "
                     "For mbpp.jsonl set problems.mbpp.variant: full"
                 )
             rows = [(f"{path}: task #{i}", row) for i, row in enumerate(data)]
@@ -150,19 +161,23 @@ class MBPPProblems(ProblemSet):
         full = self.config.variant == "full"
         task_id = row_field(row, "task_id", int, where, "MBPP")
         text = row_field(row, "text" if full else "prompt", str, where, f"MBPP {self.config.variant}")
-        code = row_field(row, "code", str, where, "MBPP").replace("\r\n", "\n")
+        code = _unix_newlines(row_field(row, "code", str, where, "MBPP"))
         asserts = row_field(row, "test_list", list, where, "MBPP")
         if not asserts or not all(isinstance(a, str) for a in asserts):
             raise DataError(f"{where}: field 'test_list' must be a non-empty list of assert strings")
         challenge = row.get("challenge_test_list") or []
-        setup = (row.get("test_setup_code") or "").replace("\r\n", "\n")
+        setup = _unix_newlines(row.get("test_setup_code") or "")
         imports = row.get("test_imports") or []
         if not isinstance(challenge, list) or not isinstance(setup, str) or not isinstance(imports, list):
-            raise DataError(f"{where}: challenge_test_list/test_imports must be lists and test_setup_code a string")
+            raise DataError(
+                f"{where}: challenge_test_list/test_imports must be lists and test_setup_code a string"
+            )
         split = split_of(task_id)
         if split is None:
             raise DataError(f"{where}: task_id {task_id} is outside the MBPP README ranges 1-974")
-        prompt = self.config.prompt_template.format(text=text.strip(), example=asserts[0], tests="\n".join(asserts))
+        prompt = self.config.prompt_template.format(
+            text=text.strip(), example=asserts[0], tests="\n".join(asserts)
+        )
         meta: dict[str, Any] = {"task_id": task_id, "variant": self.config.variant, "split": split}
         ep = entry_point(code, asserts[0])
         if ep is not None:

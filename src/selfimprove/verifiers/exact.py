@@ -42,7 +42,9 @@ class ExactMatchConfig(BaseModel):
         except re.error as e:
             raise ValueError(f"answer_regex {v!r} is not a valid regular expression: {e}") from None
         if pattern.groups < 1:
-            raise ValueError(f"answer_regex {v!r} needs a capturing group around the answer, e.g. '#### (\\S+)'")
+            raise ValueError(
+                f"answer_regex {v!r} needs a capturing group around the answer, e.g. '#### (\\S+)'"
+            )
         return v
 
 

@@ -8,9 +8,9 @@ What: ``GSM8KVerifier`` (registry name ``gsm8k``) reads the final answer out of 
 Policy (also in ``docs/verifiers.md``):
 - Markers are ``####``, ``\\boxed{}``/``\\fbox{}`` and the phrases "answer is", "answer:", "answer =" (which
   cover "The final answer is", "**Answer:**", "Final Answer: ..."). **The last marker wins.** A marker counts
-  only if a number follows it directly (after spaces, ``:``, ``=``, markdown ``*``, ``$``/``\\$`` or an opening
-  math delimiter), so "the answer is not 5" is skipped and an earlier marker decides. In a box, the number
-  after the last ``=`` counts (``\\boxed{x = 5}`` -> 5).
+  only if a number follows it directly (after spaces, ``:``, ``=``, markdown ``*``, ``$``/``\\$`` or an
+  opening math delimiter), so "the answer is not 5" is skipped and an earlier marker decides. In a box, the
+  number after the last ``=`` counts (``\\boxed{x = 5}`` -> 5).
 - Only when no marker yields a number: the last number in the text (option ``fallback="last_number"``,
   the default); ``fallback="none"`` makes such completions ``no_answer``, which rewards the format.
 - A number: optional sign (``-``, Unicode minus), optional currency sign, digits with optional thousands
@@ -60,7 +60,7 @@ _NUMBER_RE = re.compile(_NUMBER)
 _LOOSE_NUMBER_RE = re.compile(rf"(?<![\w.]){_NUMBER}")
 # What may stand between a marker and its number.
 _LEAD = r"(?:\s|[:=*]|\\?\$|\\\(|\\\[|\\boxed\s?\{|\\text(?:bf)?\s?\{|\{)*+"
-_PHRASE = re.compile(r"\banswer\s?(?:is\b|:|=)|####", re.I)
+_PHRASE = re.compile(r"\banswer\s?(?:is\b|:|=)|####", re.IGNORECASE)
 
 
 def _fraction_of(m: re.Match[str]) -> Fraction | None:

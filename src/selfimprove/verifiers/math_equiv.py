@@ -57,7 +57,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -82,7 +82,9 @@ class MathEquivConfig(BaseModel):
     )
     float_rounding: int = Field(default=6, ge=0, description="Decimals kept when comparing floats.")
     numeric_precision: int = Field(default=15, ge=1, description="Significant digits for numeric evaluation.")
-    strict: bool = Field(default=True, description="False: variables matched by position, sets vs tuples allowed.")
+    strict: bool = Field(
+        default=True, description="False: variables matched by position, sets vs tuples allowed."
+    )
     allow_set_relation_comp: bool = Field(
         default=False, description="True: '1 < x < 2' may equal '(1, 2)' whatever side is the gold."
     )
@@ -99,7 +101,8 @@ class MathEquivConfig(BaseModel):
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 # A gap between two boxes with one of these words means the model revised its answer, not listed two.
 _CORRECTION_CUE = re.compile(
-    r"\b(?:wait|no|not|actually|instead|mistake|wrong|incorrect|correction|oops|recheck|re-check)\b", re.I
+    r"\b(?:wait|no|not|actually|instead|mistake|wrong|incorrect|correction|oops|recheck|re-check)\b",
+    re.IGNORECASE,
 )
 _LIST_CONNECTIVE = re.compile(r"\b(?:and|or)\b|[,;]")
 _UNBRACED_TOKEN_END = re.compile(r"[\s$]")
@@ -184,7 +187,8 @@ def _box_at(text: str, start: int, pairs: Mapping[int, int]) -> Box | None:
 def find_boxes(text: str) -> list[Box]:
     """All boxes in order of their opening command, nested braces matched, in time linear in the text.
 
-    >>> [b.content for b in find_boxes(r"so \\boxed{\\frac{1}{2}} or \\fbox{3} or \\boxed 7. \\boxed{\\boxed{8}}")]
+    >>> text = r"so \\boxed{\\frac{1}{2}} or \\fbox{3} or \\boxed 7. \\boxed{\\boxed{8}}"
+    >>> [b.content for b in find_boxes(text)]
     ['\\\\frac{1}{2}', '3', '7', '8']
     """
     pairs = brace_pairs(text)
@@ -249,14 +253,14 @@ def last_boxed_group(text: str) -> list[str] | None:
     return [b.content for b in group if b.content is not None]
 
 
-_FINAL_ANSWER_PHRASE = re.compile(r"final answer is", re.I)
+_FINAL_ANSWER_PHRASE = re.compile(r"final answer is", re.IGNORECASE)
 _ENCLOSING = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 _THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 
 
 @dataclass(frozen=True)
 class Located:
-    """Where a completion's final answer is: a box group, free text from ``start`` on, a cut-off box, or nothing."""
+    """Where a completion's final answer is: a box group, free text from ``start`` on, or a cut-off box."""
 
     kind: Literal["box", "free", "truncated"]
     answer: str | None = None
@@ -385,7 +389,7 @@ def literal_equal(answer: str, reference: str) -> bool | None:
 
 
 class _Deadline(BaseException):
-    """Raised by the worker's timer; a BaseException so that math-verify's ``except Exception`` lets it pass."""
+    """Raised by the worker's timer; a BaseException, so math-verify's ``except Exception`` passes it on."""
 
 
 def _on_alarm(signum: int, frame: Any) -> None:
@@ -536,7 +540,7 @@ def _worker_main() -> None:
             reply["error"] = "memory"
         except RecursionError:
             reply["error"] = "recursion"
-        except Exception as e:  # a parser bug on one answer must not end the worker
+        except Exception as e:  # noqa: BLE001  (a parser bug on one answer must not end the worker)
             reply["error"] = f"{type(e).__name__}: {e}"[:500]
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
@@ -660,7 +664,7 @@ class _Worker:
 
 
 class _Pool:
-    """Worker processes shared by a verifier and the views made with ``with_options`` (opts travel per request)."""
+    """Worker processes shared by a verifier and its ``with_options`` views (options travel per request)."""
 
     def __init__(self, size: int, memory_mb: int):
         self.size = size
@@ -748,7 +752,7 @@ class MathEquivVerifier(AnswerVerifier):
         if self._owns_pool:
             self._pool.close()
 
-    def __enter__(self) -> MathEquivVerifier:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
