@@ -82,7 +82,9 @@ class GradeReport:
 
 
 @dataclass
-class _Item:
+class GradeItem:
+    """One completion to grade, with its problem, the verifier it goes to, and where it was read."""
+
     where: str
     verifier: str
     problem: Problem
@@ -116,7 +118,7 @@ def _invalid(where: str, model: str, e: ValidationError) -> DataError:
     return DataError(f"{where}: invalid {model}: {errs}")
 
 
-def _record_item(where: str, row: Any, default_verifier: str | None, n: int) -> _Item:
+def _record_item(where: str, row: Any, default_verifier: str | None, n: int) -> GradeItem:
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
     unknown = [k for k in row if k not in RECORD_KEYS]
@@ -165,12 +167,12 @@ def _record_item(where: str, row: Any, default_verifier: str | None, n: int) -> 
     if not isinstance(name, str) or not name:
         raise DataError(f"{where}: no verifier: add a 'verifier' key to the record or pass --verifier NAME")
     completion = Completion(id=rid, problem_id=problem.id, round=0, sample_idx=0, text=text)
-    return _Item(where, name, problem, completion)
+    return GradeItem(where, name, problem, completion)
 
 
 def load_items(
     input_path: str | Path, verifier: str | None = None, problems_path: str | Path | None = None
-) -> tuple[InputFormat, list[_Item]]:
+) -> tuple[InputFormat, list[GradeItem]]:
     """Read and check the whole input; raise DataError naming file and line on the first problem."""
     path = Path(input_path)
     if not path.is_file():
@@ -184,7 +186,7 @@ def load_items(
         if isinstance(first, dict) and {"problem_id", "sample_idx", "text"} <= set(first)
         else "records"
     )
-    items: list[_Item] = []
+    items: list[GradeItem] = []
     if fmt == "records":
         items = [_record_item(where, row, verifier, n) for n, (where, row) in enumerate(rows, start=1)]
     else:
@@ -214,12 +216,12 @@ def load_items(
             name = verifier or p.verifier
             if not name:
                 raise DataError(f"{where}: problem {p.id!r} names no verifier; pass --verifier NAME")
-            items.append(_Item(where, name, p, c))
+            items.append(GradeItem(where, name, p, c))
     _check_items(items)
     return fmt, items
 
 
-def _check_items(items: list[_Item]) -> None:
+def _check_items(items: list[GradeItem]) -> None:
     from selfimprove.verifiers import VERIFIERS
 
     seen: dict[str, str] = {}
@@ -253,7 +255,7 @@ def _check_items(items: list[_Item]) -> None:
 
 
 def grade_items(
-    items: list[_Item], verifier_options: Mapping[str, Mapping[str, Any]] | None = None
+    items: list[GradeItem], verifier_options: Mapping[str, Mapping[str, Any]] | None = None
 ) -> list[Verdict]:
     """Run each verifier once over all of its items; return verdicts in input order."""
     from selfimprove.verifiers import make_verifier

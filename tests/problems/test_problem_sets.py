@@ -339,8 +339,14 @@ def test_jsonl_split_field_and_mapping(tmp_path):
     assert [p.id for p in ps.training_pool(0, [2], 0, 1)] == ["c"]
     tr = _write(tmp_path / "tr.jsonl", [{"id": "a", "prompt": "x", "answer": "1"}])
     te = _write(tmp_path / "te.jsonl", [{"id": "b", "prompt": "y", "answer": "2"}])
-    mapped = JsonlProblems(path={"train": str(tr), "test": str(te)})
-    assert sorted(mapped.splits()) == ["test", "train"] and mapped.load("test")[0].id == "b"
+    for mapped in (
+        JsonlProblems(splits={"train": str(tr), "test": str(te)}),
+        JsonlProblems(path={"test": str(te)}),
+    ):
+        assert mapped.load("test")[0].id == "b"
+    # the shape the typed config dumps (problems.jsonl: path / splits / split_field)
+    dumped = JsonlProblems(path=None, splits={"train": str(tr), "test": str(te)}, split_field=None)
+    assert sorted(dumped.splits()) == ["test", "train"]
 
 
 def test_jsonl_duplicate_ids_across_files_are_rejected(tmp_path):
@@ -409,11 +415,17 @@ def test_jsonl_configuration_errors(tmp_path):
     with pytest.raises(DataError, match="file not found; set problems.jsonl.path"):
         JsonlProblems(path=str(tmp_path / "missing.jsonl")).load("train")
     with pytest.raises(ValueError, match="split_field applies to a single file"):
-        JsonlProblems(path={"train": "a.jsonl"}, split_field="split")
+        JsonlProblems(splits={"train": "a.jsonl"}, split_field="split")
+    with pytest.raises(ValueError, match="not both"):
+        JsonlProblems(path="a.jsonl", splits={"train": "a.jsonl"})
+    with pytest.raises(ValueError, match="not neither"):
+        JsonlProblems()
+    with pytest.raises(DataError, match="set problems.jsonl.splits"):
+        JsonlProblems(splits={"test": str(tmp_path / "missing.jsonl")}).load("test")
     with pytest.raises(DataError, match="unknown verifier"):
         JsonlProblems(path="a.jsonl", verifier="nope")
-    with pytest.raises(ValidationError, match="path"):
-        JsonlProblems()
+    with pytest.raises(ValidationError, match="split_fild"):
+        JsonlProblems(path="a.jsonl", split_fild="split")
 
 
 @needs_data

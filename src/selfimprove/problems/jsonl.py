@@ -5,9 +5,9 @@ What: ``JsonlProblems`` (registry name ``jsonl``) turns rows ``{"id", "prompt", 
 key, or an id seen before raises ``DataError`` naming the file, the line and the field, and saying what to
 change. A misspelt key (``"answr"``) is an error with a suggestion, not a silently unlabelled problem.
 
-Splits: ``path`` is either a mapping ``{split: file}`` (one file per split), or one file. A single file holds
-one split named by ``split`` (default ``train``) unless ``split_field`` names a row key whose value is the
-split (``{"id": "q1", "split": "test", ...}``). Ids must be unique across all files of the set, so no
+Splits: either ``splits: {split: file}`` (one file per split; ``path`` may be that mapping too), or one file
+``path``. A single file holds one split named by ``split`` (default ``train``) unless ``split_field`` names a
+row key whose value is the split (``{"id": "q1", "split": "test", ...}``). Ids must be unique across all files of the set, so no
 problem can be in both the training pool and the evaluation split.
 
 Row schema (extra keys rejected): ``id`` (str, or int read as str), ``prompt`` (non-empty str), ``answer``
@@ -121,8 +121,12 @@ class JsonlProblemsConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: str | dict[str, str] = Field(
-        description="One JSONL file, or a mapping {split: file}; relative paths start at the working dir."
+    path: str | dict[str, str] | None = Field(
+        default=None,
+        description="One JSONL file, or a mapping {split: file}; relative paths start at the working dir.",
+    )
+    splits: dict[str, str] = Field(
+        default_factory=dict, description="Split name -> JSONL file (instead of path)."
     )
     split_field: str | None = Field(
         default=None, description="Row key holding each row's split (single-file path only)."
@@ -144,7 +148,21 @@ class JsonlProblems(ProblemSet):
     def __init__(self, **options: Any):
         super().__init__(**options)
         self.config = JsonlProblemsConfig(**options)
-        if isinstance(self.config.path, dict) and self.config.split_field:
+        path_option, splits = self.config.path, self.config.splits
+        if (path_option is None) == (not splits):
+            raise ValueError(
+                "problems.jsonl: give either path (one JSONL file) or splits ({split: file}), not "
+                + ("both" if splits else "neither")
+            )
+        # None marks the single-file case, whose rows get their split from split_field or the split option.
+        self._files: dict[str | None, str] = (
+            dict(splits)
+            if splits
+            else dict(path_option)
+            if isinstance(path_option, dict)
+            else {None: path_option}
+        )
+        if None not in self._files and self.config.split_field:
             raise ValueError(
                 "problems.jsonl: split_field applies to a single file; with a {split: file} mapping drop it"
             )
@@ -159,13 +177,13 @@ class JsonlProblems(ProblemSet):
         splits = self._load_all()
         if split not in splits:
             how = (
-                "a {split: file} mapping in problems.jsonl.path"
-                if isinstance(self.config.path, dict)
+                "a {split: file} mapping in problems.jsonl.splits"
+                if None not in self._files
                 else "problems.jsonl.split_field, or problems.jsonl.split for a single file"
             )
             raise DataError(
                 f"jsonl problem set has no split {split!r}; it has {sorted(splits) or 'none'} "
-                f"(from {self.config.path}); set {how}"
+                f"(from {', '.join(self._files.values())}); set {how}"
             )
         return list(splits[split])
 
@@ -174,15 +192,13 @@ class JsonlProblems(ProblemSet):
             return self._splits
         seen: dict[str, str] = {}
         out: dict[str, list[Problem]] = {}
-        path_option = self.config.path
-        # None marks the single-file case, whose rows get their split from split_field or the split option.
-        files: dict[str | None, str] = (
-            dict(path_option) if isinstance(path_option, dict) else {None: path_option}
-        )
-        for file_split, file in files.items():
+        for file_split, file in self._files.items():
             path = Path(file).expanduser()
             if not path.is_file():
-                raise DataError(f"{path}: file not found; set problems.jsonl.path to an existing JSONL file")
+                option = "path" if file_split is None else "splits"
+                raise DataError(
+                    f"{path}: file not found; set problems.jsonl.{option} to an existing JSONL file"
+                )
             for lineno, row in iter_numbered_jsonl(path):
                 where = f"{path}:{lineno}"
                 split = file_split if file_split is not None else self._row_split(row, where)
