@@ -109,6 +109,7 @@ def run_stage(task: Any, stage_id: str, config: Config, paths: RoundPaths, track
 def round_flow(round_key: str, project: str = ".", params: str = "params.yaml") -> dict[str, Any]:
     """One round: sample -> verify -> validate -> finetune -> evaluate, each recorded in DVC."""
     project_path = Path(project).resolve()
+    os.chdir(project_path)  # relative paths in params.yaml are project-relative
     config = load_config(project_path / params)
     paths = RoundPaths.for_round(config, round_key, project_path)
     tracker = make_tracker(config, project_path, round_key)
@@ -131,7 +132,7 @@ def loop_flow(
     overrides: list[str] | None = None,
     project: str = ".",
     params: str = "params.yaml",
-) -> list[dict[str, Any]]:
+) -> dict[str, Any]:
     """The whole loop: bootstrap (round 0), then every round in params.yaml.
 
     ``overrides`` are dotted ``key=value`` pairs (as ``dvc exp run -S``); like ``dvc exp run -S`` they are
@@ -139,6 +140,7 @@ def loop_flow(
     """
     logger = get_run_logger()
     project_path = Path(project).resolve()
+    os.chdir(project_path)  # relative paths in params.yaml are project-relative
     params_path = project_path / params
     config = apply_overrides_to_file(params_path, list(overrides or []))
     if rounds is not None and rounds != len(config.rounds):
@@ -146,11 +148,14 @@ def loop_flow(
     problems = preflight(config, project_path)
     if problems:
         raise ConfigError("preflight failed:\n  " + "\n  ".join(problems))
+    ran: dict[str, list[str]] = {}
     with workspace_lock(project_path, config):
         r0 = RoundPaths.for_round(config, "r0", project_path)
-        run_stage(tasks.bootstrap, "bootstrap", config, r0, make_tracker(config, project_path, "r0"), project_path)
+        boot = run_stage(tasks.bootstrap, "bootstrap", config, r0, make_tracker(config, project_path, "r0"), project_path)
+        ran["r0"] = ["bootstrap"] if boot else []
         for key in config.round_keys():
             result = round_flow(key, project=str(project_path), params=params)
+            ran[key] = result["ran"]
             logger.info("round %s done: %s", key, {k: v for k, v in result["metrics"].items() if k.startswith("accuracy")})
         run_summary(config, None, None, project_path)
     table = _rounds_for_table(config, project_path)
@@ -159,7 +164,7 @@ def loop_flow(
         markdown=f"# Loop '{config.loop.name}'\n\n{markdown(table)}\n\nPlot: `{project_path / config.workspace / 'summary/accuracy.png'}`",
         description="Per-round table of the whole loop",
     )
-    return table_rows(table)
+    return {"table": table_rows(table), "ran": ran}
 
 
 def main(project: str | Path = ".", params: str = "params.yaml", rounds: int | None = None,

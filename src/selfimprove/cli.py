@@ -74,7 +74,7 @@ def run_stage(stage: str, project: Path, params: str, round_key: str) -> None:
         _fail(e)
     try:
         if stage == "summary":
-            STAGES[stage](config, None, tracker, ".")
+            STAGES[stage](config, None, None, ".")
         else:
             STAGES[stage](config, paths, tracker)
     except Exception as e:  # noqa: BLE001

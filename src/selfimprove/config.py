@@ -22,7 +22,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from selfimprove.problems.gsm8k import GSM8KProblemsConfig
+from selfimprove.problems.humaneval import HumanEvalProblemsConfig
+from selfimprove.problems.jsonl import JsonlProblemsConfig
+from selfimprove.problems.math500 import Math500ProblemsConfig
+from selfimprove.problems.mbpp import MBPPProblemsConfig
 from selfimprove.registry import did_you_mean
+from selfimprove.verifiers.exact import ExactMatchConfig
+from selfimprove.verifiers.gsm8k import GSM8KVerifierConfig
+from selfimprove.verifiers.math_equiv import MathEquivConfig
 
 
 class ConfigError(ValueError):
@@ -51,28 +59,14 @@ class ArithmeticConfig(Strict):
     eval_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="Share of the problem space reserved for eval.")
 
 
-class JsonlConfig(Strict):
-    path: str | None = Field(None, description="JSONL file with id, prompt, answer (+ difficulty, solution, tests).")
-    splits: dict[str, str] = Field(default_factory=dict, description="Split name -> JSONL path (alternative to path).")
-    split_field: str | None = Field(None, description="Field holding the split name when one file has several.")
-
-
-class BenchmarkDataConfig(Strict):
-    data_dir: str | None = Field(None, description="Folder with the problem set's files (see docs/verifiers.md).")
-
-
-class MBPPConfig(BenchmarkDataConfig):
-    variant: Literal["full", "sanitized"] = "full"
-
-
 class ProblemsConfig(Strict):
     name: str = Field("arithmetic", description="Problem set: arithmetic, jsonl, gsm8k, math500, mbpp, humaneval.")
     arithmetic: ArithmeticConfig = ArithmeticConfig()
-    jsonl: JsonlConfig = JsonlConfig()
-    gsm8k: BenchmarkDataConfig = BenchmarkDataConfig()
-    math500: BenchmarkDataConfig = BenchmarkDataConfig()
-    mbpp: MBPPConfig = MBPPConfig()
-    humaneval: BenchmarkDataConfig = BenchmarkDataConfig()
+    jsonl: JsonlProblemsConfig = JsonlProblemsConfig()
+    gsm8k: GSM8KProblemsConfig = GSM8KProblemsConfig()
+    math500: Math500ProblemsConfig = Math500ProblemsConfig()
+    mbpp: MBPPProblemsConfig = MBPPProblemsConfig()
+    humaneval: HumanEvalProblemsConfig = HumanEvalProblemsConfig()
     train_split: str = Field("train", description="Split sampled in rounds (ignored by generators).")
     eval_split: str = Field("test", description="Split used by evaluate.")
 
@@ -235,10 +229,19 @@ class MajorityVoteConfig(Strict):
 
 
 class CodeTestsConfig(Strict):
-    workers: PosInt | None = None
-    timeout_s: float = Field(5.0, gt=0)
+    """Options of the ``sandboxed_tests`` verifier (see docs/verifiers.md, "Sandboxed code tests")."""
+
+    workers: PosInt | None = Field(None, description="Sandbox workers (None = one per CPU core).")
+    timeout_s: float = Field(5.0, gt=0, description="CPU seconds per job.")
+    wall_timeout_s: float | None = Field(None, gt=0, description="Wall-clock limit per job (None = derived).")
     memory_mb: PosInt = 1024
-    isolation: Literal["bwrap", "none"] = "bwrap"
+    max_output_bytes: PosInt = 1 << 20
+    max_file_bytes: PosInt = 16 << 20
+    max_processes: PosInt = 8
+    isolation: Literal["bwrap", "none"] = Field("bwrap", description="'none' runs unisolated (loudly logged).")
+    sandbox_uid: int | None = None
+    tmp_mb: PosInt = 64
+    challenge_tests: bool = True
 
 
 class JudgeConfig(Strict):
@@ -257,10 +260,10 @@ class JudgeConfig(Strict):
 
 class VerifyConfig(Strict):
     verifier: str = Field("majority_vote", description="exact_match | majority_vote | gsm8k | math_equiv | sandboxed_tests | judge")
-    exact_match: dict[str, Any] = Field(default_factory=dict)
+    exact_match: ExactMatchConfig = ExactMatchConfig()
     majority_vote: MajorityVoteConfig = MajorityVoteConfig()
-    gsm8k: dict[str, Any] = Field(default_factory=dict)
-    math_equiv: dict[str, Any] = Field(default_factory=lambda: {"timeout_s": 5})
+    gsm8k: GSM8KVerifierConfig = GSM8KVerifierConfig()
+    math_equiv: MathEquivConfig = MathEquivConfig()
     sandboxed_tests: CodeTestsConfig = CodeTestsConfig()
     judge: JudgeConfig = JudgeConfig()
 

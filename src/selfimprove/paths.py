@@ -25,16 +25,18 @@ from selfimprove.config import Config, round_index
 
 @dataclass(frozen=True)
 class RoundPaths:
+    project: Path
     workspace: Path
     key: str
     prev: str | None
 
     @classmethod
     def for_round(cls, config: Config, key: str, project: str | Path = ".") -> RoundPaths:
-        ws = Path(project) / config.workspace
+        project = Path(project)
+        ws = project / config.workspace
         if key == "r0":
-            return cls(ws, "r0", None)
-        return cls(ws, key, config.round_config(key).prev)
+            return cls(project, ws, "r0", None)
+        return cls(project, ws, key, config.round_config(key).prev)
 
     @property
     def round(self) -> int:
@@ -74,11 +76,11 @@ class RoundPaths:
     def prev_paths(self) -> RoundPaths:
         if self.prev is None:
             raise ValueError("round 0 has no previous round")
-        return RoundPaths(self.workspace, self.prev, None)
+        return RoundPaths(self.project, self.workspace, self.prev, None)
 
     @property
     def base(self) -> RoundPaths:
-        return RoundPaths(self.workspace, "r0", None)
+        return RoundPaths(self.project, self.workspace, "r0", None)
 
 
 def summary_dir(config: Config, project: str | Path = ".") -> Path:

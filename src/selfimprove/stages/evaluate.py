@@ -113,6 +113,9 @@ def _write(config: Config, paths: RoundPaths, tracker: Tracker, metrics: dict[st
         report.write(out)
         write_manifest(out, producer=f"evaluate@{paths.key}")
     write_json(paths.metrics, {k: (round(v, 6) if isinstance(v, float) else v) for k, v in sorted(metrics.items())})
+    from selfimprove.stages.summary import run_summary
+
+    run_summary(config, paths)
     tracker.log_metrics(metrics, step=paths.round, parent=True)
     tracker.log_dict(metrics, f"metrics/{paths.key}.json")
     info = finish_round(config, paths, tracker, metrics)

@@ -25,6 +25,13 @@ def load_round_metrics(config: Config, project: str | Path = ".") -> list[dict]:
 
 
 def run_summary(config: Config, paths: RoundPaths | None = None, tracker: Tracker | None = None, project: str | Path = ".") -> StageReport:
+    """Rebuild ``runs/summary/accuracy.{csv,png}`` from every round's metrics file.
+
+    Called by every evaluate (so the plot is always current) and by ``selfimprove summary``. The files are
+    derived views, not DVC outputs; ``dvc plots show`` reads the CSV (see the ``plots`` section of dvc.yaml).
+    """
+    if paths is not None:
+        project = paths.project
     rounds = load_round_metrics(config, project)
     buckets = sorted({k.split("/", 1)[1] for r in rounds for k in r if k.startswith("accuracy/")},
                      key=lambda s: (len(s), s))

@@ -1,0 +1,89 @@
+# selfimprove: two commands set everything up on a fresh machine.
+#   make demo   create the environment if needed, then run the default self-improvement loop
+#   make test   create the environment if needed, then run the test suite
+# Everything runs on CPU, offline (besides the package registries for the first install).
+
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+# CPU torch: a local wheel folder when the machine has one (PIP_FIND_LINKS), else PyTorch's CPU index.
+TORCH_SOURCE := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
+
+export PATH := $(BIN):$(PATH)
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+export HF_HUB_OFFLINE ?= 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export DVC_NO_ANALYTICS := 1
+export TOKENIZERS_PARALLELISM := false
+export PYTHONUNBUFFERED := 1
+
+PREFECT_PORT ?= 4200
+MLFLOW_PORT ?= 5000
+PYTEST_ARGS ?=
+
+.PHONY: help env demo test test-slow test-all ui ui-stop mlflow-ui plots report dag clean clean-runs bench vllm-env
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
+
+$(STAMP): pyproject.toml requirements/lock.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --disable-pip-version-check uv
+	$(BIN)/uv pip install --python $(BIN)/python -q $(TORCH_SOURCE) -r requirements/lock.txt
+	$(BIN)/uv pip install --python $(BIN)/python -q --no-deps -e .
+	@touch $(STAMP)
+
+env: $(STAMP) ## create .venv with the pinned CPU stack (uv, ~15 s warm)
+
+demo: $(STAMP) ## run the default loop: bootstrap + rounds, prints the per-round table (~5 min on 2 CPU cores)
+	@test -d .git || (git init -q && git add -A >/dev/null 2>&1 || true)
+	$(BIN)/selfimprove run
+
+test: $(STAMP) ## run the default test suite (real Prefect, DVC, MLflow, GX, TRL on tiny models; < 10 min)
+	$(BIN)/python -m pytest -m "not slow and not gpu and not vllm" $(PYTEST_ARGS)
+
+test-slow: $(STAMP) ## run only the slow tests (full benchmark data, long training)
+	$(BIN)/python -m pytest -m "slow and not gpu and not vllm" $(PYTEST_ARGS)
+
+test-all: $(STAMP) ## everything runnable on this machine
+	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+report: $(STAMP) ## per-round table read back from MLflow
+	$(BIN)/selfimprove report
+
+dag: $(STAMP) ## the DVC pipeline graph
+	$(BIN)/dvc dag
+
+plots: $(STAMP) ## render DVC plots offline to dvc_plots/index.html
+	$(BIN)/dvc plots show --open 2>/dev/null || $(BIN)/dvc plots show
+
+ui: $(STAMP) ## start a local Prefect server + the served loop deployment (UI on :4200); make ui-stop ends them
+	@mkdir -p .prefect
+	@if ! curl -sf http://127.0.0.1:$(PREFECT_PORT)/api/health >/dev/null; then \
+	  echo "starting Prefect server on http://127.0.0.1:$(PREFECT_PORT) (log: .prefect/server.log)"; \
+	  nohup $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) > .prefect/server.log 2>&1 & echo $$! > .prefect/server.pid; \
+	  for i in $$(seq 60); do curl -sf http://127.0.0.1:$(PREFECT_PORT)/api/health >/dev/null && break; sleep 1; done; fi
+	@echo "serving deployment 'selfimprove-loop/selfimprove' (log: .prefect/serve.log)"
+	@PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api nohup $(BIN)/python flows/serve.py > .prefect/serve.log 2>&1 & echo $$! > .prefect/serve.pid
+	@echo "open http://127.0.0.1:$(PREFECT_PORT) -> Deployments -> selfimprove -> Run (custom parameters: rounds, overrides)"
+
+ui-stop: ## stop the Prefect server and the served deployment started by make ui
+	-@kill $$(cat .prefect/serve.pid 2>/dev/null) 2>/dev/null; kill $$(cat .prefect/server.pid 2>/dev/null) 2>/dev/null; rm -f .prefect/*.pid; echo stopped
+
+mlflow-ui: $(STAMP) ## MLflow UI on the project's store (http://127.0.0.1:5000)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 \
+	  --backend-store-uri sqlite:///$(CURDIR)/mlruns.db --default-artifact-root $(CURDIR)/mlartifacts
+
+bench: $(STAMP) ## run the benchmarks in bench/ (results in bench/results/)
+	$(BIN)/python bench/sandbox_throughput.py
+
+clean-runs: ## delete the loop's outputs (runs/, dvc.lock, MLflow store); keeps the environment
+	rm -rf runs dvc.lock mlruns.db mlartifacts dvc_plots .prefect
+
+clean: clean-runs ## also delete the environment
+	rm -rf $(VENV)

@@ -1,0 +1,68 @@
+"""Helpers shared by the tests (importable as ``helpers``; conftest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT.parent / "shared" / "benchmarks"
+
+# A loop small enough for a test (~30 s on one core) that still exercises every stage for real.
+MINI_OVERRIDES = [
+    "bootstrap.difficulties=[1, 2]",
+    "bootstrap.examples_per_difficulty=2000",
+    "bootstrap.train.steps=150",
+    "bootstrap.train.warmup_steps=20",
+    "bootstrap.early_stop.eval_every=75",
+    "bootstrap.early_stop.problems_per_difficulty=20",
+    "sample.problems_per_round=60",
+    "sample.k=2",
+    "sample.batch_size=256",
+    "verify.verifier=majority_vote",
+    "validate.filters.1.min=0.0",
+    "validate.expectations.min_rows=1",
+    "validate.expectations.min_parse_rate=0.0",
+    "validate.expectations.acceptance_rate=[0.0, 1.0]",
+    "finetune.train.steps=5",
+    "finetune.train.warmup_steps=1",
+    "evaluate.difficulties=[1, 2, 3]",
+    "evaluate.problems_per_difficulty=12",
+    "evaluate.k=2",
+    "rounds={r1: {prev: r0, difficulties: [3]}}",
+    "tracking.registered_model=test-tiny",
+]
+
+
+
+def make_project(dest: Path, overrides: list[str] | None = None) -> Path:
+    """A selfimprove project in ``dest``: params.yaml, dvc.yaml, flows/, tasks/, code deps; git + DVC init."""
+    from selfimprove.config import apply_overrides_to_file
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("params.yaml", "dvc.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, dest / name)
+    for d in ("flows", "tasks"):
+        shutil.copytree(ROOT / d, dest / d, ignore=shutil.ignore_patterns("__pycache__"))
+    # dvc.yaml lists code dependencies under src/selfimprove: a copy keeps DVC's hashes meaningful here.
+    shutil.copytree(ROOT / "src" / "selfimprove", dest / "src" / "selfimprove", ignore=shutil.ignore_patterns("__pycache__"))
+    (dest / ".gitignore").write_text("/runs/\n/mlruns.db\n/mlartifacts/\n/.prefect/\n__pycache__/\n")
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True, env=env)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=dest, check=True, env=env)
+    apply_overrides_to_file(dest / "params.yaml", (overrides if overrides is not None else MINI_OVERRIDES))
+    subprocess.run(["git", "add", "-A"], cwd=dest, check=True, env=env)
+    subprocess.run(["git", "commit", "-qm", "init"], cwd=dest, check=True, env=env)
+    return dest
+
+
+
+def run_cli(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.run([sys.executable, "-m", "selfimprove.cli", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"selfimprove {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc

@@ -1,0 +1,143 @@
+"""Each stage on a tiny problem, with real files, manifests, verifiers, GX and TRL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from selfimprove.config import load_config
+from selfimprove.io import DataError, read_verified_jsonl
+from selfimprove.paths import RoundPaths
+from selfimprove.quality import DataQualityError
+from selfimprove.samplers import SamplingParams
+from selfimprove.samplers.hf import TransformersSampler
+from selfimprove.stages import run_bootstrap, run_evaluate, run_finetune, run_sample, run_validate, run_verify
+from selfimprove.tracking import NullTracker
+from selfimprove.types import Completion, Problem, TrainRow, Verdict
+
+from helpers import MINI_OVERRIDES
+
+
+def test_transformers_sampler_records(tiny_model_dir: Path) -> None:
+    from selfimprove.problems.arithmetic import ArithmeticProblems
+
+    problems = ArithmeticProblems().eval_set(10, [1, 2], seed=0)
+    params = SamplingParams(k=3, greedy=True, temperature=1.0, max_new_tokens=8, seed=3, batch_size=64)
+    with TransformersSampler(tiny_model_dir) as s:
+        a = s.sample(problems, params, round=4, progress=False)
+        b = s.sample(problems, params, round=4, progress=False)
+    assert len(a) == 4 * len(problems)
+    assert [c.text for c in a] == [c.text for c in b], "same seed, same samples"
+    first = [c for c in a if c.problem_id == problems[0].id]
+    assert [c.sample_idx for c in first] == [0, 1, 2, 3] and first[0].greedy and not first[1].greedy
+    for c in a:
+        assert c.round == 4 and c.id == f"{c.problem_id}#{c.sample_idx}" and c.sampler == "transformers"
+        assert c.finish_reason == "stop"  # problems declare their answer length
+        assert c.token_logprobs is not None and len(c.token_logprobs) >= c.n_tokens
+        assert all(lp <= 0 for lp in c.token_logprobs)
+    greedy_acc = sum(c.text == next(p.answer for p in problems if p.id == c.problem_id) for c in a if c.greedy)
+    assert greedy_acc / len(problems) > 0.8
+
+
+def test_missing_model_fails_before_work(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="model not found: .*nope"):
+        TransformersSampler(tmp_path / "nope")
+
+
+@pytest.fixture(scope="module")
+def round_outputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path]:
+    """bootstrap + one round of every stage, NullTracker, in a temporary project."""
+    import shutil
+
+    root = Path(__file__).resolve().parents[2]
+    proj = tmp_path_factory.mktemp("stages")
+    shutil.copy(root / "params.yaml", proj / "params.yaml")
+    cfg = load_config(proj / "params.yaml", MINI_OVERRIDES + ["tracking.enabled=false"])
+    t = NullTracker()
+    reports = {"bootstrap": run_bootstrap(cfg, RoundPaths.for_round(cfg, "r0", proj), t)}
+    paths = RoundPaths.for_round(cfg, "r1", proj)
+    for name, fn in [("sample", run_sample), ("verify", run_verify), ("validate", run_validate),
+                     ("finetune", run_finetune), ("evaluate", run_evaluate)]:
+        reports[name] = fn(cfg, paths, t)
+    return cfg, proj, reports
+
+
+def test_bootstrap_outputs(round_outputs) -> None:
+    cfg, proj, reports = round_outputs
+    r0 = RoundPaths.for_round(cfg, "r0", proj)
+    real = read_verified_jsonl(r0.validate / "train.jsonl", TrainRow)
+    assert len(real) == 2 * 2000 and {r.origin for r in real} == {"real"}
+    assert (r0.model / "config.json").exists() and (r0.model / "manifest.json").exists()
+    metrics = json.loads(r0.metrics.read_text())
+    assert metrics["round"] == 0 and metrics["accuracy/d1"] > 0.5, metrics
+    assert {"accuracy/d1", "accuracy/d2", "accuracy/d3", "maj_at_2/d1", "pass_at_2/d1"} <= set(metrics)
+
+
+def test_sample_and_verify_outputs(round_outputs) -> None:
+    cfg, proj, reports = round_outputs
+    p = RoundPaths.for_round(cfg, "r1", proj)
+    problems = read_verified_jsonl(p.sample / "problems.jsonl", Problem)
+    samples = read_verified_jsonl(p.sample / "samples.jsonl", Completion)
+    verdicts = read_verified_jsonl(p.verify / "verdicts.jsonl", Verdict)
+    assert len(problems) == 60 and {q.difficulty for q in problems} == {3}
+    assert len(samples) == 60 * 3 == len(verdicts)
+    assert "answer" not in (p.sample / "samples.jsonl").read_text().split("\n")[0]  # no gold next to samples
+    assert {v.verifier for v in verdicts} == {"majority_vote"}
+    assert reports["verify"].details["label_free"] is True
+
+
+def test_validate_builds_mixed_training_set(round_outputs) -> None:
+    cfg, proj, reports = round_outputs
+    p = RoundPaths.for_round(cfg, "r1", proj)
+    train = read_verified_jsonl(p.validate / "train.jsonl", TrainRow)
+    accepted = read_verified_jsonl(p.validate / "accepted.jsonl", TrainRow)
+    n_self = sum(r.origin == "self" for r in train)
+    assert n_self == len(accepted) > 0
+    assert sum(r.origin == "real" for r in train) == n_self  # mix_real 0.5
+    assert {f["function"] for f in reports["validate"].details["filters"]} >= {"format", "agreement", "dedup"}
+    assert json.loads((p.validate / "quality.json").read_text())["success"] is True
+
+
+def test_finetune_and_evaluate(round_outputs) -> None:
+    cfg, proj, reports = round_outputs
+    p = RoundPaths.for_round(cfg, "r1", proj)
+    assert reports["finetune"].metrics["finetune/steps"] == 5
+    assert (p.model / "model.safetensors").exists()
+    m = json.loads(p.metrics.read_text())
+    assert m["round"] == 1
+    assert 0.0 <= m["acceptance_precision"] <= 1.0
+    for key in ("sample/seconds", "verify/seconds", "validate/seconds", "finetune/seconds", "evaluate/seconds"):
+        assert key in m
+    csv = (proj / "runs" / "summary" / "accuracy.csv").read_text().splitlines()
+    assert csv[0].startswith("round,accuracy_d1,accuracy_d2,accuracy_d3,accuracy,acceptance_precision")
+    assert [line.split(",")[0] for line in csv[1:]] == ["0", "1"]
+    assert (proj / "runs" / "summary" / "accuracy.png").stat().st_size > 1000
+
+
+def test_validate_gate_failure_stops_the_round(round_outputs, tmp_path: Path) -> None:
+    """A failed GX suite raises, writes a readable report, and leaves the previous output untouched."""
+    cfg, proj, _ = round_outputs
+    strict = cfg.model_copy(deep=True)
+    strict.validate_cfg.expectations.min_rows = 10_000
+    p = RoundPaths.for_round(cfg, "r1", proj)
+    before = (p.validate / "train.jsonl").read_bytes()
+    with pytest.raises(DataQualityError, match=r"\[accepted\] expect_table_row_count_to_be_between"):
+        run_validate(strict, p, NullTracker())
+    assert (p.validate / "train.jsonl").read_bytes() == before
+    report = json.loads((p.dir / "validate.failed.json").read_text())
+    assert "expect_table_row_count_to_be_between" in report["error"]
+
+
+def test_finetune_never_trains_on_a_partial_file(round_outputs) -> None:
+    cfg, proj, _ = round_outputs
+    p = RoundPaths.for_round(cfg, "r1", proj)
+    train = p.validate / "train.jsonl"
+    original = train.read_bytes()
+    try:
+        train.write_bytes(original[: len(original) // 2].rsplit(b"\n", 1)[0] + b"\n")  # valid-looking, shorter
+        with pytest.raises(DataError, match="train.jsonl"):
+            run_finetune(cfg, p, NullTracker())
+    finally:
+        train.write_bytes(original)

@@ -1,0 +1,59 @@
+"""Filters declared as data, table-driven, with adversarial rows."""
+
+from __future__ import annotations
+
+import pytest
+
+from selfimprove.filters import FILTERS, Candidate, FilterContext, run_filters
+from selfimprove.types import Completion, Problem, Verdict
+
+
+def cand(pid: str, idx: int, text: str, *, passed: bool = True, agreement: float | None = 1.0, greedy: bool = False,
+         finish: str = "stop", regex: str | None = r"[0-9]{3}[01]", prompt: str | None = None, lp: float = -1.0,
+         answer: str | None = "__text__") -> Candidate:
+    p = Problem(id=pid, prompt=prompt or f"{pid}=", meta={"answer_regex": regex} if regex else {})
+    c = Completion(id=f"{pid}#{idx}", problem_id=pid, round=1, sample_idx=idx, text=text, greedy=greedy,
+                   finish_reason=finish, token_logprobs=[lp])
+    v = Verdict(sample_id=c.id, problem_id=pid, round=1, verifier="t", passed=passed, score=1.0 if passed else 0.0,
+                answer=text.strip() if answer == "__text__" else answer, agreement=agreement)
+    return Candidate(p, c, v)
+
+
+CTX = FilterContext(eval_prompts=frozenset({"eval prob="}))
+
+CASES = [
+    # (filter, kwargs, rows, ids kept)
+    ("keep_correct", {}, [cand("a", 0, "1230", passed=True), cand("b", 0, "1230", passed=False)], ["a#0"]),
+    ("agreement", {"min": 0.8}, [cand("a", 0, "1230", agreement=0.8), cand("b", 0, "1230", agreement=0.6),
+                                 cand("c", 0, "1230", agreement=1.0, passed=False)], ["a#0"]),
+    ("format", {}, [cand("a", 0, "1230"), cand("b", 0, "12301"), cand("c", 0, "1232"), cand("d", 0, "123"),
+                    cand("e", 0, "1230", finish="length"), cand("f", 0, "   "), cand("g", 0, "x", regex=None)],
+     ["a#0", "g#0"]),
+    ("length", {"min_chars": 2, "max_chars": 4}, [cand("a", 0, "1"), cand("b", 0, "1234"), cand("c", 0, "12345")], ["b#0"]),
+    ("dedup", {}, [cand("a", 0, "1230"), cand("a", 1, " 1230 "), cand("a", 2, "1231"), cand("b", 0, "1230")],
+     ["a#0", "a#2", "b#0"]),
+    ("per_problem_cap", {"max": 1}, [cand("a", 0, "1", lp=-3.0), cand("a", 1, "2", greedy=True, lp=-9.0),
+                                      cand("b", 0, "3", lp=-2.0), cand("b", 1, "4", lp=-1.0)], ["a#1", "b#1"]),
+    ("decontaminate", {}, [cand("a", 0, "1", prompt="eval  prob="), cand("b", 0, "1", prompt="train=")], ["b#0"]),
+    ("min_score", {"min": 0.5}, [cand("a", 0, "1", passed=True), cand("b", 0, "1", passed=False)], ["a#0"]),
+]
+
+
+@pytest.mark.parametrize("name, kwargs, rows, kept", CASES, ids=[c[0] for c in CASES])
+def test_filter(name: str, kwargs: dict, rows: list[Candidate], kept: list[str]) -> None:
+    out = FILTERS.get(name)(rows, CTX, **kwargs)
+    assert sorted(r.completion.id for r in out) == sorted(kept)
+
+
+def test_pipeline_reports_each_step() -> None:
+    rows = [cand("a", 0, "1230"), cand("a", 1, "1230"), cand("b", 0, "99", agreement=0.2)]
+    kept, stats = run_filters(rows, [("format", {}), ("agreement", {"min": 0.5}), ("dedup", {})], CTX)
+    assert [r.completion.id for r in kept] == ["a#0"]
+    assert [(s.function, s.rows_in, s.rows_out) for s in stats] == [("format", 3, 2), ("agreement", 2, 2), ("dedup", 2, 1)]
+
+
+def test_bad_filter_arguments_are_named() -> None:
+    with pytest.raises(ValueError, match="filter 'dedup' does not take max"):
+        run_filters([], [("dedup", {"max": 1})], CTX)
+    with pytest.raises(ValueError, match="agreement.min must be within"):
+        FILTERS.get("agreement")([], CTX, min=2.0)
