@@ -85,9 +85,14 @@ def gold_verifier(config: Config, pset: ProblemSet) -> Verifier:
     return VERIFIERS.get(name)(**config.verify.options(name))
 
 
-def round_verifier(config: Config) -> Verifier:
+def round_verifier(config: Config, model_dir: Path | None = None) -> Verifier:
+    """The round's verifier; model-based verifiers (``needs_model``, e.g. a judge) get the round's model."""
     name = config.verify.verifier
-    return VERIFIERS.get(name)(**config.verify.options(name))
+    cls = VERIFIERS.get(name)
+    options = config.verify.options(name)
+    if getattr(cls, "needs_model", False):
+        options = options | {"model_dir": str(model_dir) if model_dir else None, "config": config}
+    return cls(**options)
 
 
 def eval_problems(config: Config, pset: ProblemSet) -> list[Problem]:

@@ -19,7 +19,7 @@ def run_verify(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRepo
     setup_runtime(config)
     problems = {p.id: p for p in read_verified_jsonl(paths.sample / "problems.jsonl", Problem)}
     completions = read_verified_jsonl(paths.sample / "samples.jsonl", Completion)
-    verifier = round_verifier(config)
+    verifier = round_verifier(config, model_dir=paths.prev_paths.model)
     visible = problems if verifier.needs_gold else strip_gold(problems)
     with timer() as t:
         try:

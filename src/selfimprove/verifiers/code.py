@@ -85,7 +85,6 @@ _BUILTIN_NAMES = frozenset(dir(builtins))
 _STDLIB = frozenset(sys.stdlib_module_names)
 _PY_LANGS = frozenset({"", "python", "py", "python3", "py3", "pycon", "ipython"})
 _FENCE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
-_BEGIN = re.compile(r"\[BEGIN\](.*?)(?:\[DONE\]|\Z)", re.DOTALL)
 _CODE_START = re.compile(r"^(?:def |async def |class |import |from |@)", re.MULTILINE)
 
 
@@ -150,9 +149,12 @@ def extract_code(text: str, names: Sequence[str] = ()) -> tuple[str, str]:
     ('def f(x):\\n    return x', 'begin_done')
     """
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    m = _BEGIN.search(text)
-    if m or "[DONE]" in text:
-        inner = m.group(1) if m else text.split("[DONE]", 1)[0]
+    begin, done = text.find("[BEGIN]"), text.find("[DONE]")
+    if begin != -1 or done != -1:
+        if begin != -1 and (done == -1 or begin < done):
+            inner = text[begin + len("[BEGIN]"):done if done != -1 else None]
+        else:  # the prompt ended with [BEGIN]; the model wrote code, then [DONE] (and maybe more shots)
+            inner = text[:done]
         if "```" in inner:
             inner, _ = extract_code(inner, names)
         return _unquote(inner.strip("\n")), "begin_done"

@@ -529,7 +529,10 @@ def run_tests(spec: dict, rpc: _Rpc) -> dict:
     ``entry_arg`` (humaneval: ``check(candidate)``) or ``tests`` (asserts: one test per string).
     """
     report: dict = {"loaded": False, "tests": [], "calls": 0, "completed": False}
-    hello = rpc.hello()
+    try:
+        hello = rpc.hello()
+    except CandidateGone as e:
+        hello = {"load_error": str(e)}
     if not hello.get("ready"):
         report["load_error"] = _short(str(hello.get("load_error", "candidate did not load")))
         report["completed"] = True
@@ -878,6 +881,10 @@ class Worker:
         _remove_tree(job_dir)
         os.mkdir(job_dir, 0o700)
         out_r, out_w = os.pipe()
+        # The candidate holds the write end and never uses it: EOF here means its fds are closed, i.e. it
+        # is exiting. The tester can finish on that same EOF before the candidate is reapable, and its exit
+        # status (SIGXCPU: a timeout) must not be lost to the sweep.
+        canary_r, canary_w = os.pipe()
         req_r = req_w = resp_r = resp_w = -1
         if tests:
             req_r, req_w = os.pipe()
@@ -888,8 +895,8 @@ class Worker:
         if c_pid == 0:
             code = 70
             try:
-                _setup_child((self.devnull, out_w, out_w), {req_r, resp_w} if tests else set(), job_dir,
-                             self._limits(lim, tester=False))
+                _setup_child((self.devnull, out_w, out_w), {req_r, resp_w, canary_w} if tests else {canary_w},
+                             job_dir, self._limits(lim, tester=False))
                 if tests:
                     _serve_candidate(job, req_r, resp_w)
                     code = 0
@@ -914,7 +921,7 @@ class Worker:
                     code = 0
                 finally:
                     os._exit(code)
-        for fd in (out_w, req_r, req_w, resp_r, resp_w):
+        for fd in (out_w, canary_w, req_r, req_w, resp_r, resp_w):
             if fd >= 0:
                 os.close(fd)
 
@@ -961,6 +968,16 @@ class Worker:
                 output_limit = True
                 break
         self._reap()
+        if c_pid not in self.statuses and not (wall_timeout or output_limit):
+            canary = select.poll()
+            canary.register(canary_r, select.POLLIN)
+            if canary.poll(0):
+                c_pidfd = next(pfd for pfd, pid in pidfds.items() if pid == c_pid)
+                exiting = select.poll()
+                exiting.register(c_pidfd, select.POLLIN)
+                exiting.poll(500)
+                self._reap()
+        os.close(canary_r)
         c_status = self._status(self.statuses.get(c_pid))
         t_status = self._status(self.statuses.get(t_pid)) if t_pid is not None else None
         still_running = [p for p in (c_pid, t_pid) if p is not None and p not in self.statuses]
