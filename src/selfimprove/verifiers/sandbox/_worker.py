@@ -881,10 +881,6 @@ class Worker:
         _remove_tree(job_dir)
         os.mkdir(job_dir, 0o700)
         out_r, out_w = os.pipe()
-        # The candidate holds the write end and never uses it: EOF here means its fds are closed, i.e. it
-        # is exiting. The tester can finish on that same EOF before the candidate is reapable, and its exit
-        # status (SIGXCPU: a timeout) must not be lost to the sweep.
-        canary_r, canary_w = os.pipe()
         req_r = req_w = resp_r = resp_w = -1
         if tests:
             req_r, req_w = os.pipe()
@@ -895,8 +891,8 @@ class Worker:
         if c_pid == 0:
             code = 70
             try:
-                _setup_child((self.devnull, out_w, out_w), {req_r, resp_w, canary_w} if tests else {canary_w},
-                             job_dir, self._limits(lim, tester=False))
+                _setup_child((self.devnull, out_w, out_w), {req_r, resp_w} if tests else set(), job_dir,
+                             self._limits(lim, tester=False))
                 if tests:
                     _serve_candidate(job, req_r, resp_w)
                     code = 0
@@ -921,7 +917,7 @@ class Worker:
                     code = 0
                 finally:
                     os._exit(code)
-        for fd in (out_w, canary_w, req_r, req_w, resp_r, resp_w):
+        for fd in (out_w, req_r, req_w, resp_r, resp_w):
             if fd >= 0:
                 os.close(fd)
 
@@ -968,16 +964,15 @@ class Worker:
                 output_limit = True
                 break
         self._reap()
-        if c_pid not in self.statuses and not (wall_timeout or output_limit):
-            canary = select.poll()
-            canary.register(canary_r, select.POLLIN)
-            if canary.poll(0):
-                c_pidfd = next(pfd for pfd, pid in pidfds.items() if pid == c_pid)
-                exiting = select.poll()
-                exiting.register(c_pidfd, select.POLLIN)
-                exiting.poll(500)
-                self._reap()
-        os.close(canary_r)
+        if c_pid not in self.statuses and not (wall_timeout or output_limit) and _is_exiting(c_pid):
+            # The tester can finish on the EOF of a dying candidate before the candidate is reapable (its
+            # pipes are released before it becomes a zombie). Wait for it, so that its exit status (SIGXCPU:
+            # a timeout) is recorded instead of being lost to the sweep.
+            c_pidfd = next(pfd for pfd, pid in pidfds.items() if pid == c_pid)
+            exiting = select.poll()
+            exiting.register(c_pidfd, select.POLLIN)
+            exiting.poll(1000)
+            self._reap()
         c_status = self._status(self.statuses.get(c_pid))
         t_status = self._status(self.statuses.get(t_pid)) if t_pid is not None else None
         still_running = [p for p in (c_pid, t_pid) if p is not None and p not in self.statuses]
@@ -1028,6 +1023,16 @@ class Worker:
         if not self.pid1:
             self._wipe()
             os.rmdir(self.tmp_root)
+
+
+def _is_exiting(pid: int) -> bool:
+    """True if ``pid`` is in the kernel's exit path (``PF_EXITING`` in the flags field of its stat)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return bool(int(stat[stat.rindex(b")") + 2 :].split()[6]) & 0x4)
+    except (OSError, ValueError, IndexError):
+        return False
 
 
 def _remove_tree(path: str) -> None:
