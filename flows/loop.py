@@ -182,7 +182,9 @@ def main(project: str | Path = ".", params: str = "params.yaml", rounds: int | N
     try:
         loop_flow(rounds=rounds, overrides=overrides, project=str(project), params=params)
     except (ConfigError, DataQualityError, LoopBusy, FileNotFoundError, dvcstate.DvcError) as e:
-        console.print(f"[bold red]loop stopped:[/] {e}")
+        from rich.markup import escape
+
+        console.print(f"[bold red]loop stopped:[/] {escape(str(e))}", soft_wrap=True)
         return 1
     config = load_config(project / params)
     try:

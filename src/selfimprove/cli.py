@@ -45,7 +45,9 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def _fail(e: BaseException) -> None:
-    console.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
