@@ -101,7 +101,7 @@ class Runners:
     def pool_program(self, programs: Sequence[tuple[str, bytes | None]], parallel: int) -> int:
         results = self.pool(parallel).map([Job.program(code) for code, _ in programs])
         return sum(r.outcome == "ok" and (want is None or r.output.encode() == want)
-                   for r, (_, want) in zip(results, programs))
+                   for r, (_, want) in zip(results, programs, strict=True))
 
     def pool_verifier(self, jobs: Sequence[Job], parallel: int) -> int:
         return sum(bool(r.report and r.report.get("loaded") and r.report.get("calls")
@@ -206,10 +206,11 @@ def to_markdown(summary: dict[str, Any]) -> str:
     lines = [
         "# Sandbox throughput",
         "",
-        f"{summary['created']}, commit {summary['commit']}, {m['cpus']} CPUs, {m['bwrap']}, sandbox Python "
-        f"{m['sandbox_python']}; load average {m['loadavg_before'][0]:.1f} before, {m['loadavg_after'][0]:.1f} after "
-        f"(shared machine). Median of {summary['rounds']} interleaved rounds (min-max). Pool cold start "
-        f"{summary['pool_cold_start_s']} s for 2 sandboxes, first result {summary['pool_first_result_s'] * 1000:.0f} ms later.",
+        (f"{summary['created']}, commit {summary['commit']}, {m['cpus']} CPUs, {m['bwrap']}, sandbox Python "
+         f"{m['sandbox_python']}; load average {m['loadavg_before'][0]:.1f} before, "
+         f"{m['loadavg_after'][0]:.1f} after (shared machine). Median of {summary['rounds']} interleaved rounds "
+         f"(min-max). Pool cold start {summary['pool_cold_start_s']} s for 2 sandboxes, first result "
+         f"{summary['pool_first_result_s'] * 1000:.0f} ms later."),
         "",
         "| workload | runner | parallel | runs/s | min-max | ms/run | vs subprocess | failed runs |",
         "|---|---|---|---|---|---|---|---|",
@@ -219,11 +220,11 @@ def to_markdown(summary: dict[str, Any]) -> str:
                      f"| {r['ms_per_run']} | {r['vs_subprocess']}x | {r['failed_runs']} |")
     lines += [
         "",
-        "Runners: `subprocess` = `/usr/bin/python3 -c` per run, no isolation; `fresh-bwrap` = one bubblewrap "
-        "sandbox per run with the pool's flags; `pool` / `pool-program` = the fork-server pool running the "
-        "program; `pool-verifier` = the `sandboxed_tests` protocol (candidate and tester processes, verdict from "
-        "the tester's report). HumanEval rows for the first three runners execute "
-        "`prompt + solution + test + check(entry_point)` and read the exit code.",
+        ("Runners: `subprocess` = `/usr/bin/python3 -c` per run, no isolation; `fresh-bwrap` = one bubblewrap "
+         "sandbox per run with the pool's flags; `pool` / `pool-program` = the fork-server pool running the "
+         "program; `pool-verifier` = the `sandboxed_tests` protocol (candidate and tester processes, verdict "
+         "from the tester's report). HumanEval rows for the first three runners execute "
+         "`prompt + solution + test + check(entry_point)` and read the exit code."),
         "",
     ]
     return "\n".join(lines)

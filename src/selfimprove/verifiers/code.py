@@ -62,6 +62,7 @@ import logging
 import re
 import signal
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -532,14 +533,16 @@ class SandboxedTestsVerifier(Verifier):
         if isolation == "none":
             logger.warning(UNSAFE_WARNING)
         self._pool: SandboxPool | None = None
+        self._pool_lock = threading.Lock()
         self._prepared: dict[str, PreparedTests] = {}
 
     @property
     def pool(self) -> SandboxPool:
-        if self._pool is None:
-            self._pool = SandboxPool(self.workers, limits=self.limits, isolation=self.config.isolation,
-                                     sandbox_uid=self.config.sandbox_uid, tmp_mb=self.config.tmp_mb)
-        return self._pool
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = SandboxPool(self.workers, limits=self.limits, isolation=self.config.isolation,
+                                         sandbox_uid=self.config.sandbox_uid, tmp_mb=self.config.tmp_mb)
+            return self._pool
 
     def _prepare(self, problem: Problem) -> PreparedTests:
         # Keyed by content too: two problem sets may reuse an id with different tests.
@@ -575,9 +578,10 @@ class SandboxedTestsVerifier(Verifier):
         return verdicts
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
 
 
 __all__ = [

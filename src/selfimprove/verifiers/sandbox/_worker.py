@@ -31,6 +31,8 @@ This module must stay standard-library only and compatible with the system Pytho
 sandbox it runs under ``/usr/bin/python3`` with no site-packages.
 """
 
+# ruff: noqa: BLE001, S102, S110 - this module exists to exec untrusted code and to outlive whatever it raises
+
 from __future__ import annotations
 
 import ast
@@ -314,9 +316,9 @@ class Remote:
     and the assertion fails.
     """
 
-    __slots__ = ("_token", "_label", "_rpc")
+    __slots__ = ("_label", "_rpc", "_token")
 
-    def __init__(self, token: list, label: str, rpc: "_Rpc"):
+    def __init__(self, token: list, label: str, rpc: _Rpc):
         object.__setattr__(self, "_token", token)
         object.__setattr__(self, "_label", label)
         object.__setattr__(self, "_rpc", rpc)
@@ -728,7 +730,7 @@ def _setup_child(stdio: tuple[int, int, int], keep: set[int], cwd: str, limits: 
                 pass
     os.chdir(cwd)
     for which, soft, hard in limits:
-        cur_soft, cur_hard = resource.getrlimit(which)
+        _soft, cur_hard = resource.getrlimit(which)
         if cur_hard != resource.RLIM_INFINITY:
             hard = min(hard, cur_hard)
             soft = min(soft, hard)

@@ -52,7 +52,7 @@ import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from selfimprove.verifiers.sandbox import _worker
 from selfimprove.verifiers.sandbox._worker import FrameError, encode_frame, parse_frames
@@ -428,6 +428,10 @@ class _Sandbox:
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err_w, pass_fds=child,
                 close_fds=True, cwd="/", env=_sandbox_env(), start_new_session=True, **kwargs,
             )
+        except BaseException:
+            for fd in (ctl_w, rep_r, tin_w, tout_r, err_r):
+                os.close(fd)
+            raise
         finally:
             for fd in (*child, err_w):
                 os.close(fd)
@@ -536,8 +540,6 @@ class _Sandbox:
                     else:
                         self.stderr += data
                         del self.stderr[:-_MAX_STDERR_KEEP]
-            if out and self.fds["ctl"] not in out and not self.alive:
-                return [], "worker exited"
 
     def _drain_results(self) -> None:
         fd = self.fds["results"]
@@ -683,7 +685,7 @@ class SandboxPool:
         self._closed = True
         self._finalizer()
 
-    def __enter__(self) -> SandboxPool:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -706,7 +708,7 @@ class SandboxPool:
         self._sandboxes[index] = sandbox
         try:
             sandbox.start()
-        except BaseException as e:  # reported to the constructor
+        except BaseException as e:  # noqa: BLE001 - handed to the constructor, which re-raises it
             errors[index] = e
             ready.set()
             return
@@ -721,14 +723,14 @@ class SandboxPool:
                     continue
                 try:
                     fut.set_result(self._execute(sandbox, job))
-                except BaseException as e:
+                except BaseException as e:  # noqa: BLE001 - delivered to the caller through the future
                     fut.set_exception(e)
                 if not sandbox.alive:
                     # Restart a recycled sandbox now, while idle, rather than on the next job's clock.
                     try:
                         sandbox.stop()
                         sandbox.start()
-                    except SandboxUnavailableError as e:
+                    except Exception as e:  # noqa: BLE001 - retried (and then raised to the caller) on the next job
                         logger.warning("sandbox %d could not restart (will retry on the next job): %s", index, e)
         finally:
             sandbox.stop()
@@ -757,6 +759,7 @@ class SandboxPool:
 
 __all__ = [
     "DEFAULT_SANDBOX_UID",
+    "UNSAFE_WARNING",
     "Job",
     "JobResult",
     "Limits",
@@ -764,7 +767,6 @@ __all__ = [
     "SandboxConfig",
     "SandboxPool",
     "SandboxUnavailableError",
-    "UNSAFE_WARNING",
     "bwrap_argv",
     "check_isolation",
 ]
