@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from selfimprove.types import Completion, Problem
 from selfimprove.verifiers.code import SandboxedTestsVerifier, analyze_asserts
 
 BENCH = Path(os.environ.get("SELFIMPROVE_BENCHMARKS_DIR", Path(__file__).resolve().parents[3] / "shared" / "benchmarks"))
+HAVE_BWRAP = bool(shutil.which("bwrap") or os.path.exists("/usr/bin/bwrap"))
 TEST_UID = 64979 if os.geteuid() == 0 else None
 
 #: Reference solutions that fail, with the reason. Empty: all 164 + 974 + 427 references pass.
@@ -143,6 +145,8 @@ def completion(problem: Problem, text: str, tag: str) -> Completion:
 
 @pytest.fixture(scope="module")
 def verifier():
+    if not HAVE_BWRAP:
+        pytest.skip("bubblewrap is not installed (apt-get install bubblewrap)")
     if not (BENCH / "humaneval" / "HumanEval.jsonl").exists():
         pytest.skip(f"benchmark data not found under {BENCH}")
     v = SandboxedTestsVerifier(workers=2, sandbox_uid=TEST_UID)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -28,6 +29,8 @@ from selfimprove.verifiers.code import (
 from selfimprove.verifiers.sandbox import JobResult, Limits, ProcessStatus
 
 BENCH = Path(os.environ.get("SELFIMPROVE_BENCHMARKS_DIR", Path(__file__).resolve().parents[3] / "shared" / "benchmarks"))
+HAVE_BWRAP = bool(shutil.which("bwrap") or os.path.exists("/usr/bin/bwrap"))
+needs_bwrap = pytest.mark.skipif(not HAVE_BWRAP, reason="bubblewrap is not installed (apt-get install bubblewrap)")
 TEST_UID = 64978 if os.geteuid() == 0 else None
 
 
@@ -48,6 +51,8 @@ PROBLEMS = {"asserts": ADD, "humaneval": humaneval("HumanEval/53")}
 
 @pytest.fixture(scope="module")
 def verifier():
+    if not HAVE_BWRAP:
+        pytest.skip("bubblewrap is not installed (apt-get install bubblewrap)")
     v = SandboxedTestsVerifier(workers=2, timeout_s=1, wall_timeout_s=4, memory_mb=256, sandbox_uid=TEST_UID)
     yield v
     v.close()
@@ -160,6 +165,7 @@ def _memory_of(pid: int) -> bytes:
     return b"".join(chunks)
 
 
+@needs_bwrap
 @pytest.mark.skipif(os.geteuid() != 0, reason="reading another process's memory needs root")
 def test_worker_memory_never_holds_the_tests():
     """Every candidate process is a fork of its worker, so it starts with a copy of the worker's memory.
@@ -430,6 +436,7 @@ def test_challenge_asserts_and_entry_point_hint():
     assert prepare_tests(p, challenge_tests=False).n_tests == 1
 
 
+@needs_bwrap
 def test_registry_builds_the_verifier():
     v = make_verifier("sandboxed_tests", workers=1, timeout_s=2, sandbox_uid=TEST_UID)
     try:
