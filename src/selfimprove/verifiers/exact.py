@@ -22,7 +22,7 @@ from selfimprove.verifiers.base import AnswerVerifier
 
 
 class ExactMatchConfig(BaseModel):
-    """Options of the ``exact_match`` verifier (``verifiers.exact_match.*`` in params.yaml)."""
+    """Options of the ``exact_match`` verifier (``verify.exact_match.*`` in params.yaml)."""
 
     model_config = ConfigDict(extra="forbid")
 

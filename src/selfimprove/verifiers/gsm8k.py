@@ -36,7 +36,7 @@ from selfimprove.verifiers.math_equiv import find_boxes
 
 
 class GSM8KVerifierConfig(BaseModel):
-    """Options of the ``gsm8k`` verifier (``verifiers.gsm8k.*`` in params.yaml)."""
+    """Options of the ``gsm8k`` verifier (``verify.gsm8k.*`` in params.yaml)."""
 
     model_config = ConfigDict(extra="forbid")
 

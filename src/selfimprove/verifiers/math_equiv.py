@@ -70,7 +70,7 @@ MatchType = Literal["latex", "expr"]
 
 
 class MathEquivConfig(BaseModel):
-    """Options of the ``math_equiv`` verifier (``verifiers.math_equiv.*`` in params.yaml)."""
+    """Options of the ``math_equiv`` verifier (``verify.math_equiv.*`` in params.yaml)."""
 
     model_config = ConfigDict(extra="forbid")
 
