@@ -336,10 +336,10 @@ def label_round(
     t0 = time.process_time()
     torch.manual_seed(sample_seed)
     views = [problems] + ([[ps.swap_operands(p) for p in problems]] if r.views else [])
-    votes: list[list[str]] = [[] for _ in problems]
-    greedy_by_model: list[list[str]] = [[] for _ in problems]
-    for m in models:
-        for vp in views:
+    # votes[i] = (model index, view index, is_greedy, answer) for every answer given to problem i
+    votes: list[list[tuple[int, int, bool, str]]] = [[] for _ in problems]
+    for j, m in enumerate(models):
+        for v, vp in enumerate(views):
             by_d: dict[int, list[int]] = {}
             for i, p in enumerate(vp):
                 by_d.setdefault(int(p.difficulty or 0), []).append(i)
@@ -348,28 +348,31 @@ def label_round(
                     m, codec, [vp[i].prompt for i in idxs], d + 1, r.k_samples, r.temperature, r.greedy, r.gen_batch
                 )
                 for i, a in zip(idxs, ans, strict=True):
-                    votes[i].extend(a)
-                    if r.greedy and vp is views[0]:
-                        greedy_by_model[i].append(a[0])
+                    votes[i].extend((j, v, r.greedy and n == 0, x) for n, x in enumerate(a))
     t_label = time.process_time() - t0
     t1 = time.process_time()
     rows: list[Row] = []
-    per_d: dict[int, dict[str, int]] = {}
-    for p, vs, gs in zip(problems, votes, greedy_by_model, strict=True):
+    per_d: dict[int, dict[str, Any]] = {}
+    for p, vs in zip(problems, votes, strict=True):
         d = int(p.difficulty or 0)
-        st = per_d.setdefault(d, {"n": 0, "accepted": 0, "correct": 0, "greedy_correct": 0})
+        st = per_d.setdefault(d, {"n": 0, "accepted": 0, "correct": 0, "greedy_correct": 0, "shadow": {}})
         st["n"] += 1
-        st["greedy_correct"] += bool(gs) and gs[0] == p.answer
         regex = re.compile(p.meta["answer_regex"])
-        valid = [v for v in vs if regex.fullmatch(v)]
-        if not valid:
-            continue
-        label, count = Counter(valid).most_common(1)[0]
-        if count / len(vs) < r.vote_threshold - 1e-9:
-            continue
-        if r.min_model_agree and sum(g == label for g in gs) < r.min_model_agree:
-            continue
+        answers = [x for _, _, _, x in vs]
+        greedy0 = [x for j, v, g, x in vs if g and v == 0]  # one per model, main view
+        st["greedy_correct"] += bool(greedy0) and greedy0[0] == p.answer
+        valid = [x for x in answers if regex.fullmatch(x)]
+        label, count = Counter(valid).most_common(1)[0] if valid else ("", 0)
+        accept = bool(valid) and count / len(answers) >= r.vote_threshold - 1e-9
+        if accept and r.min_model_agree:
+            accept = sum(g == label for g in greedy0) >= r.min_model_agree
         ok = label == p.answer  # gold read only for the report
+        for name, passed in shadow_rules(vs, label, valid, answers, len(models)).items():
+            sh = st["shadow"].setdefault(name, [0, 0])
+            sh[0] += passed
+            sh[1] += passed and ok
+        if not accept:
+            continue
         st["accepted"] += 1
         st["correct"] += ok
         rows.append(Row(p.prompt, label, d, "self", ok))
@@ -379,14 +382,40 @@ def label_round(
     t_filter = time.process_time() - t1
     stats = {
         str(d): {
-            **st,
+            **{k: v for k, v in st.items() if k != "shadow"},
             "accept_rate": round(st["accepted"] / st["n"], 4),
             "precision": round(st["correct"] / st["accepted"], 4) if st["accepted"] else None,
             "greedy_acc": round(st["greedy_correct"] / st["n"], 4),
+            "shadow": {
+                k: [round(a / st["n"], 4), round(c / a, 4) if a else None] for k, (a, c) in st["shadow"].items()
+            },
         }
         for d, st in sorted(per_d.items())
     }
     return rows, {"label_cpu_s": round(t_label, 2), "filter_cpu_s": round(t_filter, 3), "by_difficulty": stats}
+
+
+def shadow_rules(
+    vs: list[tuple[int, int, bool, str]], label: str, valid: list[str], answers: list[str], n_models: int
+) -> dict[str, bool]:
+    """Alternative label-free rules evaluated on the same votes (report only: accept share and precision)."""
+    if not valid:
+        return {}
+    greedy_main = [x for j, v, g, x in vs if g and v == 0]
+    greedy_all = [x for j, v, g, x in vs if g]
+    own0 = [x for j, v, g, x in vs if j == 0]
+    out = {
+        "unanimous": all(x == label for x in answers),
+        "share>=0.8": sum(x == label for x in answers) >= 0.8 * len(answers),
+        "greedy_all_models": bool(greedy_main) and all(x == label for x in greedy_main),
+        "greedy_all_views": bool(greedy_all) and all(x == label for x in greedy_all),
+        "model0_unanimous": all(x == label for x in own0),
+    }
+    if n_models >= 2:
+        out["greedy_majority"] = sum(x == label for x in greedy_main) * 2 > n_models
+        out["greedy_m0_m1"] = greedy_main[0] == greedy_main[1] == label
+        out["model0_unanimous+greedy_majority"] = out["model0_unanimous"] and out["greedy_majority"]
+    return out
 
 
 # ----------------------------------------------------------------------------- one chain
