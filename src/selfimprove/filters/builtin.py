@@ -10,6 +10,7 @@
 | ``dedup`` | the first of identical (problem, normalised completion) rows |
 | ``per_problem_cap`` | at most ``max`` rows per problem (greedy first, then highest log-probability) |
 | ``decontaminate`` | rows whose prompt is not in the evaluation set (exact, whitespace-normalised) |
+| ``entropy_weight`` | every row; sets ``weight`` from the entropy of its problem's answers (EAST; ``sharpness``, ``min_weight``) |
 """
 
 from __future__ import annotations
@@ -158,3 +159,43 @@ def run_filters(
         rows = FILTERS.get(name)(rows, ctx, **kwargs)
         stats.append(FilterStat(name, dict(kwargs), before, len(rows), len({r.problem.id for r in rows})))
     return rows, stats
+
+
+@FILTERS.register("entropy_weight")
+def entropy_weight(
+    rows: list[Candidate], ctx: FilterContext, sharpness: float = 1.0, min_weight: float = 0.05
+) -> list[Candidate]:
+    """EAST-style weights (Wang et al. 2025, "Entropy-Based Adaptive Weighting for Self-Training"): keeps every row and
+    multiplies its ``weight`` by a function of the entropy of its problem's answer distribution.
+
+    Per problem: ``h`` = entropy of the answers of the problem's rows at this point of the pipeline (verdict answers;
+    each unparseable completion counts as an answer of its own), divided by ``log(n)`` for ``n`` rows, so ``h`` is in
+    [0, 1] (1 problem row: 0). The factor is ``max(h, min_weight) ** sharpness``: ``sharpness > 0`` favours problems
+    the model is unsure about (EAST's choice: they carry the most signal), ``< 0`` favours confident ones, 0 is
+    uniform; ``min_weight`` keeps unanimous problems from vanishing. The factors are then scaled to mean 1 over the
+    rows, so the learning rate keeps its meaning (the weighted trainer rescales the final set again).
+
+    Place it before filters that drop rows (``agreement``, ``keep_correct``, ``per_problem_cap``): the entropy is
+    measured on the rows it sees.
+    """
+    import math
+
+    if not 0.0 < min_weight <= 1.0:
+        raise ValueError(f"entropy_weight.min_weight must be within (0, 1], got {min_weight}")
+    by: dict[str, list[Candidate]] = defaultdict(list)
+    for r in rows:
+        by[r.problem.id].append(r)
+    factor: dict[str, float] = {}
+    for pid, items in by.items():
+        counts: dict[str, int] = defaultdict(int)
+        for i, r in enumerate(items):
+            counts[r.verdict.answer if r.verdict.answer is not None else f"\0unparsed{i}"] += 1
+        n = len(items)
+        h = 0.0 if n < 2 else -sum(c / n * math.log(c / n) for c in counts.values()) / math.log(n)
+        factor[pid] = max(h, min_weight) ** sharpness
+    if not rows:
+        return rows
+    mean = sum(factor[r.problem.id] for r in rows) / len(rows)
+    from dataclasses import replace
+
+    return [replace(r, weight=r.weight * factor[r.problem.id] / mean) for r in rows]

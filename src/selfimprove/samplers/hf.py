@@ -39,7 +39,7 @@ def resolve_model(model_dir: str | Path) -> str:
     ref = model_dir / "model_ref.json"
     if ref.exists():
         return json.loads(ref.read_text())["path"]
-    if not (model_dir / "config.json").exists():
+    if not (model_dir / "config.json").exists() and not (model_dir / "adapter_config.json").exists():
         raise FileNotFoundError(
             f"model not found: {model_dir} has no config.json (run the stage that produces it, e.g. 'dvc repro', "
             "or check model.path)"

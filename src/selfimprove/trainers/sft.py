@@ -94,7 +94,35 @@ class TrackerCallback:
         self.callback = _CB()
 
 
+def adapter_base(path: str | Path) -> str | None:
+    """The base model of an adapter-only folder (PEFT ``adapter_config.json``), else None."""
+    import json
+
+    cfg_file = Path(path) / "adapter_config.json"
+    if not cfg_file.exists():
+        return None
+    return str(json.loads(cfg_file.read_text())["base_model_name_or_path"])
+
+
+def load_merged(path: str | Path, dtype: Any = None) -> tuple[Any, Any]:
+    """An adapter-only folder as a plain model: base weights with the adapter merged in (and its tokenizer)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import selfimprove.models  # noqa: F401 - registers the tiny model class
+
+    base = adapter_base(path)
+    if base is None:
+        raise ValueError(f"{path} is not an adapter-only model folder (no adapter_config.json)")
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype or torch.float32)
+    return PeftModel.from_pretrained(model, str(path)).merge_and_unload(), AutoTokenizer.from_pretrained(path)
+
+
 def load_for_training(init_model: str | Path, cfg: TrainConfig) -> tuple[Any, Any]:
+    """The init model and tokenizer. An adapter-only init (a LoRA round saved with ``lora.merge: false``) is loaded
+    as a trainable PEFT model when LoRA is on, so the same adapter keeps training on the same base (one adapter,
+    one base: every loader and vLLM can use it); with LoRA off it is merged first."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -104,17 +132,31 @@ def load_for_training(init_model: str | Path, cfg: TrainConfig) -> tuple[Any, An
     path = resolve_model(init_model)
     dtype = torch.bfloat16 if use_cuda(cfg.device) and torch.cuda.is_bf16_supported() else torch.float32
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    if adapter_base(path) is not None and cfg.lora.enabled:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(adapter_base(path), dtype=dtype), path, is_trainable=True
+        )
+    elif adapter_base(path) is not None:
+        model, _ = load_merged(path, dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
     return model, tok
 
 
-def peft_config(cfg: TrainConfig) -> Any:
+def peft_config(cfg: TrainConfig, model: Any = None) -> Any:
+    """The LoRA config for a trainer, or None (LoRA off, or ``model`` already carries a trainable adapter)."""
     if not cfg.lora.enabled:
         return None
     from peft import LoraConfig as PeftLora
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        return None
 
     return PeftLora(
         r=cfg.lora.r,
@@ -126,18 +168,35 @@ def peft_config(cfg: TrainConfig) -> Any:
 
 
 def save_model(trainer: Any, tok: Any, out_dir: Path, cfg: TrainConfig) -> None:
-    """Save a plain HF folder; LoRA adapters are merged unless ``lora.merge`` is false."""
+    """Save a plain HF folder; LoRA adapters are merged unless ``lora.merge`` is false.
+
+    Adapter-only (``merge: false``): the folder holds the PEFT adapter (``adapter_config.json``, whose
+    ``base_model_name_or_path`` names the plain base model, and ``adapter_model.safetensors``) plus the tokenizer.
+    ``AutoModelForCausalLM.from_pretrained`` loads such a folder as base + adapter, the next round keeps training
+    the same adapter (``load_for_training``), and the vllm sampler serves a merged copy.
+    """
     import shutil
 
     model = trainer.model
-    if cfg.lora.enabled:
+    if cfg.lora.enabled and hasattr(model, "merge_and_unload"):
+        # DPO adds a frozen "ref" copy of a pretrained adapter; only the trained one is the round's model.
+        if "ref" in model.peft_config:
+            model.delete_adapter("ref")
         if cfg.lora.merge:
             model = model.merge_and_unload()
         else:
-            model.save_pretrained(out_dir / "adapter")
-            base = getattr(model, "peft_config", {})
-            log.info("saved LoRA adapter only (%s); base model config kept for loading", list(base))
-            model = model.get_base_model()
+            pc = model.peft_config["default"]
+            base = pc.base_model_name_or_path
+            if not base:
+                raise ValueError("lora.merge=false needs a base model loaded from a folder or hub id (an in-memory model "
+                                 "has no path the adapter could name); use lora.merge=true here")
+            if Path(base).exists():
+                pc.base_model_name_or_path = str(Path(base).resolve())  # loadable from any working directory
+            model.save_pretrained(out_dir, selected_adapters=["default"])
+            tok.save_pretrained(out_dir)
+            log.info("saved LoRA adapter only (base: %s)", adapter_base(out_dir))
+            shutil.rmtree(out_dir / "_trainer", ignore_errors=True)
+            return
     model.save_pretrained(out_dir, safe_serialization=True)
     tok.save_pretrained(out_dir)
     shutil.rmtree(out_dir / "_trainer", ignore_errors=True)
@@ -184,7 +243,7 @@ def train_sft(
         args=args,
         train_dataset=ds,
         processing_class=tokenizer,
-        peft_config=peft_config(cfg),
+        peft_config=peft_config(cfg, model),
         callbacks=[tcb.callback, *callbacks],
     )
     t0 = time.perf_counter()
