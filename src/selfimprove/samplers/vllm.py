@@ -161,11 +161,16 @@ class VllmServer:
                     break
                 except subprocess.TimeoutExpired:
                     continue
-        # Workers may outlive the parent briefly; make sure the group is gone.
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        # Engine workers can outlive the parent: kill what is left of the group and wait until it is empty.
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                break
+            time.sleep(0.1)
+        else:
+            log.warning("processes of vllm serve's group %d still exist after SIGKILL", proc.pid)
         self.proc = None  # type: ignore[assignment]
         self._log.close()
         atexit.unregister(self.stop)
