@@ -106,12 +106,20 @@ class ModelConfig(Strict):
     revision: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     trust_remote_code: bool = False
+    ensemble: PosInt = Field(
+        1,
+        le=16,
+        description="Independently seeded models that sample and vote together and are all fine-tuned on the "
+        "accepted labels (cross-model self-consistency; see selfimprove/ensemble.py). tiny models only.",
+    )
     tiny: TinyModelConfig = TinyModelConfig()
 
     @model_validator(mode="after")
     def _path_needed(self) -> ModelConfig:
         if self.source in ("path", "hub") and not self.path:
             raise ValueError(f"model.path is required when model.source is {self.source!r}")
+        if self.source != "tiny" and self.ensemble > 1:
+            raise ValueError("model.ensemble > 1 needs model.source: tiny (members are trained from different seeds)")
         return self
 
 

@@ -345,12 +345,17 @@ class MlflowTracker(Tracker):
                 return mv.version
         import mlflow
 
-        model_dir = Path(model_dir)
+        from selfimprove.ensemble import members
+
+        group = members(model_dir)
+        model_dir = group[0]
         if not (model_dir / "config.json").exists():
             log.warning("model folder %s has no config.json (a pointer to an external model?); not registering", model_dir)
             return None
         with mlflow.start_run(run_id=self.run_id, nested=True):
             info = _log_transformers(model_dir)
+        for other in group[1:]:  # the other ensemble members travel with the run
+            self.client.log_artifacts(self.run_id, str(other), f"ensemble/{other.name}")
         try:
             self.client.get_registered_model(name)
         except Exception:  # noqa: BLE001

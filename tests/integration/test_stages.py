@@ -141,3 +141,32 @@ def test_finetune_never_trains_on_a_partial_file(round_outputs) -> None:
             run_finetune(cfg, p, NullTracker())
     finally:
         train.write_bytes(original)
+
+
+def test_ensemble_members_sample_vote_and_train_together(tmp_path: Path) -> None:
+    """model.ensemble: every member samples, the vote pools them, each member is fine-tuned and evaluated."""
+    import shutil
+
+    from selfimprove.ensemble import members
+
+    root = Path(__file__).resolve().parents[2]
+    shutil.copy(root / "params.yaml", tmp_path / "params.yaml")
+    cfg = load_config(tmp_path / "params.yaml", MINI_OVERRIDES + [
+        "tracking.enabled=false", "model.ensemble=2", "bootstrap.train.steps=40", "bootstrap.early_stop=null",
+        "bootstrap.examples_per_difficulty=500", "sample.problems_per_round=20", "sample.k=1",
+    ])
+    t = NullTracker()
+    run_bootstrap(cfg, RoundPaths.for_round(cfg, "r0", tmp_path), t)
+    p = RoundPaths.for_round(cfg, "r1", tmp_path)
+    for fn in (run_sample, run_verify, run_validate, run_finetune):
+        fn(cfg, p, t)
+    report = run_evaluate(cfg, p, t)
+    assert [m.name for m in members(p.model)] == ["m0", "m1"]
+    assert all((m / "config.json").exists() for m in members(p.base.model))
+    samples = read_verified_jsonl(p.sample / "samples.jsonl", Completion)
+    assert len(samples) == 20 * 2 * 2 and {c.meta["member"] for c in samples} == {0, 1}
+    assert len({c.id for c in samples}) == len(samples)
+    verdicts = read_verified_jsonl(p.verify / "verdicts.jsonl", Verdict)
+    assert {v.details["votes"] for v in verdicts} == {4}, "the vote pools both members' answers"
+    m = report.metrics
+    assert m["accuracy/d1"] == pytest.approx((m["members/m0/accuracy/d1"] + m["members/m1/accuracy/d1"]) / 2)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from selfimprove.config import Config
+from selfimprove.ensemble import member_names, write_ensemble
 from selfimprove.io import staged_output, write_json, write_jsonl, write_manifest
 from selfimprove.paths import RoundPaths
 from selfimprove.stages.common import (
@@ -60,7 +61,7 @@ def labelled_rows(config: Config) -> list[TrainRow]:
 class _EarlyStop:
     """Quick greedy eval during bootstrap training; stops once every bootstrap difficulty hits the target."""
 
-    def __init__(self, config: Config, tokenizer: Any, tracker: Tracker):
+    def __init__(self, config: Config, tokenizer: Any, tracker: Tracker, prefix: str = "bootstrap"):
         from transformers import TrainerCallback
 
         es = config.bootstrap.early_stop
@@ -85,25 +86,55 @@ class _EarlyStop:
                 model.train()
                 accs = {k: v for k, v in metrics.items() if k.startswith("accuracy/")}
                 outer.history.append({"step": state.global_step, **accs})
-                tracker.log_metrics({f"bootstrap/{k}": v for k, v in accs.items()}, step=state.global_step)
-                log.info("bootstrap step %d: %s", state.global_step, {k: round(v, 3) for k, v in accs.items()})
+                tracker.log_metrics({f"{prefix}/{k}": v for k, v in accs.items()}, step=state.global_step)
+                log.info("%s step %d: %s", prefix, state.global_step, {k: round(v, 3) for k, v in accs.items()})
                 if accs and min(accs.values()) >= es.target:
                     control.should_training_stop = True
 
         self.callback = _CB()
 
 
-def _build_tiny(config: Config, rows: list[TrainRow], directory: Path) -> tuple[Any, Any]:
+def _build_tiny(config: Config, rows: list[TrainRow], directory: Path, seed: int) -> tuple[Any, Any]:
     from selfimprove.models import build_char_tokenizer, build_tiny_model
 
     chars = "".join(sorted({ch for r in rows for ch in r.prompt + r.completion}))
     tok = build_char_tokenizer(chars)
     t = config.model.tiny
     model = build_tiny_model(tok, layers=t.layers, hidden=t.hidden, heads=t.heads, intermediate=t.intermediate,
-                             position_scheme=t.position_scheme, rope_theta=t.rope_theta, seed=config.seed)
+                             position_scheme=t.position_scheme, rope_theta=t.rope_theta, seed=seed)
     model.save_pretrained(directory)
     tok.save_pretrained(directory)
     return model, tok
+
+
+def _train_members(config: Config, rows: list[TrainRow], out: Path, tracker: Tracker) -> dict[str, Any]:
+    """Build and train ``model.ensemble`` tiny models from different seeds (one folder, or m0, m1, ...)."""
+    from selfimprove.trainers.sft import train_sft
+
+    n = config.model.ensemble
+    names = member_names(n) if n > 1 else [""]
+    reports = []
+    for i, name in enumerate(names):
+        target = out / name if name else out
+        prefix = f"bootstrap/{name}" if name else "bootstrap"
+        seed = config.seed * 1000 + i
+        with tempfile.TemporaryDirectory() as tmp:
+            model, tok = _build_tiny(config, rows, Path(tmp), seed=seed)
+            stopper = _EarlyStop(config, tok, tracker, prefix) if config.bootstrap.early_stop else None
+            cfg = config.bootstrap.train.model_copy(update={"seed": config.bootstrap.train.seed + i})
+            rep = train_sft(tmp, rows, target, cfg, tracker, prefix=prefix, model=model, tokenizer=tok,
+                            callbacks=[stopper.callback] if stopper else [])
+            if stopper:
+                rep["early_stop_history"] = stopper.history
+            reports.append(rep)
+    if n > 1:
+        write_ensemble(out, names)
+    return {
+        "steps": sum(r["steps"] for r in reports),
+        "final_loss": sum(r["final_loss"] for r in reports) / n,
+        "seconds": sum(r["seconds"] for r in reports),
+        "members": reports,
+    }
 
 
 def run_bootstrap(config: Config, paths: RoundPaths, tracker: Tracker) -> StageReport:
@@ -120,18 +151,9 @@ def run_bootstrap(config: Config, paths: RoundPaths, tracker: Tracker) -> StageR
         train_report: dict[str, Any] = {}
         with staged_output(paths.model) as out:
             if mc.source == "tiny":
-                from selfimprove.trainers.sft import train_sft
-
                 if not rows:
                     raise ValueError("bootstrap has no labelled rows to train the tiny model on; check bootstrap.difficulties")
-                with tempfile.TemporaryDirectory() as tmp:
-                    model, tok = _build_tiny(config, rows, Path(tmp))
-                    stopper = _EarlyStop(config, tok, tracker) if config.bootstrap.early_stop else None
-                    train_report = train_sft(tmp, rows, out, config.bootstrap.train, tracker, prefix="bootstrap",
-                                             model=model, tokenizer=tok,
-                                             callbacks=[stopper.callback] if stopper else [])
-                    if stopper:
-                        train_report["early_stop_history"] = stopper.history
+                train_report = _train_members(config, rows, out, tracker)
             else:
                 write_json(out / "model_ref.json", {"source": mc.source, "path": mc.path, "revision": mc.revision})
             StageReport(stage="bootstrap", round=0, details=train_report).write(out)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from selfimprove.config import Config
+from selfimprove.ensemble import members
 from selfimprove.io import read_verified_jsonl, staged_output, write_json, write_jsonl, write_manifest
 from selfimprove.paths import RoundPaths
 from selfimprove.samplers.hf import TransformersSampler, resolve_model
@@ -44,6 +45,8 @@ def collect_stage_metrics(paths: RoundPaths) -> dict[str, float]:
 
 
 def evaluate_model(config: Config, model_dir: Path | None, round: int, sampler: Any = None) -> tuple[dict[str, float], list[dict]]:
+    """Score a round's model on the held-out problems. For an ensemble every member is evaluated; the
+    headline metrics are the members' mean and ``members/<m>/accuracy/...`` keeps each member's accuracy."""
     pset = problem_set(config)
     problems = eval_problems(config, pset)
     verifier = gold_verifier(config, pset)
@@ -51,10 +54,22 @@ def evaluate_model(config: Config, model_dir: Path | None, round: int, sampler: 
     try:
         if sampler is not None:
             return evaluate_with(sampler, problems, verifier, params, round)
-        with make_sampler(config, model_dir) as s:
-            return evaluate_with(s, problems, verifier, params, round)
+        group = members(model_dir)
+        results = []
+        for m in group:
+            with make_sampler(config, m) as s:
+                results.append(evaluate_with(s, problems, verifier, params, round))
     finally:
         verifier.close()
+    if len(results) == 1:
+        return results[0]
+    keys = sorted(set().union(*(r[0] for r in results)))
+    metrics = {k: sum(r[0].get(k, 0.0) for r in results) / len(results) for k in keys}
+    predictions = []
+    for m, (mm, preds) in zip(group, results):
+        metrics.update({f"members/{m.name}/{k}": v for k, v in mm.items() if k.startswith("accuracy")})
+        predictions.extend(p | {"member": m.name} for p in preds)
+    return metrics, predictions
 
 
 def finish_round(config: Config, paths: RoundPaths, tracker: Tracker, metrics: dict[str, float]) -> dict[str, Any]:
@@ -86,7 +101,8 @@ def _best_metric(tracker: Tracker, version: str | None, key: str) -> float | Non
 
 def run_evaluate(config: Config, paths: RoundPaths, tracker: Tracker) -> StageReport:
     setup_runtime(config)
-    resolve_model(paths.model)
+    for m in members(paths.model):
+        resolve_model(m)
     with timer() as t:
         metrics, predictions = evaluate_model(config, paths.model, paths.round)
     pset = problem_set(config)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from selfimprove.config import Config
+from selfimprove.ensemble import members, write_ensemble
 from selfimprove.io import read_verified_jsonl, staged_output, write_manifest
 from selfimprove.paths import RoundPaths
 from selfimprove.samplers.hf import resolve_model
@@ -20,13 +21,29 @@ def run_finetune(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRe
     setup_runtime(config)
     fc = config.finetune
     init = paths.prev_paths.model if fc.init == "continue" else paths.base.model
-    resolve_model(init)
+    inits = members(init)
+    for m in inits:
+        resolve_model(m)
     row_type = PreferencePair if fc.trainer == "dpo" else TrainRow
     rows = read_verified_jsonl(paths.validate / "train.jsonl", row_type)
     train = TRAINERS.get(fc.trainer)
     with timer() as t, staged_output(paths.model) as out:
         kwargs = {"dpo": fc.dpo} if fc.trainer == "dpo" else {}
-        result = train(init, rows, out, fc.train, tracker, prefix=f"finetune", **kwargs)
+        results = []
+        for i, m in enumerate(inits):
+            target = out / m.name if len(inits) > 1 else out
+            cfg = fc.train.model_copy(update={"seed": fc.train.seed + i})
+            prefix = "finetune" if len(inits) == 1 else f"finetune/{m.name}"
+            results.append(train(m, rows, target, cfg, tracker, prefix=prefix, **kwargs))
+        if len(inits) > 1:
+            write_ensemble(out, [m.name for m in inits])
+        result = {
+            "rows": results[0]["rows"],
+            "steps": results[0]["steps"],
+            "train_loss": sum(r["train_loss"] for r in results) / len(results),
+            "final_loss": sum(r["final_loss"] for r in results) / len(results),
+            "seconds": sum(r["seconds"] for r in results),
+        }
         metrics = {
             "finetune/rows": result["rows"],
             "finetune/steps": result["steps"],
@@ -36,7 +53,8 @@ def run_finetune(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRe
         }
         report = StageReport(stage="finetune", round=paths.round, seconds=result["seconds"], metrics=metrics,
                              outputs={"model": str(paths.model)},
-                             details={"init": str(init), "trainer": fc.trainer, "init_policy": fc.init})
+                             details={"init": str(init), "trainer": fc.trainer, "init_policy": fc.init,
+                                      "members": results})
         report.write(out)
         write_manifest(out, producer=f"finetune@{paths.key}")
     tracker.log_metrics(metrics, step=paths.round)

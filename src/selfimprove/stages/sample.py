@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from selfimprove.config import Config
+from selfimprove.ensemble import members
 from selfimprove.io import staged_output, write_jsonl, write_manifest
 from selfimprove.paths import RoundPaths
 from selfimprove.samplers.hf import resolve_model
@@ -22,7 +23,8 @@ def run_sample(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRepo
     setup_runtime(config)
     rc = config.round_config(paths.key)
     model_dir = paths.prev_paths.model
-    resolve_model(model_dir)  # fail before any work if the model is missing
+    for member in members(model_dir):
+        resolve_model(member)  # fail before any work if the model is missing
     pset = problem_set(config)
     n = rc.problems or config.sample.problems_per_round
     seed = config.seed * 100_003 + config.sample.seed * 101 + paths.round
@@ -34,8 +36,17 @@ def run_sample(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRepo
                 f"(difficulties={rc.difficulties}); check rounds.{paths.key}.difficulties"
             )
         params = sampling_params(config, seed=seed)
-        with make_sampler(config, model_dir) as sampler:
-            completions = sampler.sample(problems, params, round=paths.round)
+        completions = []
+        group = members(model_dir)
+        for i, member in enumerate(group):
+            with make_sampler(config, member) as sampler:
+                batch = sampler.sample(problems, params, round=paths.round)
+            if len(group) > 1:  # one id space across members; the vote pools them (see selfimprove.ensemble)
+                offset = i * params.n_per_problem
+                batch = [c.model_copy(update={"sample_idx": c.sample_idx + offset,
+                                              "id": f"{c.problem_id}#{c.sample_idx + offset}",
+                                              "meta": {**c.meta, "member": i}}) for c in batch]
+            completions.extend(batch)
     tokens = sum(c.n_tokens for c in completions)
     metrics = {
         "sample/problems": len(problems),
@@ -47,7 +58,8 @@ def run_sample(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRepo
     }
     report = StageReport(stage="sample", round=paths.round, seconds=t["seconds"], metrics=metrics,
                          outputs={"samples": str(paths.sample / "samples.jsonl")},
-                         details={"sampler": config.sample.sampler, "model": str(model_dir)})
+                         details={"sampler": config.sample.sampler, "model": str(model_dir),
+                                  "members": len(members(model_dir))})
     with staged_output(paths.sample) as out:
         write_jsonl(out / "problems.jsonl", problems)
         write_jsonl(out / "samples.jsonl", completions)

@@ -141,7 +141,7 @@ def train_dpo(
 ) -> dict[str, Any]:
     """DPO on ``pairs`` from ``init_model`` (or the given in-memory model); save to ``out_dir``; return a report with
     the SFT trainer's keys plus the last logged reward accuracy and margin."""
-    from selfimprove.trainers.sft import TrackerCallback, common_args, load_for_training, peft_config, quiet_hf, save_model
+    from selfimprove.trainers.sft import TrackerCallback, common_args, load_for_training, peft_config, quiet_hf, quiet_progress, save_model
 
     quiet_hf()
     from datasets import Dataset
@@ -169,6 +169,7 @@ def train_dpo(
     tcb = TrackerCallback(tracker, prefix)
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=ds, processing_class=tokenizer,
                          peft_config=lora, callbacks=[tcb.callback, *callbacks])
+    quiet_progress(trainer)
     t0 = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - t0

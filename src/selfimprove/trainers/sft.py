@@ -119,6 +119,21 @@ def load_merged(path: str | Path, dtype: Any = None) -> tuple[Any, Any]:
     return PeftModel.from_pretrained(model, str(path)).merge_and_unload(), AutoTokenizer.from_pretrained(path)
 
 
+def quiet_progress(trainer: Any) -> None:
+    """Keep the trainer's progress bar but stop it printing every log dict (our tracker records them)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    class _Bar(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+            return
+
+    had_bar = any(isinstance(cb, ProgressCallback) for cb in trainer.callback_handler.callbacks)
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if had_bar:
+        trainer.add_callback(_Bar())
+
+
 def load_for_training(init_model: str | Path, cfg: TrainConfig) -> tuple[Any, Any]:
     """The init model and tokenizer. An adapter-only init (a LoRA round saved with ``lora.merge: false``) is loaded
     as a trainable PEFT model when LoRA is on, so the same adapter keeps training on the same base (one adapter,
@@ -246,6 +261,7 @@ def train_sft(
         peft_config=peft_config(cfg, model),
         callbacks=[tcb.callback, *callbacks],
     )
+    quiet_progress(trainer)
     t0 = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - t0
