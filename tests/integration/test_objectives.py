@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import MINI_OVERRIDES
 
 from selfimprove.config import Config, LoraConfig, TrainConfig, load_config
 from selfimprove.filters import Candidate, FilterContext, run_filters
@@ -24,8 +25,6 @@ from selfimprove.paths import RoundPaths
 from selfimprove.stages import run_bootstrap, run_evaluate, run_finetune, run_sample, run_validate, run_verify
 from selfimprove.tracking import NullTracker
 from selfimprove.types import Completion, PreferencePair, Problem, TrainRow, Verdict
-
-from helpers import MINI_OVERRIDES
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = MINI_OVERRIDES + ["tracking.enabled=false"]
@@ -116,11 +115,11 @@ def test_dpo_goes_through_coupled_positions(tiny_model_dir: Path, monkeypatch: p
     used: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = []
     tiny_forward, llama_forward = TinyLlamaModel.forward, LlamaModel.forward
 
-    def spy_tiny(self, input_ids=None, attention_mask=None, position_ids=None, **kw):  # noqa: ANN001, ANN202
+    def spy_tiny(self, input_ids=None, attention_mask=None, position_ids=None, **kw):
         received.append(position_ids)
         return tiny_forward(self, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kw)
 
-    def spy_llama(self, input_ids=None, attention_mask=None, position_ids=None, **kw):  # noqa: ANN001, ANN202
+    def spy_llama(self, input_ids=None, attention_mask=None, position_ids=None, **kw):
         used.append((input_ids.detach().clone(), None if attention_mask is None else attention_mask.detach().clone(),
                      position_ids.detach().clone()))
         return llama_forward(self, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kw)

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import MINI_OVERRIDES
 
 from selfimprove.config import Config, load_config
 from selfimprove.paths import RoundPaths
@@ -35,8 +36,6 @@ from selfimprove.stages import run_bootstrap
 from selfimprove.stages.common import make_sampler
 from selfimprove.tracking import NullTracker
 from selfimprove.types import Completion, Problem
-
-from helpers import MINI_OVERRIDES
 
 ROOT = Path(__file__).resolve().parents[2]
 VLLM_PY = ROOT / ".venv-vllm" / "bin" / "python"
@@ -149,7 +148,7 @@ if __name__ == "__main__":  # vLLM spawns workers: they must not rerun this bloc
 """
     (tmp_path / "run.py").write_text(script)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.run([str(VLLM_PY), str(tmp_path / "run.py")], env=env, capture_output=True, text=True, timeout=600,
+    proc = subprocess.run([str(VLLM_PY), str(tmp_path / "run.py")], env=env, capture_output=True, text=True, timeout=600, check=False,
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = [Completion.model_validate_json(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]

@@ -44,7 +44,14 @@ def test_gpu_recipes(name: str, verifier: str, problems: str) -> None:
 
 
 def run_one_round(example: str, tmp_path: Path) -> tuple[object, Path]:
-    from selfimprove.stages import run_bootstrap, run_evaluate, run_finetune, run_sample, run_validate, run_verify
+    from selfimprove.stages import (
+        run_bootstrap,
+        run_evaluate,
+        run_finetune,
+        run_sample,
+        run_validate,
+        run_verify,
+    )
 
     proj = tmp_path / "proj"
     proj.mkdir()

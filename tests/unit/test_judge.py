@@ -37,7 +37,7 @@ class ScriptedJudge(Sampler):
         out = []
         for p in problems:
             self.prompts.append(p.prompt)
-            key = re.search(r"Answer:\n(.*)\n\nRate", p.prompt, re.S).group(1)  # type: ignore[union-attr]
+            key = re.search(r"Answer:\n(.*)\n\nRate", p.prompt, re.DOTALL).group(1)  # type: ignore[union-attr]
             out.append(Completion(id=completion_id(p.id, 0), problem_id=p.id, round=round, sample_idx=0, greedy=True,
                                   text=self.answers[key]))
         return out
@@ -87,7 +87,7 @@ def test_registered_as_label_free_model_based_verifier() -> None:
 
 @pytest.mark.parametrize("row", TABLE, ids=[repr(r[0]) for r in TABLE])
 def test_parse_table(row: tuple[str, str, float | None, str]) -> None:
-    text, status, score, reason = row
+    text, _, score, reason = row
     j = parse_judgment(text, re.compile(DEFAULT_REGEX, re.IGNORECASE), 1.0, 10.0)
     assert j.score == score
     assert reason in j.reason

@@ -56,7 +56,7 @@ def cuda_visible() -> bool:
     if shutil.which("nvidia-smi") is None:
         return False
     try:
-        return subprocess.run(["nvidia-smi", "-L"], capture_output=True, timeout=10).returncode == 0
+        return subprocess.run(["nvidia-smi", "-L"], capture_output=True, timeout=10, check=False).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -255,8 +255,8 @@ class VllmSampler(Sampler):
         if extra_args:
             log.warning("sample.vllm.extra_args are 'vllm serve' flags and are ignored in-process: %s", list(extra_args))
         t0 = time.perf_counter()
-        kwargs: dict[str, Any] = dict(model=servable_model(self.model_dir, self._scratch), dtype=dtype, seed=seed,
-                                      tensor_parallel_size=tp)
+        kwargs: dict[str, Any] = {"model": servable_model(self.model_dir, self._scratch), "dtype": dtype, "seed": seed,
+                                  "tensor_parallel_size": tp}
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
         if cuda_visible():
@@ -287,8 +287,8 @@ class VllmSampler(Sampler):
             declared = p.meta.get("max_new_tokens")
             alen = int(declared) if declared else None
             max_tokens = min(params.max_new_tokens, alen) if alen else params.max_new_tokens
-            common: dict[str, Any] = dict(max_tokens=max_tokens, stop=list(params.stop) or None,
-                                          logprobs=0 if params.logprobs else None)
+            common: dict[str, Any] = {"max_tokens": max_tokens, "stop": list(params.stop) or None,
+                                      "logprobs": 0 if params.logprobs else None}
             if params.greedy:
                 prompts.append(p.prompt)
                 vparams.append(VllmParams(n=1, temperature=0.0, **common))

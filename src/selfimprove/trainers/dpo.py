@@ -141,7 +141,15 @@ def train_dpo(
 ) -> dict[str, Any]:
     """DPO on ``pairs`` from ``init_model`` (or the given in-memory model); save to ``out_dir``; return a report with
     the SFT trainer's keys plus the last logged reward accuracy and margin."""
-    from selfimprove.trainers.sft import TrackerCallback, common_args, load_for_training, peft_config, quiet_hf, quiet_progress, save_model
+    from selfimprove.trainers.sft import (
+        TrackerCallback,
+        common_args,
+        load_for_training,
+        peft_config,
+        quiet_hf,
+        quiet_progress,
+        save_model,
+    )
 
     quiet_hf()
     from datasets import Dataset
