@@ -312,3 +312,25 @@ def test_vllm_sampler_without_an_environment_says_what_to_build(tmp_path: Path, 
     with pytest.raises(SamplerServerError, match="make vllm-env"):
         vllm_sampler.VllmSampler(tmp_path, python=str(tmp_path / "nope" / "python"))
     assert not list(tmp_path.glob("selfimprove-vllm-*"))
+
+
+def test_vllm_sampler_connects_to_a_running_server(server: FakeServer) -> None:
+    """``sample.vllm.base_url``: no server is started or stopped, records are labelled 'vllm'."""
+    from selfimprove.samplers.vllm import VllmSampler
+
+    with VllmSampler("unused", base_url=server.url) as s:
+        assert s.mode == "server" and s._server is None
+        out = s.sample(problems(2), SamplingParams(k=2, seed=1), round=1, progress=False)
+    assert [c.sampler for c in out] == ["vllm"] * 6 and [c.sample_idx for c in out[:3]] == [0, 1, 2]
+    assert server.requests  # it really talked to the server
+
+
+def test_importing_the_package_imports_no_heavy_backend() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, selfimprove.samplers, selfimprove.samplers.openai, selfimprove.samplers.vllm, "
+            "selfimprove.verifiers.judge, selfimprove.trainers, selfimprove.trainers.dpo, selfimprove.filters; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'vllm', 'trl', 'peft', 'torch', 'openai'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", out
