@@ -148,6 +148,7 @@ class TrainConfig(Strict):
     seed: NonNegInt = 0
     logging_steps: PosInt = 25
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (large models on small GPUs).")
     lora: LoraConfig = LoraConfig()
 
 

@@ -7,9 +7,9 @@ Layout under the workspace (``runs/`` by default); every directory is one DVC ou
     runs/r0/model/      round-0 model (trained from scratch, or a pointer to a local/hub model)
     runs/rN/sample/     problems.jsonl (with hidden gold) + samples.jsonl (completions only)
     runs/rN/verify/     verdicts.jsonl
-    runs/rN/validate/   train.jsonl (what finetune trains on), accepted.jsonl (accumulated self-labels),
-                        pairs.jsonl (DPO), report.json (filters + Great Expectations results)
-    runs/rN/model/      the round's fine-tuned model (HF format)
+    runs/rN/validate/   train.jsonl (what finetune trains on: TrainRows, or PreferencePairs for DPO),
+                        accepted.jsonl (accumulated self-labels), quality.json (Great Expectations results)
+    runs/rN/model/      the round's fine-tuned model (HF format; an ensemble holds m0, m1, ...)
     runs/rN/evaluate/   predictions.jsonl
     runs/rN/metrics.json  per-round metrics (DVC metrics file, not cached)
     runs/summary/       accuracy.csv / accuracy.png across rounds (DVC plots)

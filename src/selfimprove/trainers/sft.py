@@ -65,7 +65,7 @@ def common_args(cfg: TrainConfig, out_dir: Path, progress: bool) -> dict[str, An
         bf16=bf16,
         fp16=False,
         use_cpu=not cuda,
-        gradient_checkpointing=False,
+        gradient_checkpointing=cfg.gradient_checkpointing,
         dataloader_num_workers=0,
         disable_tqdm=not progress,
         max_length=cfg.max_length,
