@@ -10,9 +10,9 @@ only to report label precision and accuracy.
 
 Run (one process at a time on the shared machine; each uses one thread)::
 
-    .venv/bin/python bench/recipe_search.py chain --tag base --seeds 0 1 2
-    .venv/bin/python bench/recipe_search.py chain --tag k8 --seeds 0 --set k_samples=8 --set vote_threshold=1.0
-    .venv/bin/python bench/recipe_search.py boot --seeds 0 1 2 --set boot_digits=[1,2]
+    .venv/bin/python bench/recipe_search.py chain --tag final --seeds 0 1 2      # the recommended recipe
+    .venv/bin/python bench/recipe_search.py chain --tag single --seeds 0 --set n_models=1 --set k_samples=4
+    .venv/bin/python bench/recipe_search.py boot --tag b12 --seeds 0 1 2 --set boot_digits=[1,2]
 
 Results: ``bench/results/recipe_<tag>.json`` (one entry per seed, every round) and a markdown summary on stdout.
 Bootstrap models are cached in ``$RECIPE_CACHE`` (default ``/tmp/recipe_cache``) keyed by their settings, and
@@ -53,7 +53,7 @@ CACHE = Path(os.environ.get("RECIPE_CACHE", "/tmp/recipe_cache"))
 
 @dataclass
 class Recipe:
-    """Every knob of one chain. Defaults = the current best guess; experiments override with --set."""
+    """Every knob of one chain. The defaults are the recommended recipe (docs/recipe.md); --set overrides."""
 
     # problem format
     answer_width: str = "fixed"
@@ -68,21 +68,21 @@ class Recipe:
     # bootstrap (round 0)
     boot_digits: list[int] = field(default_factory=lambda: [1, 2, 3])
     boot_examples: int = 20_000  # labelled rows per difficulty (small difficulties repeat)
-    boot_max_steps: int = 1500
+    boot_max_steps: int = 2000  # cosine horizon; early stop ends it sooner
     boot_lr: float = 2e-3
-    boot_batch: int = 128
+    boot_batch: int = 64
     boot_warmup: int = 100
-    boot_eval_every: int = 250
+    boot_eval_every: int = 125
     boot_eval_n: int = 100  # per difficulty, fresh training-partition problems (not the eval set)
     boot_target: float = 0.99  # early stop when every bootstrap difficulty reaches this
-    n_models: int = 1  # >1: independently seeded models that vote together
+    n_models: int = 3  # >1: independently seeded models that vote together
     # rounds
-    schedule: list[list[int]] = field(default_factory=lambda: [[4], [5]])  # difficulties labelled per round
+    schedule: list[list[int]] = field(default_factory=lambda: [[4], [4, 5]])  # difficulties labelled per round
     curriculum: bool = False  # if True: label one level per round, advance when acceptance >= advance_at
     curriculum_rounds: int = 3
     advance_at: float = 0.3
-    prompts: int = 2000  # per labelled difficulty per round
-    k_samples: int = 4
+    prompts: int = 4000  # per labelled difficulty per round
+    k_samples: int = 0
     temperature: float = 1.0
     greedy: bool = True
     views: bool = False  # also ask b+a; its answers vote with a+b's
@@ -91,10 +91,10 @@ class Recipe:
     min_model_agree: int = 0  # if > 0: at least this many models' greedy answers must equal the label
     mix_real: float = 0.5  # share of real (bootstrap) rows in a round's dataset
     accumulate: bool = True  # keep earlier rounds' accepted labels
-    ft_steps: int = 300
+    ft_steps: int = 200
     ft_lr: float = 1e-3
     ft_warmup: int = 50
-    ft_batch: int = 128
+    ft_batch: int = 64
     init: str = "continue"  # "continue" from the previous round, or "bootstrap" (restart from round 0)
     # evaluation
     eval_n: int = 300
