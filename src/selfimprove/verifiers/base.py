@@ -41,21 +41,25 @@ class AnswerVerifier(Verifier):
     def equivalent(self, answer: str, reference: str) -> bool:
         raise NotImplementedError
 
-    def check(self, problem: Problem, completion: Completion) -> Verdict:
-        t0 = time.perf_counter()
-        answer = self.extract(completion.text, problem)
-        gold = problem.answer
-        if gold is None:
+    @staticmethod
+    def require_gold(problem: Problem, verifier: str) -> str:
+        if problem.answer is None:
             raise ValueError(
-                f"problem {problem.id!r} has no gold answer; verifier {self.name!r} needs one "
+                f"problem {problem.id!r} has no gold answer; verifier {verifier!r} needs one "
                 "(use a label-free verifier such as 'majority_vote' for unlabelled problems)"
             )
-        if answer is None:
-            passed, status, reason = False, "no_answer", "no final answer found in the completion"
-        else:
-            passed = self.equivalent(answer, gold)
-            status = "pass" if passed else "fail"
-            reason = "answer matches gold" if passed else f"answer {answer!r} != gold {gold!r}"
+        return problem.answer
+
+    def verdict(self, completion: Completion, answer: str | None, gold: str, passed: bool, t0: float,
+                status: str | None = None, reason: str | None = None) -> Verdict:
+        """The verdict for one answer compared with gold; status/reason default from ``answer``/``passed``."""
+        if status is None:
+            status = "no_answer" if answer is None else ("pass" if passed else "fail")
+        if reason is None:
+            if answer is None:
+                reason = "no final answer found in the completion"
+            else:
+                reason = "answer matches gold" if passed else f"answer {answer!r} != gold {gold!r}"
         return Verdict(
             sample_id=completion.id,
             problem_id=completion.problem_id,
@@ -63,12 +67,19 @@ class AnswerVerifier(Verifier):
             verifier=self.name,
             passed=passed,
             score=1.0 if passed else 0.0,
-            status=status,
+            status=status,  # type: ignore[arg-type]
             answer=answer,
             label=gold,
             reason=reason,
             cost_s=time.perf_counter() - t0,
         )
+
+    def check(self, problem: Problem, completion: Completion) -> Verdict:
+        t0 = time.perf_counter()
+        gold = self.require_gold(problem, self.name)
+        answer = self.extract(completion.text, problem)
+        passed = answer is not None and self.equivalent(answer, gold)
+        return self.verdict(completion, answer, gold, passed, t0)
 
     def verify(self, problems: Mapping[str, Problem], completions: Sequence[Completion]) -> list[Verdict]:
         return [self.check(problems[c.problem_id], c) for c in completions]

@@ -799,12 +799,7 @@ class MathEquivVerifier(AnswerVerifier):
     def check(self, problem: Problem, completion: Completion) -> Verdict:
         """One worker round trip: extraction and comparison share the parsed objects."""
         t0 = time.perf_counter()
-        gold = problem.answer
-        if gold is None:
-            raise ValueError(
-                f"problem {problem.id!r} has no gold answer; verifier {self.name!r} needs one "
-                "(use a label-free verifier such as 'majority_vote' for unlabelled problems)"
-            )
+        gold = self.require_gold(problem, self.name)
         where = locate_answer(completion.text, self.config.match_types)
         answer: str | None = where.answer
         outcome: Outcome = "different"
@@ -815,35 +810,17 @@ class MathEquivVerifier(AnswerVerifier):
             answer = reply.get("answer")
             outcome = _outcome(reply)
         passed = outcome == "equal"
+        status: str | None = None
+        reason: str | None = None
         if outcome == "timeout":
             status, reason = "timeout", f"comparison did not finish within {self.config.timeout_s:g} s"
         elif outcome == "memory":
             status, reason = "memory", f"comparison exceeded the worker's {self.config.memory_mb} MB"
         elif outcome == "error":
             status, reason = "infra_error", "the math worker failed on this completion"
-        elif answer is None:
-            status = "no_answer"
-            reason = (
-                "the last \\boxed{} is never closed (output cut off?)"
-                if where.kind == "truncated"
-                else "no final answer found in the completion"
-            )
-        else:
-            status = "pass" if passed else "fail"
-            reason = "answer matches gold" if passed else f"answer {answer!r} != gold {gold!r}"
-        return Verdict(
-            sample_id=completion.id,
-            problem_id=completion.problem_id,
-            round=completion.round,
-            verifier=self.name,
-            passed=passed,
-            score=1.0 if passed else 0.0,
-            status=status,
-            answer=answer,
-            label=gold,
-            reason=reason,
-            cost_s=time.perf_counter() - t0,
-        )
+        elif answer is None and where.kind == "truncated":
+            reason = "the last \\boxed{} is never closed (output cut off?)"
+        return self.verdict(completion, answer, gold, passed, t0, status, reason)
 
     def verify(self, problems: Mapping[str, Problem], completions: Sequence[Completion]) -> list[Verdict]:
         if self.config.workers <= 1 or len(completions) <= 1:
