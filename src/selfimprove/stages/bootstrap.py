@@ -67,7 +67,9 @@ class _EarlyStop:
         es = config.bootstrap.early_stop
         assert es is not None
         pset = problem_set(config)
-        self.problems = pset.eval_set(es.problems_per_difficulty, config.bootstrap.difficulties, config.seed + 17)
+        diffs = config.bootstrap.difficulties
+        # Training-partition problems: stopping decisions never look at the evaluation set.
+        self.problems = pset.training_pool(es.problems_per_difficulty * len(diffs), diffs, config.seed + 17, round=-1)
         self.verifier = gold_verifier(config, pset)
         self.params = sampling_params(config, evaluation=True)
         self.params = type(self.params)(**{**self.params.__dict__, "k": 0, "logprobs": False})
