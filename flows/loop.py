@@ -105,7 +105,7 @@ def run_stage(task: Any, stage_id: str, config: Config, paths: RoundPaths, track
     return True
 
 
-@flow(name="selfimprove-round", flow_run_name="round-{round_key}", log_prints=True)
+@flow(name="selfimprove-round", flow_run_name="round-{round_key}")
 def round_flow(round_key: str, project: str = ".", params: str = "params.yaml") -> dict[str, Any]:
     """One round: sample -> verify -> validate -> finetune -> evaluate, each recorded in DVC."""
     project_path = Path(project).resolve()
@@ -126,7 +126,7 @@ def round_flow(round_key: str, project: str = ".", params: str = "params.yaml") 
     return {"round": paths.round, "ran": ran, "metrics": metrics}
 
 
-@flow(name="selfimprove-loop", flow_run_name="loop", log_prints=True)
+@flow(name="selfimprove-loop", flow_run_name="loop")
 def loop_flow(
     rounds: int | None = None,
     overrides: list[str] | None = None,
@@ -175,7 +175,10 @@ def main(project: str | Path = ".", params: str = "params.yaml", rounds: int | N
     from selfimprove.report import TABLE_WIDTH, render
     from selfimprove.tracking import TrackingError, read_rounds
 
-    console = Console()
+    import shutil
+
+    # Wide enough for the per-round table even when stdout is not a terminal (rich would assume 80).
+    console = Console(width=max(shutil.get_terminal_size((TABLE_WIDTH, 24)).columns, TABLE_WIDTH))
     project = Path(project).resolve()
     os.chdir(project)
     os.environ.setdefault("PREFECT_HOME", str(project / ".prefect"))
@@ -189,8 +192,7 @@ def main(project: str | Path = ".", params: str = "params.yaml", rounds: int | N
     config = load_config(project / params)
     try:
         rounds_data = read_rounds(config, project) if config.tracking.enabled else _rounds_for_table(config, project)
-        console.print(render(rounds_data, title=f"loop '{config.loop.name}': per-round results (from MLflow)"),
-                      width=max(console.width, TABLE_WIDTH))
+        console.print(render(rounds_data, title=f"loop '{config.loop.name}': per-round results (from MLflow)"))
     except TrackingError as e:
         console.print(f"[yellow]could not read MLflow:[/] {e}")
     plot = project / config.workspace / "summary" / "accuracy.png"

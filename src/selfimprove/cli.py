@@ -147,7 +147,12 @@ def report(
     if as_json:
         print(json.dumps({"loop": config.loop.name, "rounds": rounds, "table": table_rows(rounds)}, indent=2, default=str))
     else:
-        out.print(render(rounds, title=f"loop '{config.loop.name}' (from MLflow)"), width=max(out.width, TABLE_WIDTH))
+        import shutil
+
+        from rich.console import Console
+
+        wide = Console(width=max(shutil.get_terminal_size((TABLE_WIDTH, 24)).columns, TABLE_WIDTH))
+        wide.print(render(rounds, title=f"loop '{config.loop.name}' (from MLflow)"))
 
 
 @app.command()

@@ -421,6 +421,8 @@ def _log_transformers(model_dir: Path) -> Any:
 
     import selfimprove.models  # noqa: F401 - registers the tiny model class with the Auto* factories
 
+    # Local models have no hub model card or license to look up; those warnings are noise here.
+    logging.getLogger("mlflow.transformers").setLevel(logging.ERROR)
     # Components rather than a folder path: MLflow 3.17's path-based flavor config breaks on transformers 5.
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ def quiet_hf() -> None:
     import transformers
 
     datasets.disable_progress_bars()
+    # TRL's configs still set the renamed TrainingArguments field; the warning is not actionable for users.
+    warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
     datasets.logging.set_verbosity_error()
     transformers.logging.set_verbosity_error()
 
