@@ -87,6 +87,8 @@ class Recipe:
     greedy: bool = True
     views: bool = False  # also ask b+a; its answers vote with a+b's
     train_views: bool = False  # add the accepted label for b+a as a training row too
+    prefix_view: bool = False  # also require the low L-1 digits to match the models' answers to the truncated problem
+    shadow_prefix: bool = True  # report the shadow rules with the prefix check added
     vote_threshold: float = 1.0  # majority share of all votes (invalid answers count against)
     min_model_agree: int = 0  # if > 0: at least this many models' greedy answers must equal the label
     mix_real: float = 0.5  # share of real (bootstrap) rows in a round's dataset
@@ -95,6 +97,7 @@ class Recipe:
     ft_lr: float = 1e-3
     ft_warmup: int = 50
     ft_batch: int = 64
+    bag_fraction: float = 1.0  # < 1: models 1.. train on a random share of the self-labels (decorrelation)
     init: str = "continue"  # "continue" from the previous round, or "bootstrap" (restart from round 0)
     # evaluation
     eval_n: int = 300
@@ -349,11 +352,30 @@ def label_round(
                 )
                 for i, a in zip(idxs, ans, strict=True):
                     votes[i].extend((j, v, r.greedy and n == 0, x) for n, x in enumerate(a))
+    # Prefix view: the low L-1 digits of a+b depend only on the low L-1 digits of a and b, so the models'
+    # greedy answers to that (easier) truncated problem must agree with the label's first L-1 characters.
+    prefix_answers: list[list[str]] = [[] for _ in problems]
+    if r.prefix_view or r.shadow_prefix:
+        if not r.reverse:
+            raise ValueError("prefix_view assumes reversed operands")
+        by_d = {}
+        for i, p in enumerate(problems):
+            if (p.difficulty or 0) >= 2:
+                by_d.setdefault(int(p.difficulty or 0), []).append(i)
+        for m in models:
+            for d, idxs in by_d.items():
+                sub = []
+                for i in idxs:
+                    ra, rb = problems[i].prompt[:-1].split("+")
+                    sub.append(f"{ra[: d - 1]}+{rb[: d - 1]}=")
+                ans = generate(m, codec, sub, d, 0, 1.0, True, r.gen_batch)
+                for i, a in zip(idxs, ans, strict=True):
+                    prefix_answers[i].append(a[0][: d - 1])
     t_label = time.process_time() - t0
     t1 = time.process_time()
     rows: list[Row] = []
     per_d: dict[int, dict[str, Any]] = {}
-    for p, vs in zip(problems, votes, strict=True):
+    for idx, (p, vs) in enumerate(zip(problems, votes, strict=True)):
         d = int(p.difficulty or 0)
         st = per_d.setdefault(d, {"n": 0, "accepted": 0, "correct": 0, "greedy_correct": 0, "shadow": {}})
         st["n"] += 1
@@ -364,10 +386,16 @@ def label_round(
         valid = [x for x in answers if regex.fullmatch(x)]
         label, count = Counter(valid).most_common(1)[0] if valid else ("", 0)
         accept = bool(valid) and count / len(answers) >= r.vote_threshold - 1e-9
+        prefix_ok = all(x == label[: d - 1] for x in prefix_answers[idx]) if d >= 2 else True
+        if accept and r.prefix_view:
+            accept = prefix_ok
         if accept and r.min_model_agree:
             accept = sum(g == label for g in greedy0) >= r.min_model_agree
         ok = label == p.answer  # gold read only for the report
-        for name, passed in shadow_rules(vs, label, valid, answers, len(models)).items():
+        shadows = shadow_rules(vs, label, valid, answers, len(models))
+        if r.shadow_prefix:
+            shadows.update({f"{k}+prefix": v and prefix_ok for k, v in list(shadows.items())})
+        for name, passed in shadows.items():
             sh = st["shadow"].setdefault(name, [0, 0])
             sh[0] += passed
             sh[1] += passed and ok
@@ -375,6 +403,8 @@ def label_round(
             continue
         st["accepted"] += 1
         st["correct"] += ok
+        if not ok and len(st.setdefault("wrong_examples", [])) < 20:
+            st["wrong_examples"].append({"prompt": p.prompt, "label": label, "gold": p.answer})
         rows.append(Row(p.prompt, label, d, "self", ok))
         if r.train_views:
             v = ps.swap_operands(p)
@@ -465,7 +495,15 @@ def run_chain(r: Recipe, seed: int) -> dict[str, Any]:
             for j, m in enumerate(models):
                 if r.init == "bootstrap":
                     m.load_state_dict(boot_states[j])
-                steps, _ = train(m, Batcher(data, codec, r.ft_batch, seed=seed * 100 + rnd + j), r.ft_steps,
+                rows_j = data
+                if r.bag_fraction < 1.0 and j > 0:
+                    # Voters see different random subsets of the self-labels, so their errors stay less correlated.
+                    bag = random.Random(f"bag/{seed}/{rnd}/{j}")
+                    selfs = [x for x in data if x.origin == "self"]
+                    rows_j = bag.sample(selfs, max(1, int(len(selfs) * r.bag_fraction))) + [
+                        x for x in data if x.origin == "real"
+                    ]
+                steps, _ = train(m, Batcher(rows_j, codec, r.ft_batch, seed=seed * 100 + rnd + j), r.ft_steps,
                                  r.ft_lr, r.ft_warmup)  # fmt: skip
         t_train = time.process_time() - t1
         t2 = time.process_time()
