@@ -13,6 +13,7 @@ BENCHMARKS = ROOT.parent / "shared" / "benchmarks"
 
 # A loop small enough for a test (~30 s on one core) that still exercises every stage for real.
 MINI_OVERRIDES = [
+    "model.ensemble=1",
     "bootstrap.difficulties=[1, 2]",
     "bootstrap.examples_per_difficulty=2000",
     "bootstrap.train.steps=150",
