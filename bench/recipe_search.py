@@ -87,7 +87,7 @@ class Recipe:
     greedy: bool = True
     views: bool = False  # also ask b+a; its answers vote with a+b's
     train_views: bool = False  # add the accepted label for b+a as a training row too
-    prefix_view: bool = False  # also require the low L-1 digits to match the models' answers to the truncated problem
+    prefix_view: bool = True  # also require the low L-1 digits to match the models' answers to the truncated problem
     shadow_prefix: bool = True  # report the shadow rules with the prefix check added
     vote_threshold: float = 1.0  # majority share of all votes (invalid answers count against)
     min_model_agree: int = 0  # if > 0: at least this many models' greedy answers must equal the label
