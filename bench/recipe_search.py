@@ -14,7 +14,8 @@ Run (one process at a time on the shared machine; each uses one thread)::
     .venv/bin/python bench/recipe_search.py chain --tag single --seeds 0 --set n_models=1 --set k_samples=4
     .venv/bin/python bench/recipe_search.py boot --tag b12 --seeds 0 1 2 --set boot_digits=[1,2]
 
-Results: ``bench/results/recipe_<tag>.json`` (one entry per seed, every round) and a markdown summary on stdout.
+Results: ``bench/results/recipe_<tag>.json`` (one entry per seed, every round) and a markdown summary
+(stdout and ``recipe_<tag>.md``).
 Bootstrap models are cached in ``$RECIPE_CACHE`` (default ``/tmp/recipe_cache``) keyed by their settings, and
 their recorded CPU time is reused so a chain's total stays honest.
 """
@@ -77,7 +78,9 @@ class Recipe:
     boot_target: float = 0.99  # early stop when every bootstrap difficulty reaches this
     n_models: int = 3  # >1: independently seeded models that vote together
     # rounds
-    schedule: list[list[int]] = field(default_factory=lambda: [[4], [4, 5]])  # difficulties labelled per round
+    schedule: list[list[int]] = field(
+        default_factory=lambda: [[4], [4, 5]]
+    )  # difficulties labelled per round
     curriculum: bool = False  # if True: label one level per round, advance when acceptance >= advance_at
     curriculum_rounds: int = 3
     advance_at: float = 0.3
@@ -87,7 +90,9 @@ class Recipe:
     greedy: bool = True
     views: bool = False  # also ask b+a; its answers vote with a+b's
     train_views: bool = False  # add the accepted label for b+a as a training row too
-    prefix_view: bool = True  # also require the low L-1 digits to match the models' answers to the truncated problem
+    prefix_view: bool = (
+        True  # also require the low L-1 digits to match the models' answers to the truncated problem
+    )
     shadow_prefix: bool = True  # report the shadow rules with the prefix check added
     vote_threshold: float = 1.0  # majority share of all votes (invalid answers count against)
     min_model_agree: int = 0  # if > 0: at least this many models' greedy answers must equal the label
@@ -110,7 +115,9 @@ class Recipe:
             "position_scheme", "boot_digits", "boot_examples", "boot_max_steps", "boot_lr", "boot_batch",
             "boot_warmup", "boot_eval_every", "boot_eval_n", "boot_target",
         ]  # fmt: skip
-        blob = json.dumps({k: getattr(self, k) for k in keys} | {"m": model_seed, "d": data_seed}, sort_keys=True)
+        blob = json.dumps(
+            {k: getattr(self, k) for k in keys} | {"m": model_seed, "d": data_seed}, sort_keys=True
+        )
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
@@ -194,8 +201,9 @@ def train(
     early_stop: Any = None,
     every: int = 250,
 ) -> tuple[int, list[dict[str, Any]]]:
-    """Train ``steps`` steps (or until ``early_stop()`` returns True at a checkpoint); returns steps done and the
-    checkpoint log."""
+    """Train ``steps`` steps, or until ``early_stop()`` returns True at a checkpoint.
+
+    Returns the steps done and the checkpoint log."""
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=0.0)
     history = []
@@ -269,7 +277,9 @@ def generate(
     return out
 
 
-def evaluate(models: list[Any], codec: Codec, evals: dict[int, list[Problem]], gen_batch: int) -> list[dict[int, float]]:
+def evaluate(
+    models: list[Any], codec: Codec, evals: dict[int, list[Problem]], gen_batch: int
+) -> list[dict[int, float]]:
     """Greedy exact-match accuracy per difficulty, per model."""
     res = []
     for m in models:
@@ -285,7 +295,7 @@ def evaluate(models: list[Any], codec: Codec, evals: dict[int, list[Problem]], g
 def bootstrap(
     r: Recipe, ps: ArithmeticProblems, codec: Codec, model_seed: int, data_seed: int
 ) -> tuple[Any, dict[str, Any]]:
-    """Train (or load from cache) one bootstrap model; returns it and its record (steps, CPU-s, in-dist acc)."""
+    """Train (or load from cache) one bootstrap model; returns it and its record (steps, CPU-s, dev acc)."""
     key = r.boot_key(model_seed, data_seed)
     path = CACHE / key
     if (path / "record.json").exists():
@@ -348,7 +358,14 @@ def label_round(
                 by_d.setdefault(int(p.difficulty or 0), []).append(i)
             for d, idxs in by_d.items():
                 ans = generate(
-                    m, codec, [vp[i].prompt for i in idxs], d + 1, r.k_samples, r.temperature, r.greedy, r.gen_batch
+                    m,
+                    codec,
+                    [vp[i].prompt for i in idxs],
+                    d + 1,
+                    r.k_samples,
+                    r.temperature,
+                    r.greedy,
+                    r.gen_batch,
                 )
                 for i, a in zip(idxs, ans, strict=True):
                     votes[i].extend((j, v, r.greedy and n == 0, x) for n, x in enumerate(a))
@@ -417,12 +434,17 @@ def label_round(
             "precision": round(st["correct"] / st["accepted"], 4) if st["accepted"] else None,
             "greedy_acc": round(st["greedy_correct"] / st["n"], 4),
             "shadow": {
-                k: [round(a / st["n"], 4), round(c / a, 4) if a else None] for k, (a, c) in st["shadow"].items()
+                k: [round(a / st["n"], 4), round(c / a, 4) if a else None]
+                for k, (a, c) in st["shadow"].items()
             },
         }
         for d, st in sorted(per_d.items())
     }
-    return rows, {"label_cpu_s": round(t_label, 2), "filter_cpu_s": round(t_filter, 3), "by_difficulty": stats}
+    return rows, {
+        "label_cpu_s": round(t_label, 2),
+        "filter_cpu_s": round(t_filter, 3),
+        "by_difficulty": stats,
+    }
 
 
 def shadow_rules(
@@ -497,7 +519,7 @@ def run_chain(r: Recipe, seed: int) -> dict[str, Any]:
                     m.load_state_dict(boot_states[j])
                 rows_j = data
                 if r.bag_fraction < 1.0 and j > 0:
-                    # Voters see different random subsets of the self-labels, so their errors stay less correlated.
+                    # Voters see different random subsets of the self-labels: keeps their errors apart.
                     bag = random.Random(f"bag/{seed}/{rnd}/{j}")
                     selfs = [x for x in data if x.origin == "self"]
                     rows_j = bag.sample(selfs, max(1, int(len(selfs) * r.bag_fraction))) + [
@@ -555,10 +577,16 @@ def summarise(tag: str, recipe: Recipe, chains: list[dict[str, Any]]) -> str:
         for rd in ch["rounds"]:
             by = rd.get("by_difficulty", {})
             accept = " ".join(f"{d}:{s['accept_rate']:.2f}" for d, s in by.items()) or "-"
-            prec = " ".join(f"{d}:{s['precision'] if s['precision'] is not None else '-'}" for d, s in by.items()) or "-"
+            prec = (
+                " ".join(
+                    f"{d}:{s['precision'] if s['precision'] is not None else '-'}" for d, s in by.items()
+                )
+                or "-"
+            )
             a = rd["acc"]
             cells = " | ".join(
-                "/".join(f"{m[d] if isinstance(m, dict) and d in m else m[str(d)]:.2f}" for m in a) for d in digits
+                "/".join(f"{m[d] if isinstance(m, dict) and d in m else m[str(d)]:.2f}" for m in a)
+                for d in digits
             )
             lines.append(f"| {rd['round']} | {rd['labelled']} | {accept} | {prec} | {rd['train_cpu_s']} | "
                          f"{rd.get('label_cpu_s', '-')} | {cells} |")  # fmt: skip
@@ -566,8 +594,11 @@ def summarise(tag: str, recipe: Recipe, chains: list[dict[str, Any]]) -> str:
         a0, aN = ch["rounds"][0]["acc"][0], ch["rounds"][-1]["acc"][0]
         g = lambda acc, d: acc.get(d, acc.get(str(d), 0.0))  # noqa: E731
         ok = g(a0, first) < 0.95 <= g(aN, first) and g(aN, first + 1) > g(a0, first + 1)
-        lines.append(f"total ML CPU-s {total:.0f}; criterion ({first}d: {g(a0, first):.2f} -> {g(aN, first):.2f}, "
-                     f"{first + 1}d: {g(a0, first + 1):.2f} -> {g(aN, first + 1):.2f}): {'PASS' if ok else 'FAIL'}")  # fmt: skip
+        verdict = "PASS" if ok else "FAIL"
+        lines.append(
+            f"total ML CPU-s {total:.0f}; criterion ({first}d: {g(a0, first):.2f} -> {g(aN, first):.2f}, "
+            f"{first + 1}d: {g(a0, first + 1):.2f} -> {g(aN, first + 1):.2f}): {verdict}"
+        )
         lines.append("")
     return "\n".join(lines)
 
@@ -604,7 +635,9 @@ def main() -> None:
     chains = []
     for seed in args.seeds:
         chains.append(run_chain(recipe, seed))
-        out.write_text(json.dumps({"tag": args.tag, "recipe": dataclasses.asdict(recipe), "chains": chains}, indent=1))
+        out.write_text(
+            json.dumps({"tag": args.tag, "recipe": dataclasses.asdict(recipe), "chains": chains}, indent=1)
+        )
     text = summarise(args.tag, recipe, chains)
     (RESULTS / f"recipe_{args.tag}.md").write_text(text + "\n")
     print(text)
