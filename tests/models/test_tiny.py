@@ -85,6 +85,17 @@ def test_model_uses_coupled_ids_in_forward(tok):
     assert not torch.allclose(implicit, standard)
 
 
+def test_backbone_alone_uses_coupled_ids(tok):
+    """TRL's fused LM head calls the backbone directly, so the backbone must derive coupled ids itself."""
+    model = _scrambled_model(tok)
+    enc = tok(["321+654=97", "1+2="], padding=True, padding_side="right", return_tensors="pt")
+    pos = coupled_position_ids(enc["input_ids"], model.config.position_reset_token_ids, enc["attention_mask"])
+    with torch.no_grad():
+        implicit = model.model(**enc).last_hidden_state
+        explicit = model.model(**enc, position_ids=pos).last_hidden_state
+    assert torch.equal(implicit, explicit)
+
+
 def test_save_load_bit_identical(tok, tmp_path):
     model = _scrambled_model(tok, seed=3)
     model.save_pretrained(tmp_path)
