@@ -39,6 +39,17 @@ def test_transformers_sampler_records(tiny_model_dir: Path) -> None:
         assert all(lp <= 0 for lp in c.token_logprobs)
     greedy_acc = sum(c.text == next(p.answer for p in problems if p.id == c.problem_id) for c in a if c.greedy)
     assert greedy_acc / len(problems) > 0.8
+    # log-probs are the model's own: a greedy token is the argmax of an independent forward pass
+    import torch
+
+    g = next(c for c in a if c.greedy and c.problem_id == problems[-1].id)
+    prompt = problems[-1].prompt
+    with TransformersSampler(tiny_model_dir) as s:
+        ids = s.tok(prompt + g.text, return_tensors="pt")
+        logp = torch.log_softmax(s.model(**ids).logits[0].float(), -1)
+    n_prompt = len(s.tok(prompt)["input_ids"])
+    expected = [logp[n_prompt - 1 + j].max().item() for j in range(g.n_tokens)]
+    assert g.token_logprobs[: g.n_tokens] == pytest.approx(expected, abs=1e-4)
 
 
 def test_missing_model_fails_before_work(tmp_path: Path) -> None:

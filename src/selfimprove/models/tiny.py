@@ -142,8 +142,6 @@ class TinyLlamaConfig(LlamaConfig):
     def __post_init__(self, **kwargs: Any) -> None:
         if self.position_scheme not in ("coupled", "standard"):
             raise ValueError(f"position_scheme must be 'coupled' or 'standard', got {self.position_scheme!r}")
-        if self.position_scheme == "coupled" and not self.position_reset_token_ids:
-            raise ValueError("position_scheme='coupled' needs position_reset_token_ids (at least the BOS id)")
         super().__post_init__(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
@@ -201,6 +199,10 @@ class TinyLlamaForCausalLM(LlamaForCausalLM):
     config: TinyLlamaConfig
 
     def __init__(self, config: TinyLlamaConfig):
+        # Checked here, not in the config: transformers builds default configs (``TinyLlamaConfig()``) to diff
+        # generation parameters when saving, and those must construct.
+        if config.position_scheme == "coupled" and not config.position_reset_token_ids:
+            raise ValueError("position_scheme='coupled' needs position_reset_token_ids (at least the BOS id)")
         super().__init__(config)
         self.model = TinyLlamaModel(config)
         self.post_init()

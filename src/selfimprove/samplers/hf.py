@@ -82,6 +82,28 @@ class TransformersSampler(Sampler):
     def from_model(cls, model: Any, tokenizer: Any) -> TransformersSampler:
         return cls("<in-memory>", model=model, tokenizer=tokenizer)
 
+    def _token_logprobs(self, sequences: Any, prompt_mask: Any, prompt_len: int, budget_bytes: float = 2e9) -> Any:
+        """Raw log-probabilities of the generated tokens, from one teacher-forced pass in chunks.
+
+        Keeping ``generate``'s per-step logits costs batch x steps x vocab floats (74 GiB for 256 sequences of
+        128 tokens with a 152k vocabulary); recomputing costs one extra forward pass and a bounded chunk.
+        """
+        import torch
+
+        n_seq, total = sequences.shape
+        gen = total - prompt_len
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        chunk = max(1, int(budget_bytes // (max(gen, 1) * vocab * 4)))
+        out = []
+        with torch.inference_mode():
+            for i in range(0, n_seq, chunk):
+                seq = sequences[i : i + chunk]
+                mask = torch.cat([prompt_mask[i : i + chunk], torch.ones_like(seq[:, prompt_len:])], dim=1)
+                logits = self.model(input_ids=seq, attention_mask=mask, logits_to_keep=gen + 1).logits[:, :-1]
+                logp = torch.log_softmax(logits.float(), dim=-1)
+                out.append(logp.gather(-1, seq[:, prompt_len:].unsqueeze(-1)).squeeze(-1).cpu())
+        return torch.cat(out)
+
     def _generate(self, prompts: list[str], params: SamplingParams, do_sample: bool, n: int,
                   answer_tokens: int | None = None) -> list[dict[str, Any]]:
         """Generate ``n`` completions per prompt. ``answer_tokens``: the problems declare their answer length
@@ -97,7 +119,6 @@ class TransformersSampler(Sampler):
             do_sample=do_sample,
             num_return_sequences=n,
             return_dict_in_generate=True,
-            output_logits=params.logprobs,
             pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id,
         )
@@ -111,10 +132,9 @@ class TransformersSampler(Sampler):
             out = self.model.generate(**enc, **gen_kwargs)
         seqs = out.sequences[:, enc["input_ids"].shape[1]:]
         lps = None
-        if params.logprobs and out.logits:
-            logits = torch.stack(out.logits, dim=1).float()  # (B*n, T, V)
-            logp = torch.log_softmax(logits, dim=-1)
-            lps = logp.gather(-1, seqs[:, : logp.shape[1]].unsqueeze(-1)).squeeze(-1)
+        if params.logprobs and seqs.shape[1]:
+            mask = enc["attention_mask"].repeat_interleave(n, dim=0)
+            lps = self._token_logprobs(out.sequences, mask, enc["input_ids"].shape[1])
         results = []
         eos, pad = tok.eos_token_id, tok.pad_token_id
         for i in range(seqs.shape[0]):
