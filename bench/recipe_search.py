@@ -108,6 +108,7 @@ class Recipe:
     eval_n: int = 300
     eval_digits: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 6, 7])
     gen_batch: int = 1024
+    force_width: bool = True  # decode exactly L+1 tokens (min_new_tokens) in labelling and evaluation
 
     def boot_key(self, model_seed: int, data_seed: int) -> str:
         keys = [
@@ -237,8 +238,12 @@ def generate(
     temperature: float = 1.0,
     greedy: bool = True,
     gen_batch: int = 1024,
+    force: bool = False,
 ) -> list[list[str]]:
-    """For each prompt: [greedy answer] + n_samples sampled answers (text up to EOS)."""
+    """For each prompt: [greedy answer] + n_samples sampled answers (text up to EOS).
+
+    ``force`` bans EOS until ``new_tokens`` tokens are out (``min_new_tokens``): the fixed-width format says
+    how long an answer is, so decoding need not trust the model to stop."""
     model.eval()
     out: list[list[str]] = [[] for _ in prompts]
     # Group by prompt length so a batch needs no padding (all problems of one difficulty share it).
@@ -252,6 +257,8 @@ def generate(
             mask = torch.ones_like(enc)
             width = enc.shape[1]
             common = dict(max_new_tokens=new_tokens, pad_token_id=codec.pad, eos_token_id=codec.eos)
+            if force:
+                common["min_new_tokens"] = new_tokens
             if greedy:
                 g = model.generate(input_ids=enc, attention_mask=mask, do_sample=False, **common)
                 for j, i in enumerate(chunk):
@@ -278,14 +285,14 @@ def generate(
 
 
 def evaluate(
-    models: list[Any], codec: Codec, evals: dict[int, list[Problem]], gen_batch: int
+    models: list[Any], codec: Codec, evals: dict[int, list[Problem]], gen_batch: int, force: bool = False
 ) -> list[dict[int, float]]:
     """Greedy exact-match accuracy per difficulty, per model."""
     res = []
     for m in models:
         acc = {}
         for d, probs in evals.items():
-            answers = generate(m, codec, [p.prompt for p in probs], d + 1, gen_batch=gen_batch)
+            answers = generate(m, codec, [p.prompt for p in probs], d + 1, gen_batch=gen_batch, force=force)
             acc[d] = sum(a[0] == p.answer for a, p in zip(answers, probs, strict=True)) / len(probs)
         res.append(acc)
     return res
@@ -322,7 +329,7 @@ def bootstrap(
     dev = {d: ps.training_pool(r.boot_eval_n, [d], seed=10_000 + data_seed, round=0) for d in r.boot_digits}
 
     def stop() -> tuple[bool, dict[str, Any]]:
-        acc = evaluate([model], codec, dev, r.gen_batch)[0]
+        acc = evaluate([model], codec, dev, r.gen_batch, r.force_width)[0]
         return min(acc.values()) >= r.boot_target, {"dev_acc": acc}
 
     steps, hist = train(model, batcher, r.boot_max_steps, r.boot_lr, r.boot_warmup, stop, r.boot_eval_every)
@@ -366,6 +373,7 @@ def label_round(
                     r.temperature,
                     r.greedy,
                     r.gen_batch,
+                    r.force_width,
                 )
                 for i, a in zip(idxs, ans, strict=True):
                     votes[i].extend((j, v, r.greedy and n == 0, x) for n, x in enumerate(a))
@@ -385,7 +393,7 @@ def label_round(
                 for i in idxs:
                     ra, rb = problems[i].prompt[:-1].split("+")
                     sub.append(f"{ra[: d - 1]}+{rb[: d - 1]}=")
-                ans = generate(m, codec, sub, d, 0, 1.0, True, r.gen_batch)
+                ans = generate(m, codec, sub, d, 0, 1.0, True, r.gen_batch, r.force_width)
                 for i, a in zip(idxs, ans, strict=True):
                     prefix_answers[i].append(a[0][: d - 1])
     t_label = time.process_time() - t0
@@ -483,7 +491,7 @@ def run_chain(r: Recipe, seed: int) -> dict[str, Any]:
         boot_recs.append(rec)
     boot_states = [{k: v.clone() for k, v in m.state_dict().items()} for m in models]
     t0 = time.process_time()
-    acc0 = evaluate(models, codec, evals, r.gen_batch)
+    acc0 = evaluate(models, codec, evals, r.gen_batch, r.force_width)
     rounds: list[dict[str, Any]] = [
         {
             "round": 0,
@@ -529,7 +537,7 @@ def run_chain(r: Recipe, seed: int) -> dict[str, Any]:
                                  r.ft_lr, r.ft_warmup)  # fmt: skip
         t_train = time.process_time() - t1
         t2 = time.process_time()
-        acc = evaluate(models, codec, evals, r.gen_batch)
+        acc = evaluate(models, codec, evals, r.gen_batch, r.force_width)
         t_eval = time.process_time() - t2
         rounds.append(
             {

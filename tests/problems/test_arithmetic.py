@@ -24,7 +24,14 @@ def test_registered():
 def test_default_format_reversed_fixed_width(ps):
     p = ps.make_problem(123, 456, 3, "train")
     assert p.prompt == "321+654=" and p.answer == "9750"
-    assert p.meta == {"a": 123, "b": 456, "sum": 579, "answer_regex": "[0-9]{3}[01]", "max_new_tokens": 4}
+    assert p.meta == {
+        "a": 123,
+        "b": 456,
+        "sum": 579,
+        "answer_regex": "[0-9]{3}[01]",
+        "max_new_tokens": 4,
+        "min_new_tokens": 4,
+    }
     carry = ps.make_problem(999, 1, 3, "train")  # not a 3-digit operand pair, but the formatter does not care
     assert carry.answer == "0001"
     assert ps.make_problem(5, 7, 1, "train").answer == "21"

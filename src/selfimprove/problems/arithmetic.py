@@ -11,13 +11,13 @@ Model-facing text (the defaults; the prototype studies in ``notes/prototype*.md`
 
 * operands reversed, least-significant digit first: 123 + 456 -> prompt ``"321+654="``;
 * the answer reversed with a fixed width of L+1 digits, the last one being the carry (0 or 1):
-  579 -> ``"9750"``. A fixed width tells the model where to stop; with natural width the tiny models never
-  learned to stop after a final carry.
+  579 -> ``"9750"``. A fixed width says how long the answer is; decode exactly that many tokens
+  (``meta["min_new_tokens"] == meta["max_new_tokens"] == L+1``), because a model fine-tuned on one new length
+  can learn to stop after that many digits at the next length (docs/recipe.md).
 
 ``Problem.prompt`` is exactly the text the model continues (the tokenizer adds BOS), ``Problem.answer``
-exactly
-the gold completion (no EOS), and ``meta`` carries ``a``, ``b``, ``sum`` and ``answer_regex`` (the full-match
-format of a well-formed answer, for label-free format filters).
+exactly the gold completion (no EOS), and ``meta`` carries ``a``, ``b``, ``sum``, ``answer_regex`` (the
+full-match format of a well-formed answer, for label-free format filters) and the decode lengths.
 
 Small spaces: with L = 1 or 2 there are only 100 / 8100 ordered pairs. ``eval_set`` then returns every eval
 problem of that difficulty when fewer than requested exist (no duplicates), ``training_pool`` returns at most
@@ -143,6 +143,8 @@ class ArithmeticProblems(ProblemSet):
                 "sum": total,
                 "answer_regex": self.answer_regex(digits),
                 "max_new_tokens": digits + 1,
+                # Fixed width: the format fixes the length, so samplers need not trust the model to stop.
+                "min_new_tokens": digits + 1 if self.answer_width == "fixed" else digits,
             },
         )
 
