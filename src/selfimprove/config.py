@@ -209,6 +209,11 @@ class SampleConfig(Strict):
     seed: NonNegInt = 0
     logprobs: bool = True
     stop: list[str] = Field(default_factory=list, description="Stop strings (in addition to EOS).")
+    views: list[str] = Field(
+        default_factory=list,
+        description="Derived problems sampled alongside each problem as label-free consistency checks "
+        "(arithmetic: 'prefix', 'swap'); use with the view_agreement filter. Never trained on.",
+    )
     transformers: TransformersSamplerConfig = TransformersSamplerConfig()
     vllm: VllmSamplerConfig = VllmSamplerConfig()
     openai: OpenAISamplerConfig = OpenAISamplerConfig()

@@ -10,6 +10,7 @@
 | ``dedup`` | the first of identical (problem, normalised completion) rows |
 | ``per_problem_cap`` | at most ``max`` rows per problem (greedy first, then highest log-probability) |
 | ``decontaminate`` | rows whose prompt is not in the evaluation set (exact, whitespace-normalised) |
+| ``view_agreement`` | answers consistent with the agreed labels of all their problem's views (``sample.views``) |
 | ``entropy_weight`` | every row; sets ``weight`` from the entropy of its problem's answers (EAST; ``sharpness``, ``min_weight``) |
 """
 
@@ -20,6 +21,7 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from selfimprove.registry import Registry
 from selfimprove.types import Completion, Problem, Verdict
@@ -35,9 +37,11 @@ class Candidate:
 
 @dataclass
 class FilterContext:
-    """What filters may consult besides the rows: the evaluation prompts (for decontamination)."""
+    """What filters may consult besides the rows: the evaluation prompts (for decontamination) and the
+    problem set (for its view-consistency rule)."""
 
     eval_prompts: frozenset[str] = frozenset()
+    problem_set: Any = None
 
 
 @dataclass
@@ -129,6 +133,38 @@ def per_problem_cap(rows: list[Candidate], ctx: FilterContext, max: int = 1) -> 
     for items in by.values():
         items.sort(key=lambda r: (not r.completion.greedy, -(r.completion.logprob or 0.0), r.completion.sample_idx))
         out.extend(items[:max])
+    return out
+
+
+@FILTERS.register("view_agreement")
+def view_agreement(rows: list[Candidate], ctx: FilterContext, min: float = 1.0) -> list[Candidate]:  # noqa: A002
+    """Keep an answer only if every view of its problem (``sample.views``) has a label with agreement >= ``min``
+    that is consistent with it (the problem set decides what consistent means, e.g. the low digits of a sum
+    equal the sum of the low digits). A view whose answers were filtered out counts as failed. View rows
+    themselves pass through unchanged: validate never trains on them."""
+    labels: dict[str, tuple[str, float]] = {}
+    view_problems = {}
+    for r in rows:
+        if r.problem.meta.get("view_of") and r.verdict.label is not None:
+            labels[r.problem.id] = (r.verdict.label, r.verdict.agreement or 0.0)
+            view_problems[r.problem.id] = r.problem
+    out = []
+    for r in rows:
+        if r.problem.meta.get("view_of"):
+            out.append(r)
+            continue
+        answer = r.verdict.answer if r.verdict.answer is not None else r.completion.text
+        ok = True
+        for vid in r.problem.meta.get("views", []):
+            got = labels.get(vid)
+            if got is None or got[1] < min - 1e-12:
+                ok = False
+                break
+            if ctx.problem_set is None or not ctx.problem_set.view_consistent(r.problem, answer, view_problems[vid], got[0]):
+                ok = False
+                break
+        if ok:
+            out.append(r)
     return out
 
 

@@ -27,6 +27,20 @@ class ProblemSet:
     def splits(self) -> list[str]:
         return ["train", "test"]
 
+    def views(self, problem: Problem, kinds: list[str]) -> list[Problem]:
+        """Derived problems whose answers must agree with ``problem``'s (label-free consistency checks).
+
+        Each view carries ``meta.view_of`` (the original's id) and ``meta.view`` (its kind). Sets that offer
+        none return ``[]``; an unknown kind is an error naming the kinds the set offers.
+        """
+        if kinds:
+            raise ValueError(f"problem set {self.name!r} offers no views (asked for {kinds}); remove sample.views")
+        return []
+
+    def view_consistent(self, problem: Problem, answer: str, view: Problem, view_answer: str) -> bool:
+        """Whether ``answer`` to ``problem`` agrees with ``view_answer`` to its ``view`` (default: equal)."""
+        return answer.strip() == view_answer.strip()
+
     def training_pool(self, n: int, difficulties: list[int] | None, seed: int, round: int) -> list[Problem]:
         """Problems to sample from in a round (default: the train split, subsampled deterministically)."""
         import random

@@ -105,9 +105,10 @@ class TransformersSampler(Sampler):
         return torch.cat(out)
 
     def _generate(self, prompts: list[str], params: SamplingParams, do_sample: bool, n: int,
-                  answer_tokens: int | None = None) -> list[dict[str, Any]]:
+                  answer_tokens: int | None = None, min_tokens: int | None = None) -> list[dict[str, Any]]:
         """Generate ``n`` completions per prompt. ``answer_tokens``: the problems declare their answer length
-        (``meta.max_new_tokens``); reaching it ends the answer, so it counts as a natural stop."""
+        (``meta.max_new_tokens``); reaching it ends the answer, so it counts as a natural stop.
+        ``min_tokens`` (``meta.min_new_tokens``): fixed-width answers are decoded to their full width."""
         import torch
 
         tok = self.tok
@@ -122,6 +123,8 @@ class TransformersSampler(Sampler):
             pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id,
         )
+        if min_tokens:
+            gen_kwargs["min_new_tokens"] = min(min_tokens, max_new)
         if do_sample:
             gen_kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
         else:
@@ -164,12 +167,12 @@ class TransformersSampler(Sampler):
         from tqdm.auto import tqdm
 
         torch.manual_seed(params.seed)
-        def answer_len(i: int) -> int | None:
-            v = problems[i].meta.get("max_new_tokens")
-            return int(v) if v else None
+        def answer_len(i: int) -> tuple[int, int]:
+            m = problems[i].meta
+            return int(m.get("max_new_tokens") or 0), int(m.get("min_new_tokens") or 0)
 
         # Batches never mix declared answer lengths, and similar prompt lengths keep padding small.
-        order = sorted(range(len(problems)), key=lambda i: (answer_len(i) or 0, len(problems[i].prompt), i))
+        order = sorted(range(len(problems)), key=lambda i: (answer_len(i), len(problems[i].prompt), i))
         per_batch = max(1, params.batch_size // max(1, params.n_per_problem))
         batches: list[list[int]] = []
         for i in order:
@@ -182,13 +185,14 @@ class TransformersSampler(Sampler):
         bar = tqdm(total=len(problems), desc=f"sample r{round}", unit="prob", disable=not progress, leave=False)
         for idx in batches:
             prompts = [problems[i].prompt for i in idx]
-            alen = answer_len(idx[0])
+            alen, amin = answer_len(idx[0])
+            alen, amin = alen or None, amin or None
             per_problem: dict[int, list[dict[str, Any]]] = {i: [] for i in idx}
             if params.greedy:
-                for i, res in zip(idx, self._generate(prompts, params, do_sample=False, n=1, answer_tokens=alen)):
+                for i, res in zip(idx, self._generate(prompts, params, do_sample=False, n=1, answer_tokens=alen, min_tokens=amin)):
                     per_problem[i].append(res | {"greedy": True})
             if params.k:
-                res = self._generate(prompts, params, do_sample=True, n=params.k, answer_tokens=alen)
+                res = self._generate(prompts, params, do_sample=True, n=params.k, answer_tokens=alen, min_tokens=amin)
                 for j, i in enumerate(idx):
                     per_problem[i].extend(r | {"greedy": False} for r in res[j * params.k : (j + 1) * params.k])
             for i in idx:

@@ -225,6 +225,10 @@ class OpenAISampler(Sampler):
             "max_tokens": job.max_tokens,
             "n": n,
         }
+        declared_min = job.problem.meta.get("min_new_tokens")
+        if declared_min:
+            # Fixed-width answers: not in OpenAI's schema; vLLM and SGLang accept it.
+            payload["min_tokens"] = min(int(declared_min), job.max_tokens)
         if job.greedy:
             payload.update(temperature=0.0, top_p=1.0)
         else:

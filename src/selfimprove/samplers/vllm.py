@@ -288,7 +288,8 @@ class VllmSampler(Sampler):
             alen = int(declared) if declared else None
             max_tokens = min(params.max_new_tokens, alen) if alen else params.max_new_tokens
             common: dict[str, Any] = {"max_tokens": max_tokens, "stop": list(params.stop) or None,
-                                      "logprobs": 0 if params.logprobs else None}
+                                      "logprobs": 0 if params.logprobs else None,
+                                      "min_tokens": min(int(p.meta.get("min_new_tokens") or 0), max_tokens)}
             if params.greedy:
                 prompts.append(p.prompt)
                 vparams.append(VllmParams(n=1, temperature=0.0, **common))

@@ -15,8 +15,19 @@ from selfimprove.paths import RoundPaths
 from selfimprove.samplers.hf import resolve_model
 from selfimprove.stages.common import StageReport, make_sampler, problem_set, sampling_params, setup_runtime, timer
 from selfimprove.tracking import Tracker
+from selfimprove.types import Problem
 
 log = logging.getLogger(__name__)
+
+
+def with_views(pset, problems: list[Problem], kinds: list[str]) -> list[Problem]:
+    """The problems, each followed by its views; originals list their views in ``meta.views``."""
+    out: list[Problem] = []
+    for p in problems:
+        views = pset.views(p, kinds)
+        out.append(p.model_copy(update={"meta": {**p.meta, "views": [v.id for v in views]}}))
+        out.extend(views)
+    return out
 
 
 def run_sample(config: Config, paths: RoundPaths, tracker: Tracker) -> StageReport:
@@ -35,6 +46,9 @@ def run_sample(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRepo
                 f"problem set {config.problems.name!r} gave no problems for round {paths.key} "
                 f"(difficulties={rc.difficulties}); check rounds.{paths.key}.difficulties"
             )
+        n_original = len(problems)
+        if config.sample.views:
+            problems = with_views(pset, problems, config.sample.views)
         params = sampling_params(config, seed=seed)
         completions = []
         group = members(model_dir)
@@ -49,7 +63,8 @@ def run_sample(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRepo
             completions.extend(batch)
     tokens = sum(c.n_tokens for c in completions)
     metrics = {
-        "sample/problems": len(problems),
+        "sample/problems": n_original,
+        "sample/view_problems": len(problems) - n_original,
         "sample/completions": len(completions),
         "sample/tokens": tokens,
         "sample/tokens_per_s": tokens / max(t["seconds"], 1e-9),
@@ -67,5 +82,6 @@ def run_sample(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRepo
         write_manifest(out, producer=f"sample@{paths.key}")
     tracker.log_metrics(metrics)
     tracker.log_dataset(paths.sample / "samples.jsonl", name=f"{paths.key}/samples", context="samples")
-    log.info("sample@%s: %d problems, %d completions in %.1fs", paths.key, len(problems), len(completions), t["seconds"])
+    log.info("sample@%s: %d problems (+%d views), %d completions in %.1fs", paths.key, n_original,
+             len(problems) - n_original, len(completions), t["seconds"])
     return report

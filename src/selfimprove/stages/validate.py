@@ -53,7 +53,8 @@ def _frames(train: list, accepted_now: list[TrainRow], verdicts: list[Verdict], 
         "train": tdf,
         "accepted": pd.DataFrame({"id": [r.id for r in accepted_now]}),
         "samples": pd.DataFrame({"parsed": [1.0 if v.answer is not None else 0.0 for v in verdicts]}),
-        "problems": pd.DataFrame({"accepted": [1.0 if pid in accepted_problems else 0.0 for pid in problems]}),
+        "problems": pd.DataFrame({"accepted": [1.0 if pid in accepted_problems else 0.0
+                                               for pid, p in problems.items() if not p.meta.get("view_of")]}),
     }
 
 
@@ -70,9 +71,10 @@ def run_validate(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRe
     candidates = [Candidate(problems[c.problem_id], c, vmap[c.id]) for c in completions]
     pset = problem_set(config)
     eval_prompts = sorted({normalize_prompt(p.prompt) for p in eval_problems(config, pset)})
-    ctx = FilterContext(eval_prompts=frozenset(eval_prompts))
+    ctx = FilterContext(eval_prompts=frozenset(eval_prompts), problem_set=pset)
     with timer() as t:
         kept, stats = run_filters(candidates, [(s.function, s.kwargs) for s in vc.filters], ctx)
+        kept = [c for c in kept if not c.problem.meta.get("view_of")]  # views are checks, never training data
         accepted_now = [_row(c, paths.round) for c in kept]
         accepted_problems = {c.problem.id for c in kept}
         prev_accepted: list[TrainRow] = []
@@ -102,7 +104,7 @@ def run_validate(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRe
             tracker.set_tags({"selfimprove.validate_failed": "true"})
             raise DataQualityError(f"{e}\nFull report: {failed_path}", e.report) from None
         failed_path.unlink(missing_ok=True)
-    n_problems = max(len(problems), 1)
+    n_problems = max(sum(1 for p in problems.values() if not p.meta.get("view_of")), 1)
     metrics = {
         "validate/accepted": len(accepted_now),
         "validate/accepted_problems": len(accepted_problems),
@@ -132,5 +134,5 @@ def run_validate(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRe
     tracker.log_metrics(metrics)
     tracker.log_dataset(paths.validate / "train.jsonl", name=f"{paths.key}/train", context="training")
     log.info("validate@%s: accepted %d rows from %d/%d problems; train %d rows; %s", paths.key, len(accepted_now),
-             len(accepted_problems), len(problems), len(train), quality.summary())
+             len(accepted_problems), n_problems, len(train), quality.summary())
     return report
