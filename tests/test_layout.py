@@ -113,7 +113,9 @@ def test_compose_file_is_valid() -> None:
         (["check", "-S", "sample.temprature=0.5"], "did you mean 'temperature'"),
         (["check", "-S", "sample.top_p=3"], "sample.top_p"),
         (["sample", "--round", "r9"], "round 'r9' is not in params.yaml"),
-        (["check", "-S", "model.source=path", "-S", "model.path=/nonexistent/model"], "/nonexistent/model"),
+        (["check", "-S", "model.source=path", "-S", "model.ensemble=1", "-S", "model.path=/nonexistent/model"],
+             "/nonexistent/model"),
+            (["check", "-S", "model.source=path", "-S", "model.path=/nonexistent/model"], "set model.ensemble: 1"),
     ],
 )
 def test_cli_errors_name_the_problem(tmp_path: Path, args: list[str], fragment: str) -> None:

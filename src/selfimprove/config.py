@@ -119,7 +119,8 @@ class ModelConfig(Strict):
         if self.source in ("path", "hub") and not self.path:
             raise ValueError(f"model.path is required when model.source is {self.source!r}")
         if self.source != "tiny" and self.ensemble > 1:
-            raise ValueError("model.ensemble > 1 needs model.source: tiny (members are trained from different seeds)")
+            raise ValueError(f"model.ensemble: {self.ensemble} needs model.source: tiny (members are trained from "
+                             f"different seeds); with model.source: {self.source}, set model.ensemble: 1")
         return self
 
 

@@ -57,9 +57,21 @@ def _existing(procs) -> list[psutil.Process]:
     return [p for p in procs if p.is_running()]
 
 
+# Processes this pytest process already had before the module started (a Prefect harness server or an MLflow
+# server of an earlier test module, a multiprocessing helper): not ours to account for.
+_BEFORE: set[tuple[int, float]] = set()
+
+
+def _key(p: psutil.Process) -> tuple[int, float]:
+    try:
+        return (p.pid, p.create_time())
+    except psutil.NoSuchProcess:
+        return (p.pid, -1.0)
+
+
 def sandbox_processes() -> list[psutil.Process]:
     """Everything we started: descendants of this test process (plus, as root, anything of the test uid)."""
-    procs = {p.pid: p for p in psutil.Process().children(recursive=True)}
+    procs = {p.pid: p for p in psutil.Process().children(recursive=True) if _key(p) not in _BEFORE}
     if TEST_UID is not None:
         for p in psutil.process_iter(["uids"]):
             if p.info["uids"] and p.info["uids"].real == TEST_UID:
@@ -114,6 +126,7 @@ def assert_no_leftovers() -> None:
 @pytest.fixture(scope="module", autouse=True)
 def nothing_survives_the_module():
     """Set up first, torn down last: once every pool of this module is closed, nothing of ours remains."""
+    _BEFORE.update(_key(p) for p in psutil.Process().children(recursive=True))
     yield
     deadline = time.monotonic() + 5
     while sandbox_processes() and time.monotonic() < deadline:
