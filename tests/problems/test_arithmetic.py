@@ -147,3 +147,39 @@ def test_bad_options():
         ArithmeticProblems(eval_fraction=0)
     with pytest.raises(ValueError):
         operand_range(0)
+
+
+@settings(max_examples=50, deadline=None)
+@given(digits=st.integers(2, 7), data=st.data())
+def test_prefix_view_checks_the_low_digits(digits, data):
+    """The truncated problem's gold answer is the full gold answer's first L-1 characters (reversed format), so
+    the gold answer is always consistent with it, and an answer with a wrong low digit never is."""
+    ps = ArithmeticProblems()
+    lo, hi = operand_range(digits)
+    a, b = data.draw(st.integers(lo, hi)), data.draw(st.integers(lo, hi))
+    p = ps.make_problem(a, b, digits, "train")
+    (v,) = ps.views(p, ["prefix"])
+    ra, rb = p.prompt[:-1].split("+")
+    assert v.prompt == f"{ra[:digits - 1]}+{rb[:digits - 1]}=" and v.difficulty == digits - 1
+    assert v.meta["view_of"] == p.id and v.meta["view"] == "prefix" and v.id == f"{p.id}/prefix"
+    assert re.fullmatch(v.meta["answer_regex"], v.answer) and v.meta["max_new_tokens"] == len(v.answer) == digits
+    assert p.answer[: digits - 1] == v.answer[: digits - 1]
+    assert ps.view_consistent(p, p.answer, v, v.answer)
+    i = data.draw(st.integers(0, digits - 2))
+    wrong = p.answer[:i] + str((int(p.answer[i]) + 1) % 10) + p.answer[i + 1:]
+    assert not ps.view_consistent(p, wrong, v, v.answer)
+    # the high digit and the carry are not covered by the prefix: the check cannot reject them
+    high = p.answer[: digits - 1] + str((int(p.answer[digits - 1]) + 1) % 10) + p.answer[digits:]
+    assert ps.view_consistent(p, high, v, v.answer)
+
+
+def test_views_swap_groups_with_the_original_and_unknown_kinds_are_named(ps):
+    p = ps.make_problem(123, 456, 3, "train")
+    (s,) = ps.views(p, ["swap"])
+    assert s.prompt == "654+321=" and s.meta["group"] == p.id and s.meta["view"] == "swap"
+    assert ps.view_consistent(p, p.answer, s, s.answer) and not ps.view_consistent(p, p.answer, s, "0000")
+    assert ps.views(ps.make_problem(3, 4, 1, "train"), ["prefix"]) == []  # nothing to truncate at L = 1
+    with pytest.raises(ValueError, match=r"offers the views \['prefix', 'swap'\], not \['mirror'\]"):
+        ps.views(p, ["prefix", "mirror"])
+    with pytest.raises(ValueError, match="needs reverse: true"):
+        ArithmeticProblems(reverse=False).views(ps.make_problem(12, 34, 2, "train"), ["prefix"])

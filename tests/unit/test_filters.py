@@ -57,3 +57,34 @@ def test_bad_filter_arguments_are_named() -> None:
         run_filters([], [("dedup", {"max": 1})], CTX)
     with pytest.raises(ValueError, match="agreement.min must be within"):
         FILTERS.get("agreement")([], CTX, min=2.0)
+
+
+def test_view_agreement_needs_every_view_label_consistent_and_unanimous() -> None:
+    """Originals keep an answer only if each of their views has a unanimous label whose low digits agree; view
+    rows pass through (validate drops them later); a view with no label at all (filtered out) fails its original."""
+    from selfimprove.problems.arithmetic import ArithmeticProblems
+
+    ps = ArithmeticProblems()
+    rows = []
+    for a, b, answer, view_label, agreement in [
+        (123, 456, "9750", "975", 1.0),    # consistent, unanimous view -> kept
+        (124, 456, "0850", "085", 0.67),   # view label not unanimous -> dropped
+        (125, 456, "1850", "085", 1.0),    # low digit disagrees with the view -> dropped
+        (126, 456, "2850", None, None),    # the view has no label -> dropped
+    ]:
+        p = ps.make_problem(a, b, 3, "train")
+        (v,) = ps.views(p, ["prefix"])
+        p = p.model_copy(update={"meta": {**p.meta, "views": [v.id]}})
+        rows.append(Candidate(p, Completion(id=f"{p.id}#0", problem_id=p.id, round=1, sample_idx=0, text=answer),
+                              Verdict(sample_id=f"{p.id}#0", problem_id=p.id, round=1, verifier="t", passed=True,
+                                      score=1.0, answer=answer, label=answer, agreement=1.0)))
+        if view_label is not None:
+            text = view_label + "0"
+            rows.append(Candidate(v, Completion(id=f"{v.id}#0", problem_id=v.id, round=1, sample_idx=0, text=text),
+                                  Verdict(sample_id=f"{v.id}#0", problem_id=v.id, round=1, verifier="t", passed=True,
+                                          score=1.0, answer=text, label=text, agreement=agreement)))
+    out = FILTERS.get("view_agreement")(rows, FilterContext(problem_set=ps))
+    kept = {r.completion.id for r in out}
+    assert "arithmetic/train/3/123+456#0" in kept
+    assert not kept & {"arithmetic/train/3/124+456#0", "arithmetic/train/3/125+456#0", "arithmetic/train/3/126+456#0"}
+    assert {r.completion.id for r in rows if r.problem.meta.get("view_of")} <= kept

@@ -155,6 +155,62 @@ class ArithmeticProblems(ProblemSet):
         view = self.make_problem(b, a, digits, split, suffix="/swap")
         return view.model_copy(update={"solution": view.answer if problem.solution else None})
 
+    VIEW_KINDS: ClassVar[tuple[str, ...]] = ("prefix", "swap")
+
+    def prefix_view(self, problem: Problem) -> Problem | None:
+        """The truncated problem: the low L-1 digits of both operands (None for L = 1).
+
+        The low L-1 digits of a + b depend only on the low L-1 digits of a and b, so a model's answer to this
+        easier problem checks the first L-1 characters of its answer to the full one (reversed format). The
+        truncated operands keep their zeros (``"1023"`` -> ``"320"`` reversed): the prompt is the original's
+        reversed operands cut to L-1 characters, never re-parsed, so it is the same text the model would see
+        inside the full problem.
+        """
+        digits = int(problem.difficulty or 1)
+        if digits < 2:
+            return None
+        if not self.reverse or self.answer_width != "fixed":
+            raise ValueError("the 'prefix' view needs reverse: true and answer_width: fixed (the low digits come first)")
+        a, b, d = int(problem.meta["a"]), int(problem.meta["b"]), digits - 1
+        ra, rb = str(a)[::-1][:d], str(b)[::-1][:d]
+        low = a % 10**d + b % 10**d
+        answer = self.format_answer(low, d)
+        return Problem(
+            id=f"{problem.id}/prefix",
+            prompt=f"{ra}+{rb}=",
+            answer=answer,
+            difficulty=d,
+            verifier=problem.verifier,
+            source=problem.source,
+            meta={"a": a % 10**d, "b": b % 10**d, "sum": low, "answer_regex": self.answer_regex(d),
+                  "max_new_tokens": d + 1, "min_new_tokens": d + 1, "view_of": problem.id, "view": "prefix"},
+        )
+
+    def views(self, problem: Problem, kinds: list[str]) -> list[Problem]:
+        """``prefix`` (see :meth:`prefix_view`; its low L-1 answer digits must match) and ``swap`` (b + a, same
+        answer; ``meta.group`` is the original's id so ``majority_vote`` with ``views: true`` pools them)."""
+        unknown = [k for k in kinds if k not in self.VIEW_KINDS]
+        if unknown:
+            raise ValueError(f"arithmetic offers the views {list(self.VIEW_KINDS)}, not {unknown} (sample.views)")
+        out: list[Problem] = []
+        for kind in kinds:
+            if kind == "prefix":
+                view = self.prefix_view(problem)
+                if view is not None:
+                    out.append(view)
+            else:
+                view = self.swap_operands(problem)
+                out.append(view.model_copy(update={"meta": {**view.meta, "view_of": problem.id, "view": "swap",
+                                                            "group": problem.id}}))
+        return out
+
+    def view_consistent(self, problem: Problem, answer: str, view: Problem, view_answer: str) -> bool:
+        """prefix: the first L-1 characters of both answers agree; swap: the answers are equal."""
+        if view.meta.get("view") == "prefix":
+            d = int(problem.difficulty or 1) - 1
+            return len(answer) >= d and len(view_answer) >= d and answer[:d] == view_answer[:d]
+        return answer.strip() == view_answer.strip()
+
     # ----------------------------------------------------------------- drawing pairs
     def _partition_list(self, digits: int, want_eval: bool) -> list[tuple[int, int]]:
         lo, hi = operand_range(digits)

@@ -45,8 +45,13 @@ def collect_stage_metrics(paths: RoundPaths) -> dict[str, float]:
 
 
 def evaluate_model(config: Config, model_dir: Path | None, round: int, sampler: Any = None) -> tuple[dict[str, float], list[dict]]:
-    """Score a round's model on the held-out problems. For an ensemble every member is evaluated; the
-    headline metrics are the members' mean and ``members/<m>/accuracy/...`` keeps each member's accuracy."""
+    """Score a round's model on the held-out problems.
+
+    For an ensemble, member ``m0`` is the product (the model the registry holds and a user deploys): the headline
+    metrics (greedy accuracy, maj@k, pass@k) are its own. The other members, which only help label, get a greedy
+    pass each, kept as ``members/<m>/accuracy/...`` (``m0`` too, for a side-by-side look in MLflow)."""
+    from dataclasses import replace
+
     pset = problem_set(config)
     problems = eval_problems(config, pset)
     verifier = gold_verifier(config, pset)
@@ -55,21 +60,19 @@ def evaluate_model(config: Config, model_dir: Path | None, round: int, sampler: 
         if sampler is not None:
             return evaluate_with(sampler, problems, verifier, params, round)
         group = members(model_dir)
-        results = []
-        for m in group:
+        with make_sampler(config, group[0]) as s:
+            metrics, predictions = evaluate_with(s, problems, verifier, params, round)
+        if len(group) == 1:
+            return metrics, predictions
+        greedy_only = replace(params, k=0, greedy=True)
+        metrics.update({f"members/{group[0].name}/{k}": v for k, v in metrics.items() if k.startswith("accuracy")})
+        for m in group[1:]:
             with make_sampler(config, m) as s:
-                results.append(evaluate_with(s, problems, verifier, params, round))
+                mm, _ = evaluate_with(s, problems, verifier, greedy_only, round)
+            metrics.update({f"members/{m.name}/{k}": v for k, v in mm.items() if k.startswith("accuracy")})
+        return metrics, [p | {"member": group[0].name} for p in predictions]
     finally:
         verifier.close()
-    if len(results) == 1:
-        return results[0]
-    keys = sorted(set().union(*(r[0] for r in results)))
-    metrics = {k: sum(r[0].get(k, 0.0) for r in results) / len(results) for k in keys}
-    predictions = []
-    for m, (mm, preds) in zip(group, results):
-        metrics.update({f"members/{m.name}/{k}": v for k, v in mm.items() if k.startswith("accuracy")})
-        predictions.extend(p | {"member": m.name} for p in preds)
-    return metrics, predictions
 
 
 def finish_round(config: Config, paths: RoundPaths, tracker: Tracker, metrics: dict[str, float]) -> dict[str, Any]:
