@@ -34,18 +34,18 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-from prefect import flow, get_run_logger  # noqa: E402
-from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-import tasks  # noqa: E402
-from selfimprove import dvcstate  # noqa: E402
-from selfimprove.config import Config, ConfigError, apply_overrides_to_file, load_config, set_rounds  # noqa: E402
-from selfimprove.paths import RoundPaths  # noqa: E402
-from selfimprove.preflight import preflight  # noqa: E402
-from selfimprove.quality import DataQualityError  # noqa: E402
-from selfimprove.report import markdown, table_rows  # noqa: E402
-from selfimprove.stages.summary import load_round_metrics, run_summary  # noqa: E402
-from selfimprove.tracking import make_tracker  # noqa: E402
+import tasks
+from selfimprove import dvcstate
+from selfimprove.config import Config, ConfigError, apply_overrides_to_file, load_config, set_rounds
+from selfimprove.paths import RoundPaths
+from selfimprove.preflight import preflight
+from selfimprove.quality import DataQualityError
+from selfimprove.report import improvement, markdown, table_rows
+from selfimprove.stages.summary import load_round_metrics, run_summary
+from selfimprove.tracking import make_tracker
 
 
 class LoopBusy(RuntimeError):
@@ -161,7 +161,9 @@ def loop_flow(
     table = _rounds_for_table(config, project_path)
     create_markdown_artifact(
         key=_artifact_key(config.loop.name, "summary"),
-        markdown=f"# Loop '{config.loop.name}'\n\n{markdown(table)}\n\nPlot: `{project_path / config.workspace / 'summary/accuracy.png'}`",
+        markdown=(f"# Loop '{config.loop.name}'\n\n{markdown(table)}\n\n"
+                  + "".join(f"- {line}\n" for line in improvement(table, config.bootstrap.difficulties))
+                  + f"\nPlot: `{project_path / config.workspace / 'summary/accuracy.png'}`"),
         description="Per-round table of the whole loop",
     )
     return {"table": table_rows(table), "ran": ran}
@@ -170,12 +172,12 @@ def loop_flow(
 def main(project: str | Path = ".", params: str = "params.yaml", rounds: int | None = None,
          overrides: list[str] | None = None) -> int:
     """CLI entry (``selfimprove run``): run the loop flow, print the table from MLflow, say where to look."""
+    import shutil
+
     from rich.console import Console
 
     from selfimprove.report import TABLE_WIDTH, render
     from selfimprove.tracking import TrackingError, read_rounds
-
-    import shutil
 
     # Wide enough for the per-round table even when stdout is not a terminal (rich would assume 80).
     console = Console(width=max(shutil.get_terminal_size((TABLE_WIDTH, 24)).columns, TABLE_WIDTH))
@@ -193,6 +195,8 @@ def main(project: str | Path = ".", params: str = "params.yaml", rounds: int | N
     try:
         rounds_data = read_rounds(config, project) if config.tracking.enabled else _rounds_for_table(config, project)
         console.print(render(rounds_data, title=f"loop '{config.loop.name}': per-round results (from MLflow)"))
+        for line in improvement(rounds_data, config.bootstrap.difficulties):
+            console.print(f"  {line}")
     except TrackingError as e:
         console.print(f"[yellow]could not read MLflow:[/] {e}")
     plot = project / config.workspace / "summary" / "accuracy.png"

@@ -102,14 +102,47 @@ def render(rounds: list[dict[str, Any]], title: str = "selfimprove: rounds") -> 
     from rich import box
 
     cols = [c for c in cols if c not in ("acceptance_rate", "model_version")]
-    t = Table(title=title, caption="Nd: held-out greedy accuracy on N-digit problems (difficulty N); prec: share of "
-              "the round's accepted self-labels matching the hidden gold; boot..eval: seconds per stage", caption_justify="left",
-              box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+    times = [f"{name}_s" for name, _ in STAGE_TIMES]
+    cols = [c for c in cols if c not in times] + [c for c in times if c in cols]  # stage order, not first-seen
+    t = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0, 0, 1))
     for c in cols:
         t.add_column(_header(c), justify="right", no_wrap=True)
     for r in rows:
         t.add_row(*[_short(r.get(c), c) for c in cols])
-    return t
+    from rich.console import Group
+    from rich.text import Text
+
+    # The legend is printed under the table, not as its caption: a caption wider than the columns would make
+    # rich stretch the table and cut its last column.
+    return Group(t, Text(LEGEND, style="dim"))
+
+
+LEGEND = ("Nd: held-out greedy accuracy of the round's model on N-digit problems (difficulty N)\n"
+          "accepted: self-labels kept by the filters; prec: share of them matching the hidden gold (the loop never\n"
+          "sees gold); boot..eval: seconds per stage")
+
+
+def improvement(rounds: list[dict[str, Any]], seen: list[int]) -> list[str]:
+    """Plain-language lines on the first two difficulties beyond the labelled (bootstrap) ones: accuracy at round
+    0 and at the last round, and the lowest label precision of the rounds. Says so when a difficulty was already
+    solved (>= 0.95) at round 0, rather than claiming a rise."""
+    if len(rounds) < 2:
+        return []
+    first, last = rounds[0]["metrics"], rounds[-1]["metrics"]
+    beyond = sorted(int(b[1:]) for b in buckets(rounds) if b.startswith("d") and b[1:].isdigit()
+                    and int(b[1:]) > max(seen or [0]))
+    lines = []
+    for d in beyond[:2]:
+        a0, a1 = first.get(f"accuracy/d{d}"), last.get(f"accuracy/d{d}")
+        if a0 is None or a1 is None:
+            continue
+        note = " (already >= 0.95 at round 0)" if a0 >= 0.95 else ""
+        lines.append(f"{d}-digit accuracy: {a0:.2f} at round 0 -> {a1:.2f} at round {rounds[-1]['round']} "
+                     f"({a1 - a0:+.2f}){note}")
+    precs = [r["metrics"]["acceptance_precision"] for r in rounds[1:] if "acceptance_precision" in r["metrics"]]
+    if precs:
+        lines.append(f"kept self-labels that match the hidden gold: {min(precs):.1%} in the worst round")
+    return lines
 
 
 def markdown(rounds: list[dict[str, Any]]) -> str:

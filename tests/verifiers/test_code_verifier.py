@@ -34,8 +34,13 @@ needs_bwrap = pytest.mark.skipif(not HAVE_BWRAP, reason="bubblewrap is not insta
 TEST_UID = 64978 if os.geteuid() == 0 else None
 
 
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "benchmarks"
+
+
 def humaneval(task: str) -> Problem:
-    with open(BENCH / "humaneval" / "HumanEval.jsonl") as f:
+    """A real HumanEval task: from the mounted benchmarks, else from the shipped fixture rows (same file format)."""
+    path = BENCH / "humaneval" / "HumanEval.jsonl"
+    with open(path if path.exists() else FIXTURES / "humaneval" / "HumanEval.jsonl") as f:
         row = next(r for r in map(json.loads, f) if r["task_id"] == task)
     return Problem(id=task, prompt=row["prompt"], tests={"format": "humaneval", "prompt": row["prompt"],
                                                          "test": row["test"], "entry_point": row["entry_point"]})

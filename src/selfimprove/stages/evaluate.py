@@ -143,4 +143,4 @@ def _write(config: Config, paths: RoundPaths, tracker: Tracker, metrics: dict[st
     return report
 
 
-__all__ = ["run_evaluate", "evaluate_model", "TransformersSampler"]
+__all__ = ["TransformersSampler", "evaluate_model", "run_evaluate"]
