@@ -50,7 +50,7 @@ sysdeps: ## system packages: bubblewrap (isolation for generated code); installe
 	      || echo "WARNING: could not install bubblewrap; the sandboxed_tests verifier will refuse to run"; \
 	  else echo "WARNING: bubblewrap (bwrap) not found: install it (e.g. sudo apt-get install bubblewrap) for the sandboxed_tests verifier"; fi; }
 
-demo: $(STAMP) ## run the default loop: bootstrap + rounds, prints the per-round table (~5 min on 2 CPU cores)
+demo: $(STAMP) ## run the default loop: bootstrap + rounds, prints the per-round table (~7 min on 2 CPU cores)
 	@test -d .git || (git init -q && git add -A >/dev/null 2>&1 || true)
 	$(BIN)/selfimprove run
 
