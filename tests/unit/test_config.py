@@ -22,7 +22,7 @@ def params(tmp_path: Path) -> Path:
 def test_default_params_are_valid(params: Path) -> None:
     cfg = load_config(params)
     assert cfg.problems.name == "arithmetic"
-    assert list(cfg.rounds) == ["r1", "r2"]
+    assert list(cfg.rounds) == ["r1", "r2", "r3"]
     assert cfg.verify.verifier == "majority_vote"  # the default loop is label-free
 
 
@@ -31,7 +31,7 @@ def test_default_params_are_valid(params: Path) -> None:
     [
         # (text replaced in params.yaml, fragments the error must contain)
         (("  temperature: 1.0", "  temprature: 1.0"), ["unknown key 'sample.temprature'", "did you mean 'temperature'", "params.yaml:"]),
-        (("seed: 0", "sede: 0"), ["unknown key 'sede'", "did you mean 'seed'"]),
+        (("seed: 3", "sede: 3"), ["unknown key 'sede'", "did you mean 'seed'"]),
         (("  top_p: 1.0", "  top_p: 1.5"), ["sample.top_p", "less than or equal to 1", "1.5"]),
         (("  k: 0                    # sampled", "  k: -1                    # sampled"), ["sample.k", "greater than or equal to 0"]),
         (("  sampler: transformers", "  sampler: transfomers"), ["unknown sampler 'transfomers'", "did you mean 'transformers'"]),
@@ -116,7 +116,7 @@ def test_overrides_written_to_file_keep_comments_and_reject_bad_values(params: P
 def test_set_rounds_extends_the_curriculum(params: Path) -> None:
     cfg = set_rounds(params, 4)
     assert list(cfg.rounds) == ["r1", "r2", "r3", "r4"]
-    assert [cfg.rounds[k].difficulties for k in cfg.rounds] == [[4], [4, 5], [6], [7]]
+    assert [cfg.rounds[k].difficulties for k in cfg.rounds] == [[4], [4, 5], [4, 5], [6]]  # new rounds add one digit each
     assert [cfg.rounds[k].prev for k in cfg.rounds] == ["r0", "r1", "r2", "r3"]
     cfg = set_rounds(params, 1)
     assert list(cfg.rounds) == ["r1"]
