@@ -154,3 +154,30 @@ if __name__ == "__main__":  # vLLM spawns workers: they must not rerun this bloc
     out = [Completion.model_validate_json(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert_same_shape(out, reference, "vllm")
 
+
+
+def test_a_whole_round_with_the_vllm_sampler(loop_model: tuple[Config, Path]) -> None:
+    """``sample.sampler: vllm`` from params: sample -> verify -> validate -> finetune (TRL) -> evaluate, where
+    sample and evaluate each start (and stop) a vLLM server on the round's model."""
+    from selfimprove.io import read_verified_jsonl
+    from selfimprove.stages import run_evaluate, run_finetune, run_sample, run_validate, run_verify
+
+    cfg, model_dir = loop_model
+    proj = model_dir.parents[2]
+    cfg = cfg.model_copy(update={"rounds": load_config(proj / "params.yaml", MINI_OVERRIDES + VLLM_OVERRIDES + [
+        "rounds={r1: {prev: r0, difficulties: [2]}}"]).rounds})
+    p, t = RoundPaths.for_round(cfg, "r1", proj), NullTracker()
+    reports = {fn.__name__: fn(cfg, p, t) for fn in (run_sample, run_verify, run_validate, run_finetune, run_evaluate)}
+    samples = read_verified_jsonl(p.sample / "samples.jsonl", Completion)
+    assert samples and {c.sampler for c in samples} == {"vllm"}
+    assert reports["run_validate"].metrics["validate/accepted"] > 0
+    assert (p.model / "model.safetensors").exists()
+    m = reports["run_evaluate"].metrics
+    assert "acceptance_precision" in m
+    # the evaluation through vLLM scores the round's model as the transformers sampler does
+    from selfimprove.stages.evaluate import evaluate_model
+
+    with TransformersSampler(p.model, device="cpu") as ts:
+        ref, _ = evaluate_model(cfg, p.model, 1, sampler=ts)
+    for b in ("d1", "d2", "d3"):
+        assert m[f"accuracy/{b}"] == pytest.approx(ref[f"accuracy/{b}"], abs=0.05), b
