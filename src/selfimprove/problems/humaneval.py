@@ -17,14 +17,13 @@ else ``data/benchmarks/humaneval``) joined with ``HumanEval.jsonl``.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from selfimprove.io import DataError
 from selfimprove.problems.base import ProblemSet
-from selfimprove.problems.jsonl import benchmark_dir, iter_numbered_jsonl, require_file, row_field
+from selfimprove.problems.jsonl import benchmark_file, iter_numbered_jsonl, require_file, row_field
 from selfimprove.types import Problem
 
 
@@ -46,11 +45,7 @@ class HumanEvalProblems(ProblemSet):
     def __init__(self, **options: Any):
         super().__init__(**options)
         self.config = HumanEvalProblemsConfig(**options)
-        self.path = (
-            Path(self.config.path).expanduser()
-            if self.config.path
-            else benchmark_dir("humaneval", self.config.data_dir) / "HumanEval.jsonl"
-        )
+        self.path = benchmark_file("humaneval", self.config.path, self.config.data_dir, "HumanEval.jsonl")
         self._cache: list[Problem] | None = None
 
     def splits(self) -> list[str]:

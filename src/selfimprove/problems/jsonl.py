@@ -49,6 +49,11 @@ def benchmark_dir(set_name: str, data_dir: str | Path | None) -> Path:
     return (Path(root).expanduser() if root else DEFAULT_BENCHMARKS_DIR) / set_name
 
 
+def benchmark_file(set_name: str, path: str | Path | None, data_dir: str | Path | None, file_name: str) -> Path:
+    """A benchmark's data file: the explicit ``path`` option if set, else ``file_name`` in :func:`benchmark_dir`."""
+    return Path(path).expanduser() if path else benchmark_dir(set_name, data_dir) / file_name
+
+
 def require_file(path: Path, set_name: str, label: str, expected: str) -> Path:
     """``path`` if it is a file, else a DataError saying where the data was looked for and how to fix it."""
     if path.is_file():

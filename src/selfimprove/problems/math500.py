@@ -18,7 +18,6 @@ pool) is an error; train on MATH's train split through the ``jsonl`` set. Where 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from selfimprove.io import DataError
 from selfimprove.problems.base import ProblemSet
 from selfimprove.problems.jsonl import (
-    benchmark_dir,
+    benchmark_file,
     check_template,
     iter_numbered_jsonl,
     require_file,
@@ -57,11 +56,7 @@ class Math500Problems(ProblemSet):
         super().__init__(**options)
         self.config = Math500ProblemsConfig(**options)
         check_template(self.config.prompt_template, "problems.math500.prompt_template", ["problem"])
-        self.path = (
-            Path(self.config.path).expanduser()
-            if self.config.path
-            else benchmark_dir("math500", self.config.data_dir) / "test.jsonl"
-        )
+        self.path = benchmark_file("math500", self.config.path, self.config.data_dir, "test.jsonl")
         self._cache: list[Problem] | None = None
 
     def splits(self) -> list[str]:

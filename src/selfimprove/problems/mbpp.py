@@ -23,7 +23,6 @@ Where the files are: option ``path`` (the file itself), else ``data_dir`` (defau
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from selfimprove.io import DataError, parse_json_line
 from selfimprove.problems.base import ProblemSet
 from selfimprove.problems.jsonl import (
-    benchmark_dir,
+    benchmark_file,
     check_template,
     iter_numbered_jsonl,
     require_file,
@@ -110,11 +109,7 @@ class MBPPProblems(ProblemSet):
             self.config.prompt_template, "problems.mbpp.prompt_template", ["text", "example", "tests"]
         )
         file_name = FILES[self.config.variant]
-        self.path = (
-            Path(self.config.path).expanduser()
-            if self.config.path
-            else benchmark_dir("mbpp", self.config.data_dir) / file_name
-        )
+        self.path = benchmark_file("mbpp", self.config.path, self.config.data_dir, file_name)
         self._all: list[Problem] | None = None
 
     def splits(self) -> list[str]:
