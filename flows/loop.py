@@ -1,24 +1,29 @@
-"""The self-improvement loop as Prefect flows: ``selfimprove-loop`` runs bootstrap then every round;
-``selfimprove-round`` runs one round as the tasks sample -> verify -> validate -> finetune -> evaluate.
+"""The self-improvement loop as Prefect flows.
 
-Each task *is* the core stage function (``tasks/``). Before a stage runs, DVC is asked whether it is up to
-date (then it is skipped: this is how an interrupted loop resumes); after it runs, ``dvc commit`` records
-it, so the workspace ends exactly as ``dvc repro`` would leave it and ``dvc status`` is clean. Each round
-publishes its summary table as a Prefect artifact; a failed Great Expectations gate publishes its report.
+``selfimprove-loop`` is one run of the loop, and one DVC experiment: it makes the run's own workspace (a git
+worktree with the run's params, ``selfimprove.experiments``), opens the run's MLflow loop run, runs round 0 and
+every round as a ``selfimprove-round`` subflow, then the ``summary`` stage, saves the workspace as a DVC
+experiment, closes the MLflow run with the outcome, and (when the run's params are the workspace's) applies the
+experiment to the workspace. ``selfimprove-round`` runs one round's stages as tasks (round 0: bootstrap and
+evaluate; round N: sample -> verify -> validate -> finetune -> evaluate), then registers the round's model.
+
+Each task *is* the core stage function (``tasks/``). Before a stage, DVC says whether it is up to date (skipped),
+in its run cache (restored, as ``dvc repro`` does), or must run; after it runs, ``dvc commit`` records it. So a
+run's workspace ends exactly as ``dvc repro`` would leave it, and the saved experiment reproduces with
+``dvc exp apply NAME && dvc repro`` (nothing to do).
 
 Run it with ``selfimprove run`` (or ``python -m flows.loop``); serve it for the Prefect UI with
-``python flows/serve.py`` (see ``make ui``).
+``python flows/serve.py`` (``make ui``).
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import sys
-from contextlib import contextmanager
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 for _k, _v in {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -27,6 +32,10 @@ for _k, _v in {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DVC_NO_ANALYTICS": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    # the core's log lines (counts, acceptance, GX results, where outputs are) go to the Prefect UI too
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "selfimprove",
+    # a first start migrates a new database: on a busy 2-core machine that can take longer than the default 20 s
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }.items():
     os.environ.setdefault(_k, _v)
 
@@ -34,190 +43,273 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect import flow, get_run_logger  # noqa: E402
+from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
+from prefect.runtime import flow_run as current_flow_run  # noqa: E402
 
-import tasks
-from selfimprove import dvcstate
-from selfimprove.config import Config, ConfigError, apply_overrides_to_file, load_config, set_rounds
-from selfimprove.paths import RoundPaths
-from selfimprove.preflight import preflight
-from selfimprove.quality import DataQualityError
-from selfimprove.report import improvement, markdown, table_rows
-from selfimprove.stages.summary import load_round_metrics, run_summary
-from selfimprove.tracking import make_tracker
+import tasks  # noqa: E402
+from selfimprove import dvcstate, experiments  # noqa: E402
+from selfimprove.config import Config, ConfigError, load_config  # noqa: E402
+from selfimprove.paths import RoundPaths, summary_dir  # noqa: E402
+from selfimprove.preflight import preflight  # noqa: E402
+from selfimprove.quality import DataQualityError  # noqa: E402
+from selfimprove.report import artifact_tables, improvement, markdown_summary  # noqa: E402
+from selfimprove.stages.summary import load_round_metrics  # noqa: E402
+from selfimprove.tracking import MlflowStore, NullTracker, Tracker  # noqa: E402
 
-
-class LoopBusy(RuntimeError):
-    pass
-
-
-@contextmanager
-def workspace_lock(project: Path, config: Config):
-    """One loop per workspace: a second one fails at once instead of corrupting the first one's outputs."""
-    ws = project / config.workspace
-    ws.mkdir(parents=True, exist_ok=True)
-    path = ws / ".loop.lock"
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            raise LoopBusy(f"another loop is running in {ws} ({f.read().strip() or 'unknown pid'}); wait for it or stop it") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()}")
-        f.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+ApplyPolicy = Literal["auto", "always", "never"]
 
 
 def _artifact_key(*parts: str) -> str:
-    return "-".join(parts).lower().replace("_", "-").replace(".", "-")
+    return "-".join(parts).lower().replace("_", "-").replace(".", "-").replace("/", "-")[:100]
 
 
-def _rounds_for_table(config: Config, project: Path) -> list[dict[str, Any]]:
-    return [{"round": int(m["round"]), "metrics": m} for m in load_round_metrics(config, project)]
-
-
-def run_stage(task: Any, stage_id: str, config: Config, paths: RoundPaths, tracker: Any, project: Path) -> bool:
-    """Run ``task`` unless DVC says ``stage_id`` is up to date; record it in DVC afterwards. True if it ran."""
-    logger = get_run_logger()
-    if dvcstate.is_fresh(project, stage_id):
-        logger.info("%s is up to date (DVC); skipping", stage_id)
-        return False
+def _rel(path: Path, root: Path) -> str:
     try:
-        task(config, paths, tracker)
-    except DataQualityError as e:
-        create_markdown_artifact(
-            key=_artifact_key(config.loop.name, paths.key, "validation-failed"),
-            markdown=f"# {stage_id}: dataset failed validation\n\n```\n{e}\n```\n",
-            description=f"Great Expectations report for {stage_id}",
-        )
-        tracker.fail(e)
-        raise
-    except Exception as e:
-        tracker.fail(e)
-        raise
-    dvcstate.commit(project, stage_id)
-    return True
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
-@flow(name="selfimprove-round", flow_run_name="round-{round_key}")
-def round_flow(round_key: str, project: str = ".", params: str = "params.yaml") -> dict[str, Any]:
-    """One round: sample -> verify -> validate -> finetune -> evaluate, each recorded in DVC."""
-    project_path = Path(project).resolve()
-    os.chdir(project_path)  # relative paths in params.yaml are project-relative
-    config = load_config(project_path / params)
-    paths = RoundPaths.for_round(config, round_key, project_path)
-    tracker = make_tracker(config, project_path, round_key)
-    ran = [name for name, task in tasks.ROUND_TASKS.items()
-           if run_stage(task, f"{name}@{round_key}", config, paths, tracker, project_path)]
-    metrics = json.loads(paths.metrics.read_text()) if paths.metrics.exists() else {}
-    rows = table_rows([{"round": paths.round, "metrics": metrics}])
-    create_table_artifact(
-        table=rows,
-        key=_artifact_key(config.loop.name, "round", str(paths.round)),
-        description=f"Round {paths.round} of loop '{config.loop.name}': accuracy per difficulty, accepted labels, "
-        f"label precision, seconds per stage. Stages run: {', '.join(ran) or 'none (all up to date)'}.",
-    )
-    return {"round": paths.round, "ran": ran, "metrics": metrics}
+def round_stages(key: str) -> list[str]:
+    return ["bootstrap", "evaluate"] if key == "r0" else list(tasks.ROUND_TASKS)
 
 
-@flow(name="selfimprove-loop", flow_run_name="loop")
-def loop_flow(
-    rounds: int | None = None,
-    overrides: list[str] | None = None,
-    project: str = ".",
-    params: str = "params.yaml",
-) -> dict[str, Any]:
-    """The whole loop: bootstrap (round 0), then every round in params.yaml.
+def stage_id(stage: str, key: str) -> str:
+    return stage if stage in ("bootstrap", "summary") else f"{stage}@{key}"
 
-    ``overrides`` are dotted ``key=value`` pairs (as ``dvc exp run -S``); like ``dvc exp run -S`` they are
-    written into params.yaml so DVC's record matches what ran. ``rounds`` resizes params.yaml's rounds.
+
+def run_stage(stage: str, config: Config, paths: RoundPaths, tracker: Tracker, before_run: Any = None) -> str:
+    """Run one stage unless DVC can bring it up to date; record it in DVC. Returns fresh | restored | ran."""
+    logger = get_run_logger()
+    sid = stage_id(stage, paths.key)
+    out = _rel(paths.dir if stage != "summary" else summary_dir(config, paths.project), paths.project)
+    state = dvcstate.prepare(paths.project, sid)
+    if state == "fresh":
+        logger.info("%s: up to date (DVC), skipped; outputs in %s", sid, out)
+        return "fresh"
+    if state == "restored":
+        logger.info("%s: restored from DVC's run cache (an earlier run had the same inputs); outputs in %s", sid, out)
+        return "restored"
+    if before_run is not None:
+        before_run()
+    task = tasks.STAGE_TASKS[stage]
+    t0 = time.perf_counter()
+    report = task(config, paths, tracker)
+    dvcstate.commit(paths.project, sid)
+    logger.info("%s: done in %.0fs; %s; outputs in %s, recorded in dvc.lock", sid, time.perf_counter() - t0,
+                getattr(report, "summary", lambda: "")() or "ok", out)
+    return "ran"
+
+
+def _round_params(config: Config, key: str, paths: RoundPaths) -> dict[str, Any]:
+    """The settings that make this round differ from another one (MLflow's compare view shows them)."""
+    if key == "r0":
+        b = config.bootstrap
+        return {"round": 0, "round_key": "r0", "kind": "bootstrap", "difficulties": b.difficulties,
+                "examples_per_difficulty": b.examples_per_difficulty, "model_source": config.model.source,
+                "ensemble": config.model.ensemble, "steps": b.train.steps, "lr": b.train.lr, "seed": config.seed}
+    rc = config.round_config(key)
+    s, f = config.sample, config.finetune
+    return {"round": paths.round, "round_key": key, "kind": "round", "start_model": f"{rc.prev} (runs/{rc.prev}/model)",
+            "difficulties": rc.difficulties, "problems": rc.problems or s.problems_per_round,
+            "sampler": s.sampler, "k": s.k, "greedy": s.greedy, "temperature": s.temperature, "views": s.views,
+            "verifier": config.verify.verifier,
+            "filters": [st.function for st in config.validate_cfg.filters], "accumulate": config.validate_cfg.accumulate,
+            "mix_real": config.validate_cfg.mix_real, "trainer": f.trainer, "init": f.init, "steps": f.train.steps,
+            "lr": f.train.lr, "lora": f.train.lora.enabled, "seed": config.seed}
+
+
+@flow(name="selfimprove-round", flow_run_name="{experiment}/round-{round_key}", log_prints=False)
+def round_flow(round_key: str, experiment: str, workdir: str, home: str, parent_run_id: str | None = None) -> dict[str, Any]:
+    """One round of a run: its stages as tasks, each recorded in DVC; then the round's model is registered.
+
+    Args:
+        round_key: The round (r0 is bootstrap + evaluate; rN is sample -> verify -> validate -> finetune -> evaluate).
+        experiment: The run (DVC experiment) this round belongs to.
+        workdir: The run's workspace (a git worktree of the project).
+        home: The project folder (MLflow store, DVC cache).
+        parent_run_id: The MLflow loop run this round's run nests under.
     """
     logger = get_run_logger()
-    project_path = Path(project).resolve()
-    os.chdir(project_path)  # relative paths in params.yaml are project-relative
-    params_path = project_path / params
-    config = apply_overrides_to_file(params_path, list(overrides or []))
-    if rounds is not None and rounds != len(config.rounds):
-        config = set_rounds(params_path, rounds)
-    problems = preflight(config, project_path)
-    if problems:
-        raise ConfigError("preflight failed:\n  " + "\n  ".join(problems))
-    ran: dict[str, list[str]] = {}
-    with workspace_lock(project_path, config):
-        r0 = RoundPaths.for_round(config, "r0", project_path)
-        boot = run_stage(tasks.bootstrap, "bootstrap", config, r0, make_tracker(config, project_path, "r0"), project_path)
-        ran["r0"] = ["bootstrap"] if boot else []
-        for key in config.round_keys():
-            result = round_flow(key, project=str(project_path), params=params)
-            ran[key] = result["ran"]
-            logger.info("round %s done: %s", key, {k: v for k, v in result["metrics"].items() if k.startswith("accuracy")})
-        run_summary(config, None, None, project_path)
-    table = _rounds_for_table(config, project_path)
+    work, home_path = Path(workdir), Path(home)
+    os.chdir(work)  # relative paths in params.yaml are relative to the run's workspace
+    config = load_config(work / experiments.PARAMS)
+    paths = RoundPaths.for_round(config, round_key, work)
+    stages = round_stages(round_key)
+    store = MlflowStore(config, home_path) if config.tracking.enabled and parent_run_id else None
+    run_id = prev_status = None
+    tracker: Tracker = NullTracker()
+    if store is not None:
+        inputs, _ = dvcstate.inputs_fingerprint(work, [stage_id(s, round_key) for s in stages])
+        run_id, prev_status = store.open_round(parent_run_id, round_key, inputs, _round_params(config, round_key, paths),
+                                               experiment)
+        tracker = store.tracker(run_id, parent_run_id, paths.round)
+        if prev_status != "FINISHED":
+            store.reopen(run_id)
+    reopened = prev_status != "FINISHED"
+
+    def reopen() -> None:  # a finished round run only becomes RUNNING again if one of its stages has to run
+        nonlocal reopened
+        if store is not None and not reopened:
+            store.reopen(run_id)
+            reopened = True
+
+    states: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+    try:
+        for stage in stages:
+            t0 = time.perf_counter()
+            states[stage] = run_stage(stage, config, paths, tracker, before_run=reopen)
+            if states[stage] == "ran":
+                seconds[f"{stage}/seconds"] = time.perf_counter() - t0
+        metrics = json.loads(paths.metrics.read_text())
+        info: dict[str, Any] = {}
+        if store is not None:
+            tracker.log_metrics(metrics, step=paths.round, parent=True)  # the DVC metrics file is the truth
+            if reopened or "ran" in states.values():
+                from selfimprove.registration import model_dir_md5
+
+                info = tasks.register(store, config, paths, run_id, experiment, model_dir_md5(paths))
+            store.set_tags(run_id, {"selfimprove.stages": json.dumps(states)})
+    except BaseException as e:
+        if store is not None and reopened:  # a finished round none of whose stages ran stays FINISHED
+            store.close(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", error=e)
+        if isinstance(e, DataQualityError):
+            create_markdown_artifact(
+                key=_artifact_key(experiment, round_key, "validation-failed"),
+                markdown=f"# {experiment} / {round_key}: dataset failed validation\n\n```\n{e}\n```\n",
+                description=f"Great Expectations report for validate@{round_key} of {experiment}",
+            )
+        raise
+    if store is not None and reopened:
+        store.close(run_id, "FINISHED")
+    ran = [s for s, st in states.items() if st == "ran"]
+    for table in artifact_tables([{"round": paths.round, "metrics": metrics | seconds, "stages": states}]):
+        create_table_artifact(
+            table=table["rows"],
+            key=_artifact_key(experiment, "round", str(paths.round), table["name"]),
+            description=f"{experiment}, round {paths.round}: {table['title']}. Stages: "
+            + ", ".join(f"{s} {st}" for s, st in states.items()),
+        )
+    logger.info("round %s: %s; accuracy %.3f", round_key, ", ".join(f"{s} {st}" for s, st in states.items()),
+                metrics.get("accuracy", float("nan")))
+    return {"round": paths.round, "ran": ran, "states": states, "metrics": metrics, "seconds": seconds, **info}
+
+
+def _summary_artifact(experiment: str, config: Config, work: Path, store: MlflowStore | None, parent_run_id: str | None) -> None:
+    rows = [{"round": int(m["round"]), "metrics": m} for m in load_round_metrics(config, work)]
+    plot = summary_dir(config, work) / "accuracy.png"
+    image = None
+    if plot.exists():
+        import base64
+
+        image = "data:image/png;base64," + base64.b64encode(plot.read_bytes()).decode()
+    lines = improvement(rows, config.bootstrap.difficulties)
+    mlflow_link = ""
+    if store is not None and parent_run_id and store.uri.startswith("http"):
+        mlflow_link = f"\n[MLflow run]({store.uri.rstrip('/')}/#/experiments/{store.experiment_id}/runs/{parent_run_id})\n"
     create_markdown_artifact(
-        key=_artifact_key(config.loop.name, "summary"),
-        markdown=(f"# Loop '{config.loop.name}'\n\n{markdown(table)}\n\n"
-                  + "".join(f"- {line}\n" for line in improvement(table, config.bootstrap.difficulties))
-                  + f"\nPlot: `{project_path / config.workspace / 'summary/accuracy.png'}`"),
-        description="Per-round table of the whole loop",
+        key=_artifact_key(experiment, "summary"),
+        markdown=markdown_summary(experiment, config.loop.name, rows, lines, image) + mlflow_link,
+        description=f"Run {experiment}: accuracy per difficulty across rounds",
     )
-    return {"table": table_rows(table), "ran": ran}
 
 
-def main(project: str | Path = ".", params: str = "params.yaml", rounds: int | None = None,
-         overrides: list[str] | None = None) -> int:
-    """CLI entry (``selfimprove run``): run the loop flow, print the table from MLflow, say where to look."""
-    import shutil
+@flow(name="selfimprove-loop", log_prints=False)
+def loop_flow(
+    overrides: list[str] | None = None,
+    rounds: int | None = None,
+    params: str = "params.yaml",
+    name: str | None = None,
+    resume: str | None = None,
+    from_workspace: bool = False,
+    apply: ApplyPolicy = "never",
+    project: str = ".",
+) -> dict[str, Any]:
+    """One run of the self-improvement loop, saved as a DVC experiment named after the flow run.
 
-    from rich.console import Console
-
-    from selfimprove.report import TABLE_WIDTH, render
-    from selfimprove.tracking import TrackingError, read_rounds
-
-    # Wide enough for the per-round table even when stdout is not a terminal (rich would assume 80).
-    console = Console(width=max(shutil.get_terminal_size((TABLE_WIDTH, 24)).columns, TABLE_WIDTH))
-    project = Path(project).resolve()
-    os.chdir(project)
-    os.environ.setdefault("PREFECT_HOME", str(project / ".prefect"))
+    Args:
+        overrides: Dotted key=value settings for this run only, e.g. ["finetune.train.lr=0.0005"] (as dvc exp run -S). The project's params.yaml is never changed.
+        rounds: Number of rounds for this run (None = the rounds in the params file).
+        params: Params file to start from (its content becomes the run's params.yaml).
+        name: Experiment name (None = the flow run's name, which the form's run name sets).
+        resume: Name of a failed or killed run to continue in its own workspace, with the params it started with.
+        from_workspace: Include the workspace's uncommitted changes to tracked files (the CLI does); deployments and schedules run the committed project.
+        apply: Bring the finished experiment into the workspace: auto = when its params equal the workspace's, always, or never.
+        project: The project folder (a git + DVC repository).
+    """
+    logger = get_run_logger()
+    home = experiments.git_root(project)
+    exp_name = resume or name or experiments.slug(current_flow_run.name or "run")
+    if resume:
+        if overrides or rounds is not None:
+            raise ConfigError("--resume continues a run with the params it started with: drop the overrides and rounds")
+        record = experiments.resume(home, resume)
+    else:
+        load_config(home / params, list(overrides or []))  # a bad override fails here, before anything is written
+        record = experiments.create(home, exp_name, overrides=list(overrides or []), rounds=rounds, params_file=params,
+                                    from_workspace=from_workspace)
+    work = Path(record.workdir)
+    config = load_config(work / experiments.PARAMS)
+    problems = preflight(config, work)
+    if problems:
+        experiments.mark(home, record, "failed", error="preflight failed")
+        raise ConfigError("preflight failed:\n  " + "\n  ".join(problems))
+    store = None
+    parent_run_id = None
+    experiments.mark(home, record, "running", prefect_flow_run_id=str(current_flow_run.id or ""))
+    logger.info("run %s: workspace %s, from %s%s; overrides: %s", exp_name, work, record.baseline[:7],
+                " (resumed)" if resume else "", ", ".join(record.overrides) or "none")
+    results: dict[str, Any] = {}
     try:
-        loop_flow(rounds=rounds, overrides=overrides, project=str(project), params=params)
-    except (ConfigError, DataQualityError, LoopBusy, FileNotFoundError, dvcstate.DvcError) as e:
-        from rich.markup import escape
-
-        console.print(f"[bold red]loop stopped:[/] {escape(str(e))}", soft_wrap=True)
-        return 1
-    config = load_config(project / params)
-    try:
-        rounds_data = read_rounds(config, project) if config.tracking.enabled else _rounds_for_table(config, project)
-        console.print(render(rounds_data, title=f"loop '{config.loop.name}': per-round results (from MLflow)"))
-        for line in improvement(rounds_data, config.bootstrap.difficulties):
-            console.print(f"  {line}")
-    except TrackingError as e:
-        console.print(f"[yellow]could not read MLflow:[/] {e}")
-    plot = project / config.workspace / "summary" / "accuracy.png"
-    console.print(
-        "\n[bold]Next:[/]\n"
-        f"  plot of accuracy across rounds   {plot}\n"
-        "  per-round table, JSON            selfimprove report --json\n"
-        "  MLflow UI (runs, models)         make mlflow-ui  -> http://127.0.0.1:5000\n"
-        "  Prefect UI (flows, artifacts)    make ui         -> http://127.0.0.1:4200\n"
-        "  DVC pipeline and plots           dvc dag; dvc metrics show; dvc plots show\n"
-    )
-    return 0
+        if config.tracking.enabled:
+            store = MlflowStore(config, home)
+            store.reconcile()
+            parent_run_id = store.open_loop(exp_name, baseline=record.baseline, overrides=record.overrides,
+                                            extra_tags={"selfimprove.prefect_flow_run": str(current_flow_run.id or "")})
+            experiments.mark(home, record, "running", mlflow_run_id=parent_run_id)
+        for key in ["r0", *config.round_keys()]:
+            results[key] = round_flow(key, experiment=exp_name, workdir=str(work), home=str(home), parent_run_id=parent_run_id)
+        os.chdir(work)
+        r0 = RoundPaths.for_round(config, "r0", work)
+        summary_tracker = store.tracker(parent_run_id, None, 0) if store is not None else NullTracker()
+        run_stage("summary", config, r0, summary_tracker)
+        if store is not None:
+            summary_tracker.log_artifact(summary_dir(config, work) / "accuracy.png", "plots")
+        _summary_artifact(exp_name, config, work, store, parent_run_id)
+        rev = experiments.save(home, record)
+    except BaseException as e:
+        status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+        if store is not None and parent_run_id:
+            store.close(parent_run_id, status, error=e)
+        experiments.mark(home, record, "killed" if status == "KILLED" else "failed", error=str(e))
+        logger.error("run %s stopped: %s. Its workspace is kept at %s; continue with: selfimprove run --resume %s",
+                     exp_name, e, work, exp_name)
+        raise
+    if store is not None and parent_run_id:
+        store.set_tags(parent_run_id, {"selfimprove.dvc_experiment_rev": rev})
+        store.close(parent_run_id, "FINISHED")
+    applied = False
+    home_params = home / experiments.PARAMS
+    same = home_params.exists() and home_params.read_bytes() == (work / experiments.PARAMS).read_bytes()
+    if apply == "always" or (apply == "auto" and same):
+        os.chdir(home)
+        experiments.apply(home, exp_name)
+        applied = True
+        logger.info("run %s applied to the workspace %s (dvc exp apply %s)", exp_name, home, exp_name)
+    experiments.mark(home, record, "finished", applied=applied)
+    experiments.discard(home, exp_name, keep_record=True)
+    os.chdir(home)
+    return {"experiment": exp_name, "rev": rev, "applied": applied, "mlflow_run_id": parent_run_id,
+            "rounds": {k: {kk: v for kk, v in r.items() if kk != "metrics"} | {"accuracy": r["metrics"].get("accuracy")}
+                       for k, r in results.items()},
+            "ran": {k: r["ran"] for k, r in results.items()},
+            "rounds_full": {k: {"metrics": r["metrics"], "seconds": r["seconds"], "states": r["states"]}
+                            for k, r in results.items()}}
 
 
 if __name__ == "__main__":
-    import argparse
+    from selfimprove.cli import app
 
-    ap = argparse.ArgumentParser(description="Run the selfimprove loop flow.")
-    ap.add_argument("--project", default=".")
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--rounds", type=int, default=None)
-    ap.add_argument("-S", "--set", dest="overrides", action="append", default=[])
-    a = ap.parse_args()
-    raise SystemExit(main(a.project, a.params, a.rounds, a.overrides))
+    app(["run", *sys.argv[1:]])

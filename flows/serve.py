@@ -1,39 +1,105 @@
-"""Serve the loop as a Prefect deployment so users start it from the Prefect UI with parameters.
+"""Serve the loop as a Prefect deployment, so users start runs from the Prefect UI with parameters.
 
     PREFECT_API_URL=http://127.0.0.1:4200/api python flows/serve.py [--cron "0 3 * * *"] [--name NAME]
 
-(``make ui`` starts a local server and runs this.) In the UI: Deployments -> selfimprove -> Run -> Custom
-run, and set ``rounds`` and ``overrides`` (a list of ``key=value``, e.g. ``sample.temperature=0.7``). Runs
-execute in this process, in the project folder. For a work pool and remote workers use ``infra/prefect.yaml``.
+(``make ui`` starts a local server and runs this; ``make ui CRON="0 3 * * *"`` adds a schedule.) In the UI:
+Deployments -> selfimprove -> Run -> Custom run; the run name you type is the run's DVC experiment name, and the
+parameters (overrides, rounds, ...) apply to that run only. Runs execute in this process, each in its own run
+workspace (``selfimprove.experiments``) from the project's committed state.
+
+Schedules: the ones declared for this deployment in ``infra/prefect.yaml`` (deployment ``selfimprove``) plus any
+``--cron`` are applied by slug; schedules a user added in the UI are kept, and a declared schedule the user paused
+stays paused. Serving again (``make ui`` twice) changes nothing else. For a work pool and remote workers use
+``prefect deploy --all --prefect-file infra/prefect.yaml`` instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import hashlib
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from flows.loop import loop_flow  # noqa: E402
 
+FLOW_NAME = "selfimprove-loop"
+
+
+def declared_schedules(prefect_yaml: Path, deployment: str, crons: list[str], timezone: str = "UTC") -> list[dict[str, Any]]:
+    """Schedules declared in ``infra/prefect.yaml`` for ``deployment``, plus ``--cron`` ones, each with a slug."""
+    import yaml
+
+    out: list[dict[str, Any]] = []
+    if prefect_yaml.exists():
+        spec = yaml.safe_load(prefect_yaml.read_text()) or {}
+        for d in spec.get("deployments") or []:
+            if d.get("name") == deployment:
+                for s in d.get("schedules") or []:
+                    out.append(dict(s))
+    out += [{"cron": c, "timezone": timezone, "active": True} for c in crons]
+    for s in out:
+        if not s.get("slug"):
+            key = json.dumps({k: s.get(k) for k in ("cron", "interval", "rrule", "timezone", "parameters")}, sort_keys=True)
+            s["slug"] = "declared-" + hashlib.sha256(key.encode()).hexdigest()[:10]
+    return out
+
+
+async def merged_schedules(name: str, declared: list[dict[str, Any]]) -> list[Any]:
+    """Existing schedules (kept; UI-added ones included) + declared ones not there yet, as DeploymentScheduleCreate."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import DeploymentScheduleCreate
+    from prefect.client.schemas.schedules import construct_schedule
+
+    existing: list[Any] = []
+    async with get_client() as client:
+        try:
+            dep = await client.read_deployment_by_name(f"{FLOW_NAME}/{name}")
+            existing = list(dep.schedules or [])
+        except Exception:  # noqa: BLE001 - first serve: no deployment yet
+            existing = []
+    out = [DeploymentScheduleCreate(schedule=s.schedule, active=s.active, parameters=s.parameters or {}, slug=s.slug)
+           for s in existing]
+    have = {s.slug for s in existing if s.slug}
+    for d in declared:
+        if d["slug"] in have:
+            continue  # keep the user's state of it (a paused schedule stays paused)
+        sched = construct_schedule(cron=d.get("cron"), interval=d.get("interval"), rrule=d.get("rrule"),
+                                   timezone=d.get("timezone"))
+        out.append(DeploymentScheduleCreate(schedule=sched, active=d.get("active", True),
+                                            parameters=d.get("parameters") or {}, slug=d["slug"]))
+    return out
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--name", default="selfimprove")
-    ap.add_argument("--cron", default=None, help="optional schedule, e.g. '0 3 * * *' (nightly at 03:00)")
+    ap.add_argument("--cron", action="append", default=[], help="a schedule to declare, e.g. '0 3 * * *' (repeatable)")
+    ap.add_argument("--timezone", default="UTC")
     ap.add_argument("--project", default=str(ROOT))
+    ap.add_argument("--limit", type=int, default=2, help="runs executing at once (each in its own workspace)")
+    ap.add_argument("--prefect-file", default=str(ROOT / "infra" / "prefect.yaml"))
     a = ap.parse_args()
-    loop_flow.serve(
+    declared = declared_schedules(Path(a.prefect_file), a.name, a.cron, a.timezone)
+    schedules = asyncio.run(merged_schedules(a.name, declared))
+    deployment = loop_flow.to_deployment(
         name=a.name,
-        cron=a.cron,
-        parameters={"project": a.project, "params": "params.yaml", "rounds": None, "overrides": []},
-        description="Self-improvement loop: bootstrap, then sample -> verify -> validate -> finetune -> evaluate "
-        "per round. Parameters: rounds (int, resizes params.yaml), overrides (list of key=value).",
+        schedules=schedules,
+        parameters={"project": a.project, "params": "params.yaml", "rounds": None, "overrides": [],
+                    "apply": "never", "from_workspace": False},
+        description="Self-improvement loop, one DVC experiment per run (named after the flow run): bootstrap, then "
+        "sample -> verify -> validate -> finetune -> evaluate per round. Parameters apply to the run only; the "
+        "project's params.yaml is never changed.",
         tags=["selfimprove"],
-        limit=1,  # one loop at a time per workspace; the flow also holds a workspace lock
     )
+    from prefect import serve
+
+    serve(deployment, limit=a.limit, pause_on_shutdown=False)
 
 
 if __name__ == "__main__":

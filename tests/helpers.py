@@ -51,7 +51,7 @@ def make_project(dest: Path, overrides: list[str] | None = None) -> Path:
         shutil.copytree(ROOT / d, dest / d, ignore=shutil.ignore_patterns("__pycache__"))
     # dvc.yaml lists code dependencies under src/selfimprove: a copy keeps DVC's hashes meaningful here.
     shutil.copytree(ROOT / "src" / "selfimprove", dest / "src" / "selfimprove", ignore=shutil.ignore_patterns("__pycache__"))
-    (dest / ".gitignore").write_text("/runs/\n/mlruns.db\n/mlartifacts/\n/.prefect/\n__pycache__/\n")
+    (dest / ".gitignore").write_text("/.selfimprove/\n/mlruns.db\n/mlartifacts/\n/.prefect/\n__pycache__/\n")
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True, env=env)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=dest, check=True, env=env)

@@ -1,22 +1,28 @@
-"""``selfimprove`` command line: the stage commands DVC runs, the loop, the report.
+"""``selfimprove`` command line: the loop, the stage commands DVC runs, runs, the report.
 
-    selfimprove run [--rounds N] [-S key=value ...]   run the whole loop (Prefect flow, DVC-recorded)
-    selfimprove bootstrap | summary                 single stages (what dvc.yaml calls)
+    selfimprove run [--name N] [-S key=value ...] [--rounds N]   one run of the loop: a Prefect flow, a DVC experiment
+    selfimprove run --resume N                                   continue a failed or killed run
+    selfimprove runs [--remove N]                                the runs of this project and how they ended
+    selfimprove report [--name N] [--json]                       per-round table read back from MLflow
+    selfimprove check [-S key=value ...]                         validate params.yaml and preflight, do nothing else
+    selfimprove rounds N                                         set the rounds in params.yaml (you edit your file)
+    selfimprove bootstrap | summary                              single stages (what dvc.yaml calls)
     selfimprove sample|verify|validate|finetune|evaluate --round rN
-    selfimprove report [--json]                     per-round table read back from MLflow
-    selfimprove check [-S key=value ...]            validate params.yaml and preflight, do nothing else
-    selfimprove rounds N                            set the rounds in params.yaml (curriculum +1 digit/round)
-    selfimprove grade FILE                          grade a JSONL file of completions with any verifier
+    selfimprove grade FILE                                       grade a JSONL file of completions with any verifier
 
-Every command works from the project folder (``--project`` to point elsewhere) and reads ``params.yaml``.
+Every command works from the project folder (``--project`` to point elsewhere). ``--verbose`` (before the
+command) adds tracebacks to error messages and debug logs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,6 +32,7 @@ from rich.console import Console
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Self-improvement loops for language models.")
 console = Console(stderr=True)
 out = Console()
+STATE = {"verbose": False}
 
 ProjectOpt = Annotated[Path, typer.Option("--project", "-p", help="Project folder (holds params.yaml and dvc.yaml).")]
 ParamsOpt = Annotated[str, typer.Option("--params", help="Params file, relative to the project folder.")]
@@ -33,71 +40,82 @@ RoundOpt = Annotated[str, typer.Option("--round", "-r", help="Round key from par
 OverrideOpt = Annotated[list[str] | None, typer.Option("--set", "-S", help="Override in dotted form: sample.temperature=0.7")]
 
 
-def setup_logging(verbose: bool = False) -> None:
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks and debug logs.")] = False) -> None:
+    STATE["verbose"] = verbose
+
+
+def setup_logging(verbose: bool | None = None) -> None:
     from rich.logging import RichHandler
 
+    verbose = STATE["verbose"] if verbose is None else verbose
     root = logging.getLogger()
-    if any(isinstance(h, RichHandler) for h in root.handlers):
-        return
-    handler = RichHandler(console=console, show_path=False, rich_tracebacks=False, markup=False)
-    logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s", force=True)
+    if not any(isinstance(h, RichHandler) for h in root.handlers):
+        handler = RichHandler(console=console, show_path=False, rich_tracebacks=False, markup=False)
+        logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s", force=True)
     logging.getLogger("selfimprove").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
-def _fail(e: BaseException) -> None:
+def _fail(e: BaseException | str) -> None:
     from rich.markup import escape
 
-    console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+    from selfimprove.errors import explain
+
+    if STATE["verbose"] and isinstance(e, BaseException) and sys.exc_info()[0] is not None:
+        console.print_exception(show_locals=False)
+    msg = e if isinstance(e, str) else explain(e)
+    console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
-def _load(project: Path, params: str, overrides: list[str] | None = None) -> Any:
-    from selfimprove.config import ConfigError, load_config
-
+@contextlib.contextmanager
+def guarded() -> Iterator[None]:
+    """Any failure becomes one sentence (``selfimprove.errors.explain``); the traceback only with --verbose."""
     try:
-        return load_config(project / params, overrides)
-    except ConfigError as e:
+        yield
+    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        raise
+    except Exception as e:  # noqa: BLE001
         _fail(e)
 
 
-def run_stage(stage: str, project: Path, params: str, round_key: str) -> None:
-    """Run one stage as DVC does: load config, open the round's MLflow run, run, record failure."""
+def _load(project: Path, params: str = "params.yaml", overrides: list[str] | None = None) -> Any:
+    from selfimprove.config import load_config
+
+    with guarded():
+        return load_config(project / params, overrides)
+
+
+def run_stage(stage: str, project: Path, round_key: str) -> None:
+    """Run one stage as DVC does: read params.yaml, run, log into the MLflow run handed in (if any)."""
     from selfimprove.paths import RoundPaths
     from selfimprove.stages import STAGES
-    from selfimprove.tracking import make_tracker
+    from selfimprove.tracking import stage_tracker
 
     setup_logging()
-    config = _load(project, params)
+    config = _load(project)
     os.chdir(project)
-    try:
+    with guarded():
         paths = RoundPaths.for_round(config, round_key, ".")
-        tracker = make_tracker(config, ".", round_key)
-    except Exception as e:  # noqa: BLE001 - config/tracking errors are user errors here
-        _fail(e)
-    try:
-        if stage == "summary":
-            STAGES[stage](config, None, None, ".")
-        else:
-            STAGES[stage](config, paths, tracker)
-    except Exception as e:  # noqa: BLE001
-        tracker.fail(e)
-        logging.getLogger("selfimprove").debug("stage failed", exc_info=True)
-        _fail(e)
+        tracker = stage_tracker(config, ".", round_key)
+        STAGES[stage](config, paths, tracker)
 
 
 def _stage_command(stage: str, needs_round: bool) -> None:
     if needs_round:
 
-        def cmd(round: RoundOpt, project: ProjectOpt = Path("."), params: ParamsOpt = "params.yaml") -> None:
-            run_stage(stage, project, params, round)
+        def cmd(round: RoundOpt, project: ProjectOpt = Path(".")) -> None:
+            run_stage(stage, project, round)
     else:
 
-        def cmd(project: ProjectOpt = Path("."), params: ParamsOpt = "params.yaml") -> None:  # type: ignore[misc]
-            run_stage(stage, project, params, "r0")
+        def cmd(project: ProjectOpt = Path(".")) -> None:  # type: ignore[misc]
+            run_stage(stage, project, "r0")
 
     from selfimprove.stages import STAGES
 
-    cmd.__doc__ = (STAGES[stage].__module__ and sys.modules.get(STAGES[stage].__module__).__doc__ or "").split("\n\n")[0]
+    doc = (sys.modules.get(STAGES[stage].__module__).__doc__ or "").split("\n\n")[0]
+    cmd.__doc__ = doc + "\n\nReads params.yaml (DVC's params file); logs to MLflow only when a run is handed in " \
+                        "through SELFIMPROVE_MLFLOW_RUN_ID."
     app.command(stage)(cmd)
 
 
@@ -110,49 +128,215 @@ def _register_stage_commands() -> None:
 _register_stage_commands()
 
 
+# ----------------------------------------------------------------------------------------------------- run
+
+
+def _validate_run(home: Path, params: str, overrides: list[str], rounds: int | None) -> Any:
+    """The run's config, built exactly as the run will build it, in a temporary folder: fails in about a second."""
+    import shutil
+
+    from selfimprove.config import load_config
+    from selfimprove.experiments import prepare_params
+
+    if not (home / params).exists():
+        raise FileNotFoundError(f"{home / params}: params file not found (run from the project folder or pass --project)")
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copyfile(home / params, Path(tmp) / "params.yaml")
+        load_config(Path(tmp) / "params.yaml", overrides)  # errors name the line of the user's file
+        prepare_params(Path(tmp), home, "params.yaml", overrides, rounds)
+        return load_config(Path(tmp) / "params.yaml")
+
+
+def _use_local_prefect_server(home: Path) -> None:
+    """If ``make ui`` runs a Prefect server for this project, send runs there (they show up in its UI)."""
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    url_file = home / ".prefect" / "api_url"
+    if not url_file.exists():
+        return
+    url = url_file.read_text().strip()
+    import httpx
+
+    with contextlib.suppress(Exception):
+        if httpx.get(url.rstrip("/") + "/health", timeout=2).status_code == 200:
+            os.environ["PREFECT_API_URL"] = url
+
+
 @app.command()
 def run(
-    rounds: Annotated[int | None, typer.Option(help="Number of rounds (rewrites params.yaml 'rounds' if different).")] = None,
+    name: Annotated[str | None, typer.Option("--name", "-n", help="Experiment name (default: generated).")] = None,
     overrides: OverrideOpt = None,
+    rounds: Annotated[int | None, typer.Option(help="Number of rounds for this run (default: params.yaml's).")] = None,
+    resume: Annotated[str | None, typer.Option(help="Continue the failed or killed run with this name.")] = None,
+    apply: Annotated[str, typer.Option(help="Bring the finished run into the workspace: auto (when its params are "
+                                             "the workspace's), always, never.")] = "auto",
     project: ProjectOpt = Path("."),
-    params: ParamsOpt = "params.yaml",
+    params: Annotated[str, typer.Option("--params", help="Start from this params file instead of params.yaml: it "
+                                                         "becomes the run's params.yaml, which DVC records.")] = "params.yaml",
 ) -> None:
-    """Run the self-improvement loop as a Prefect flow; every stage is recorded in DVC and MLflow."""
+    """Run the self-improvement loop: a Prefect flow, in its own DVC experiment; params.yaml is never changed."""
     setup_logging()
-    project = project.resolve()
-    if not (project / "flows" / "loop.py").exists():
-        _fail(FileNotFoundError(f"{project / 'flows/loop.py'} not found: run from the selfimprove project folder or pass --project"))
-    sys.path.insert(0, str(project))
-    from flows.loop import main as loop_main  # the Prefect layer lives outside the core package
+    from selfimprove import experiments
+    from selfimprove.errors import check_prefect_api
 
-    code = loop_main(project=project, params=params, rounds=rounds, overrides=list(overrides or []))
-    raise typer.Exit(code)
+    if apply not in ("auto", "always", "never"):
+        _fail(f"--apply must be auto, always or never (got {apply!r})")
+    with guarded():
+        home = experiments.git_root(project)
+        experiments.head_commit(home)
+        if not (home / "flows" / "loop.py").exists():
+            raise FileNotFoundError(f"{home / 'flows/loop.py'} not found: run from the selfimprove project folder or pass --project")
+        if resume:
+            if overrides or rounds is not None or params != "params.yaml" or name:
+                raise ValueError("--resume continues a run with the params it started with: drop -S, --rounds, "
+                                 "--params and --name")
+            experiments.reconcile(home)
+            rec = experiments.read_record(home, resume)
+            if rec is None:
+                raise experiments.ExperimentError(f"no run named {resume!r} (selfimprove runs lists them)")
+            if rec.status not in ("failed", "killed"):
+                raise experiments.ExperimentError(f"run {resume!r} is {rec.status}; only failed or killed runs resume")
+            config = _load(Path(rec.workdir))
+            exp_name = resume
+        else:
+            config = _validate_run(home, params, list(overrides or []), rounds)
+            from selfimprove.preflight import preflight
+
+            problems = preflight(config, home, check_workspace=False)
+            if problems:
+                raise ValueError("preflight failed:\n  " + "\n  ".join(problems))
+            exp_name = name or experiments.generate_name(home)
+            experiments.check_name(exp_name)
+            why = experiments.name_taken(home, exp_name)
+            if why:
+                raise experiments.ExperimentError(why)
+        _use_local_prefect_server(home)
+        check_prefect_api()
+    sys.path.insert(0, str(home))
+    os.environ.setdefault("PREFECT_HOME", str(home / ".prefect"))
+    console.print(f"[bold]run {exp_name}[/]: {'resuming' if resume else 'starting'}; Prefect "
+                  f"{os.environ.get('PREFECT_API_URL') or 'temporary local server'}", highlight=False)
+    with guarded():
+        from flows.loop import loop_flow  # the Prefect layer lives outside the core package
+
+        _quiet_prefect_tracebacks()
+
+        result = loop_flow.with_options(flow_run_name=exp_name)(
+            overrides=list(overrides or []), rounds=rounds, params=params, name=None if resume else exp_name,
+            resume=resume, from_workspace=True, apply=apply, project=str(home))
+    _print_result(home, config, exp_name, result)
+
+
+class _NoTraceback(logging.Filter):
+    """Console only: a failure is printed once, as one sentence, at the end (the UI keeps the traceback)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.exc_info is None and "Traceback (most recent call last)" not in str(record.msg)
+
+
+def _quiet_prefect_tracebacks() -> None:
+    if STATE["verbose"]:
+        return
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for name in ("prefect", "selfimprove", ""):
+        for h in logging.getLogger(name).handlers:
+            if isinstance(h, PrefectConsoleHandler) and not any(isinstance(f, _NoTraceback) for f in h.filters):
+                h.addFilter(_NoTraceback())
+
+
+def _print_result(home: Path, config: Any, exp_name: str, result: dict[str, Any]) -> None:
+    import shutil
+
+    from rich.console import Console
+
+    from selfimprove.report import TABLE_WIDTH, improvement, render
+    from selfimprove.tracking import TrackingError, read_rounds
+
+    wide = Console(width=max(shutil.get_terminal_size((TABLE_WIDTH, 24)).columns, TABLE_WIDTH))
+    try:
+        if config.tracking.enabled:
+            _, rows = read_rounds(config, home, experiment=exp_name)
+        else:
+            rows = [{"round": int(k[1:]), "metrics": r["metrics"] | r.get("seconds", {}), "stages": r["states"]}
+                    for k, r in result.get("rounds_full", {}).items()]
+        wide.print(render(rows, title=f"run '{exp_name}' (loop '{config.loop.name}'): per-round results (from MLflow)"))
+        for line in improvement(rows, config.bootstrap.difficulties):
+            wide.print(f"  {line}")
+    except TrackingError as e:
+        console.print(f"[yellow]could not read MLflow:[/] {e}")
+    applied = result.get("applied")
+    plot = home / config.workspace / "summary" / "accuracy.png"
+    where = (f"  plot of accuracy across rounds   {plot}\n" if applied else
+             f"  bring the run into the workspace dvc exp apply {exp_name}   (its params differ from params.yaml)\n")
+    wide.print(
+        "\n[bold]Next:[/]\n" + where +
+        f"  this run in DVC                  dvc exp show --only-changed; dvc exp diff {exp_name}\n"
+        f"  per-round table, JSON            selfimprove report --name {exp_name} --json\n"
+        "  MLflow UI (runs, models)         make mlflow-ui  -> http://127.0.0.1:5000\n"
+        "  Prefect UI (flows, artifacts)    make ui         -> http://127.0.0.1:4200\n"
+        "  DVC pipeline and plots           dvc dag; dvc metrics show; dvc plots show\n",
+        highlight=False,
+    )
+
+
+@app.command()
+def runs(
+    remove: Annotated[str | None, typer.Option("--remove", help="Remove this run: workspace, record, DVC experiment.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """List this project's runs (name, status, what they were given), or remove one."""
+    from selfimprove import experiments
+
+    with guarded():
+        home = experiments.git_root(project)
+        if remove:
+            done = experiments.remove(home, remove)
+            out.print(f"removed {remove}: " + (", ".join(done) if done else "nothing was left"))
+            return
+        experiments.reconcile(home)
+        records = experiments.list_records(home)
+        exps = experiments.experiment_refs(home)
+    if as_json:
+        print(json.dumps([experiments.json_summary(r) | {"dvc_experiment": r.name in exps} for r in records], indent=2))
+        return
+    from rich import box
+    from rich.table import Table
+
+    t = Table(box=box.SIMPLE_HEAD, title=f"runs of {home}")
+    for c in ("name", "status", "started", "baseline", "overrides", "dvc experiment", "note"):
+        t.add_column(c)
+    import time as _t
+
+    for r in records:
+        note = r.error.splitlines()[0][:60] if r.error and r.status != "finished" else ("applied" if r.applied else "")
+        t.add_row(r.name, r.status, _t.strftime("%Y-%m-%d %H:%M", _t.localtime(r.created)), r.baseline[:7],
+                  " ".join(r.overrides) or "-", "yes" if r.name in exps else "no", note)
+    out.print(t)
 
 
 @app.command()
 def report(
+    name: Annotated[str | None, typer.Option("--name", "-n", help="Run (experiment) name; default: the latest run.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
     project: ProjectOpt = Path("."),
-    params: ParamsOpt = "params.yaml",
 ) -> None:
-    """Print the per-round table read back from MLflow (accuracy per difficulty, acceptance, time per stage)."""
+    """Print a run's per-round table read back from MLflow (accuracy per difficulty, acceptance, time per stage)."""
     from selfimprove.report import TABLE_WIDTH, render, table_rows
-    from selfimprove.tracking import TrackingError, read_rounds
+    from selfimprove.tracking import read_rounds
 
-    config = _load(project, params)
-    try:
-        rounds = read_rounds(config, project)
-    except TrackingError as e:
-        _fail(e)
+    config = _load(project)
+    with guarded():
+        exp_name, rounds = read_rounds(config, project, experiment=name)
     if as_json:
-        print(json.dumps({"loop": config.loop.name, "rounds": rounds, "table": table_rows(rounds)}, indent=2, default=str))
+        print(json.dumps({"experiment": exp_name, "loop": config.loop.name, "rounds": rounds, "table": table_rows(rounds)},
+                         indent=2, default=str))
     else:
         import shutil
 
-        from rich.console import Console
-
         wide = Console(width=max(shutil.get_terminal_size((TABLE_WIDTH, 24)).columns, TABLE_WIDTH))
-        wide.print(render(rounds, title=f"loop '{config.loop.name}' (from MLflow)"))
+        wide.print(render(rounds, title=f"run '{exp_name}' (loop '{config.loop.name}', from MLflow)"))
 
 
 @app.command()
@@ -161,23 +345,22 @@ def check(overrides: OverrideOpt = None, project: ProjectOpt = Path("."), params
     from selfimprove.preflight import preflight
 
     config = _load(project, params, overrides)
-    problems = preflight(config, project)
+    with guarded():
+        problems = preflight(config, project)
     if problems:
-        _fail(ValueError("preflight failed:\n  " + "\n  ".join(problems)))
+        _fail("preflight failed:\n  " + "\n  ".join(problems))
     out.print(f"[green]ok[/]: {project / params} is valid; {len(config.rounds)} round(s): {', '.join(config.rounds)}")
 
 
 @app.command("rounds")
 def set_rounds_cmd(n: int, project: ProjectOpt = Path("."), params: ParamsOpt = "params.yaml") -> None:
     """Set the number of rounds in params.yaml (new rounds extend the curriculum by one difficulty each)."""
-    from selfimprove.config import ConfigError, set_rounds
+    from selfimprove.config import set_rounds
 
     if n < 1:
-        _fail(ValueError("rounds must be >= 1"))
-    try:
+        _fail("rounds must be >= 1")
+    with guarded():
         config = set_rounds(project / params, n)
-    except ConfigError as e:
-        _fail(e)
     out.print(", ".join(f"{k}: {v.difficulties}" for k, v in config.rounds.items()))
 
 

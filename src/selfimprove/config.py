@@ -8,8 +8,12 @@ How:
 - ``load_config(path, overrides)`` parses YAML (syntax errors name line and column), applies dotted
   overrides in the ``dvc exp run -S`` form (``sample.temperature=0.7``), validates, and raises
   ``ConfigError`` with one line per problem.
-- ``apply_overrides_to_file(path, overrides)`` writes overrides into ``params.yaml`` itself (comments kept),
-  which is what ``dvc exp run -S`` does too, so a run with overrides leaves DVC's view consistent.
+- ``apply_overrides_to_file(path, overrides)`` writes overrides into a params file (comments kept), as
+  ``dvc exp run -S`` does. Runs call it on *their own* copy (``selfimprove.experiments``), never on the user's
+  workspace ``params.yaml``.
+- ``eval_rounds`` is derived: round 0 plus every round, written in params.yaml as a YAML merge of ``rounds``
+  (``eval_rounds: {r0: {}, <<: *rounds}``) so that DVC's ``evaluate`` stage can ``foreach`` over it. The writers
+  here keep it in step; the loader checks it.
 """
 
 from __future__ import annotations
@@ -439,6 +443,9 @@ class Config(Strict):
     tracking: TrackingConfig = TrackingConfig()
     loop: LoopConfig = LoopConfig()
     rounds: dict[str, RoundConfig] = Field(default_factory=dict)
+    eval_rounds: dict[str, dict[str, Any]] | None = Field(
+        None, description="Derived: r0 and every round (DVC's evaluate@rN iterates over it). Write it once as "
+        "'eval_rounds: {r0: {}, <<: *rounds}' with 'rounds: &rounds'; never edit it.")
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
@@ -453,6 +460,18 @@ class Config(Strict):
                 raise ValueError(f"rounds.{key}.prev must be {expected_prev!r} (the round before it), got {rc.prev!r}")
             expected_prev = key
         return rounds
+
+    @model_validator(mode="after")
+    def _eval_rounds(self) -> Config:
+        expected = ["r0", *self.rounds]
+        if self.eval_rounds is None:
+            object.__setattr__(self, "eval_rounds", {"r0": {}} | {k: v.model_dump(exclude_none=True) for k, v in self.rounds.items()})
+        elif sorted(self.eval_rounds) != sorted(expected):
+            raise ValueError(
+                f"eval_rounds must list r0 and every round ({', '.join(expected)}), got {', '.join(self.eval_rounds)}: "
+                "write it as 'eval_rounds: {r0: {}, <<: *rounds}' with 'rounds: &rounds' (a YAML merge)"
+            )
+        return self
 
     @property
     def validate_cfg(self) -> ValidateConfig:
@@ -637,6 +656,8 @@ def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = 
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections (sample:, verify:, ...)")
     merged = apply_overrides(data, overrides)
+    if any(parse_override(o)[0][0] == "rounds" for o in overrides or []) and isinstance(merged.get("rounds"), dict):
+        merged["eval_rounds"] = {"r0": {}, **merged["rounds"]}  # the YAML merge follows rounds
     try:
         return Config.model_validate(_plain(merged))
     except ValidationError as e:
@@ -653,29 +674,118 @@ def _plain(data: Any) -> Any:
     return data
 
 
+EVAL_PLACEHOLDER = "__selfimprove_eval_rounds__"
+EVAL_BLOCK = "eval_rounds:   # round 0 and every round above, for DVC's evaluate stage (a YAML merge: never edit)\n  r0: {}\n  <<: *rounds"
+
+
+def _load_for_edit(path: Path) -> Any:
+    """The params document, ready for edits: ``eval_rounds`` detached from ``rounds`` (see ``_dump_params``)."""
+    data = _read_yaml(path)
+    if isinstance(data, dict) and "eval_rounds" in data:
+        keys = list(data)
+        data.pop("eval_rounds")
+        if hasattr(data, "ca"):
+            data.ca.items.pop("eval_rounds", None)
+        rounds = data.get("rounds")
+        if rounds is not None and hasattr(rounds, "_ref"):
+            rounds._ref = []  # ruamel's merge bookkeeping breaks on edits of a merged map; we rebuild the merge
+        data.insert(keys.index("eval_rounds"), "eval_rounds", EVAL_PLACEHOLDER)
+    return data
+
+
+def _dump_params(data: Any) -> str:
+    """YAML text of a params document with ``eval_rounds`` written as the merge of ``rounds``.
+
+    ruamel keeps comments but cannot edit merged maps reliably, so the merge is written as text."""
+    from ruamel.yaml.comments import CommentedMap
+
+    rounds = data.get("rounds")
+    if isinstance(rounds, dict) and not isinstance(rounds, CommentedMap):
+        cm = CommentedMap()
+        for k, v in rounds.items():
+            entry = CommentedMap(v or {})
+            entry.fa.set_flow_style()
+            cm[k] = entry
+        data["rounds"] = rounds = cm
+    if isinstance(rounds, CommentedMap):
+        rounds.yaml_set_anchor("rounds", always_dump=True)
+    if "eval_rounds" not in data:
+        data["eval_rounds"] = EVAL_PLACEHOLDER
+    buf = io.StringIO()
+    _yaml().dump(data, buf)
+    text = buf.getvalue()
+    return re.sub(rf"^eval_rounds: {EVAL_PLACEHOLDER}.*$", EVAL_BLOCK.replace("\\", "\\\\"), text, flags=re.M)
+
+
 def apply_overrides_to_file(path: str | Path, overrides: list[str]) -> Config:
     """Validate overrides, then write them into ``params.yaml`` keeping comments (like ``dvc exp run -S``)."""
     path = Path(path)
+    for text in overrides:
+        if parse_override(text)[0][0] == "eval_rounds":
+            raise ConfigError(f"override {text!r}: eval_rounds is derived from rounds; override rounds instead")
     config = load_config(path, overrides)  # validate first: never write an invalid file
     if not overrides:
         return config
-    data = _read_yaml(path)
+    data = _load_for_edit(path)
     for text in overrides:
         p, value = parse_override(text)
         _set_path(data, p, value, text)
-    buf = io.StringIO()
-    _yaml().dump(data, buf)
     from selfimprove.io import atomic_path
 
     with atomic_path(path) as tmp:
-        tmp.write_text(buf.getvalue(), encoding="utf-8")
-    return config
+        tmp.write_text(_dump_params(data), encoding="utf-8")
+    return load_config(path)
+
+
+def declared_params(dvc_yaml: str | Path) -> list[str]:
+    """The params keys the stages of ``dvc.yaml`` declare (templated ones like ``rounds.${key}`` left out)."""
+    import yaml
+
+    spec = yaml.safe_load(Path(dvc_yaml).read_text()) or {}
+    keys: list[str] = []
+    for stage in (spec.get("stages") or {}).values():
+        for p in (stage.get("do") or stage).get("params", []) or []:
+            if isinstance(p, str) and "${" not in p and p not in keys:
+                keys.append(p)
+    return keys
+
+
+def fill_declared(path: str | Path, keys: list[str]) -> list[str]:
+    """Write the default of every key in ``keys`` that the params file leaves out; return the keys added.
+
+    DVC records a stage's declared params from the file, and refuses a declared key the file lacks: a run's
+    params.yaml is completed so that the experiment records every value that ran, defaults included."""
+    path = Path(path)
+    config = load_config(path)
+    values = config.model_dump(mode="json", by_alias=True)
+    data = _load_for_edit(path)
+    added = []
+    for key in keys:
+        parts = key.split(".")
+        node, default = data, values
+        for part in parts[:-1]:
+            default = default.get(part, {}) if isinstance(default, dict) else {}
+            if part not in node or node[part] is None:
+                from ruamel.yaml.comments import CommentedMap
+
+                node[part] = CommentedMap()
+            node = node[part]
+        default = default.get(parts[-1]) if isinstance(default, dict) else None
+        if parts[-1] not in node:
+            node[parts[-1]] = default
+            added.append(key)
+    if added:
+        from selfimprove.io import atomic_path
+
+        with atomic_path(path) as tmp:
+            tmp.write_text(_dump_params(data), encoding="utf-8")
+    return added
 
 
 def set_rounds(path: str | Path, n: int, start_difficulty: int | None = None) -> Config:
     """Rewrite ``rounds`` in ``params.yaml`` to r1..rn, extending the curriculum by one difficulty per round."""
     path = Path(path)
-    data = _read_yaml(path)
+    data = _load_for_edit(path)
     old = dict(data.get("rounds") or {})
     from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
@@ -703,11 +813,10 @@ def set_rounds(path: str | Path, n: int, start_difficulty: int | None = None) ->
             last_diff = diffs
         new[key] = entry
     data["rounds"] = new
-    buf = io.StringIO()
-    _yaml().dump(data, buf)
-    config = Config.model_validate(_plain(data))
+    text = _dump_params(data)
+    config = Config.model_validate(_plain(_yaml().load(text)))
     from selfimprove.io import atomic_path
 
     with atomic_path(path) as tmp:
-        tmp.write_text(buf.getvalue(), encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
     return config

@@ -9,13 +9,13 @@ a sibling temp directory and renamed into place, so a directory either holds a c
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +32,41 @@ class DataError(ValueError):
     """A data file is missing, incomplete or malformed. The message names the file and line."""
 
 
+class DiskFullError(OSError):
+    """The disk filled up while writing ``path``; nothing half-written is left behind."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        usage = ""
+        with contextlib.suppress(OSError):
+            free = shutil.disk_usage(self._existing_parent()).free
+            usage = f" ({free / 2**20:.0f} MiB free now)"
+        super().__init__(errno.ENOSPC, f"disk full while writing {self.path}{usage}: free space on that disk "
+                                       f"(df -h {self._existing_parent()}) and run again; earlier outputs are intact")
+
+    def _existing_parent(self) -> Path:
+        p = self.path
+        while not p.exists() and p != p.parent:
+            p = p.parent
+        return p
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+@contextlib.contextmanager
+def _no_space(path: str | Path) -> Iterator[None]:
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except Exception as e:
+        # safetensors and torch report a full disk as their own error types, with the OS message inside
+        if (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or "No space left on device" in str(e):
+            raise DiskFullError(path) from e
+        raise
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
@@ -45,16 +80,18 @@ def _fsync_dir(path: Path) -> None:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success fsync and rename it over ``path``, else remove it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with _no_space(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-        _fsync_dir(path.parent)
+        with _no_space(path):
+            yield tmp_path
+            with open(tmp_path, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp_path, path)
+            _fsync_dir(path.parent)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
@@ -181,7 +218,8 @@ def write_manifest(directory: str | Path, producer: str, extra: dict[str, Any] |
             with open(p, "rb") as f:
                 entry["rows"] = sum(1 for line in f if line.strip())
         files[rel] = entry
-    manifest = {"producer": producer, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": files}
+    # No timestamp: the same inputs must give byte-identical outputs (DVC hashes them).
+    manifest = {"producer": producer, "files": files}
     if extra:
         manifest.update(extra)
     write_json(directory / MANIFEST, manifest)
@@ -225,9 +263,11 @@ def staged_output(final_dir: str | Path) -> Iterator[Path]:
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     for stale in final_dir.parent.glob(f".{final_dir.name}.*.partial"):
         shutil.rmtree(stale, ignore_errors=True)  # left by a killed process
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".partial", dir=final_dir.parent))
+    with _no_space(final_dir):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".partial", dir=final_dir.parent))
     try:
-        yield tmp
+        with _no_space(final_dir):
+            yield tmp
         old = None
         if final_dir.exists():
             old = final_dir.parent / f".{final_dir.name}.{os.getpid()}.old.partial"

@@ -3,6 +3,7 @@
 Layout under the workspace (``runs/`` by default); every directory is one DVC output with its own
 ``manifest.json``:
 
+    runs/r0/sample/     the labelled problems the bootstrap trained on (problems.jsonl; samples.jsonl is empty)
     runs/r0/validate/   labelled data the bootstrap trained on (train.jsonl) + empty accepted.jsonl
     runs/r0/model/      round-0 model (trained from scratch, or a pointer to a local/hub model)
     runs/rN/sample/     problems.jsonl (with hidden gold) + samples.jsonl (completions only)
@@ -11,8 +12,11 @@ Layout under the workspace (``runs/`` by default); every directory is one DVC ou
                         accepted.jsonl (accumulated self-labels), quality.json (Great Expectations results)
     runs/rN/model/      the round's fine-tuned model (HF format; an ensemble holds m0, m1, ...)
     runs/rN/evaluate/   predictions.jsonl
-    runs/rN/metrics.json  per-round metrics (DVC metrics file, not cached)
-    runs/summary/       accuracy.csv / accuracy.png across rounds (DVC plots)
+    runs/metrics/rN.json  per-round metrics written by evaluate@rN (DVC metrics file, not cached; no timings)
+    runs/summary/       accuracy.csv + accuracy.png across rounds (DVC plots) and metrics.json (the headline
+                        numbers), written by the ``summary`` stage from runs/metrics/
+
+Nothing in these folders holds a timestamp or a timing: the same inputs give byte-identical outputs.
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ class RoundPaths:
 
     @property
     def metrics(self) -> Path:
-        return self.dir / "metrics.json"
+        return metrics_dir_of(self.workspace) / f"{self.key}.json"
 
     # inputs from other rounds
     @property
@@ -81,6 +85,14 @@ class RoundPaths:
     @property
     def base(self) -> RoundPaths:
         return RoundPaths(self.project, self.workspace, "r0", None)
+
+
+def metrics_dir_of(workspace: Path) -> Path:
+    return workspace / "metrics"
+
+
+def metrics_dir(config: Config, project: str | Path = ".") -> Path:
+    return metrics_dir_of(Path(project) / config.workspace)
 
 
 def summary_dir(config: Config, project: str | Path = ".") -> Path:

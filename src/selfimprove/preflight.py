@@ -11,9 +11,13 @@ from pathlib import Path
 from selfimprove.config import Config
 
 
-def preflight(config: Config, project: str | Path = ".") -> list[str]:
+def preflight(config: Config, project: str | Path = ".", check_workspace: bool = True) -> list[str]:
     project = Path(project)
     problems: list[str] = []
+    params = project / "params.yaml"
+    if check_workspace and params.exists() and not any(line.startswith("eval_rounds:") for line in params.read_text().splitlines()):
+        problems.append(f"{params}: no eval_rounds key; DVC's evaluate stage iterates over it. Add "
+                        "'eval_rounds: {r0: {}, <<: *rounds}' and anchor rounds ('rounds: &rounds')")
     mc = config.model
     if mc.source == "path":
         p = Path(mc.path)  # type: ignore[arg-type]
@@ -39,10 +43,11 @@ def preflight(config: Config, project: str | Path = ".") -> list[str]:
         except TrackingError as e:
             problems.append(f"tracking.uri: {e}")
     ws = project / config.workspace
-    try:
-        ws.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        problems.append(f"workspace: cannot create {ws}: {e}")
+    if check_workspace:
+        try:
+            ws.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            problems.append(f"workspace: cannot create {ws}: {e}")
     if not config.rounds:
         problems.append("rounds: no rounds in params.yaml (add r1: {prev: r0, ...} or run 'selfimprove rounds 2')")
     return problems

@@ -36,9 +36,12 @@ def table_rows(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row["accepted"] = m.get("validate/accepted")
         row["acceptance_rate"] = m.get("validate/acceptance_rate")
         row["label_precision"] = m.get("acceptance_precision")
+        states = r.get("stages") or {}
         for name, key in STAGE_TIMES:
             if key in m:
                 row[f"{name}_s"] = m[key]
+            elif states.get(name) in ("fresh", "restored"):
+                row[f"{name}_s"] = "c"  # no time spent: up to date, or restored from DVC's run cache
         if r.get("model_version"):
             row["model_version"] = r["model_version"]
         out.append(row)
@@ -48,6 +51,8 @@ def table_rows(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _fmt(v: Any, key: str) -> str:
     if v is None:
         return "-"
+    if isinstance(v, str):
+        return v
     if key.endswith("_s"):
         return f"{v:.0f}"
     if key in ("accepted", "round", "model_version"):
@@ -82,6 +87,8 @@ def _header(c: str) -> str:
 
 
 def _short(v: Any, key: str) -> str:
+    if isinstance(v, str):
+        return v
     if isinstance(v, int | float) and not key.endswith("_s") and key not in ("accepted", "round", "model_version"):
         return f"{float(v):.2f}"
     return _fmt(v, key)
@@ -119,7 +126,8 @@ def render(rounds: list[dict[str, Any]], title: str = "selfimprove: rounds") -> 
 
 LEGEND = ("Nd: held-out greedy accuracy of the round's model on N-digit problems (difficulty N)\n"
           "accepted: self-labels kept by the filters; prec: share of them matching the hidden gold (the loop never\n"
-          "sees gold); boot..eval: seconds per stage")
+          "sees gold); boot..eval: seconds per stage (c: no time spent, the stage was up to date or restored from\n"
+          "DVC's run cache)")
 
 
 def improvement(rounds: list[dict[str, Any]], seen: list[int]) -> list[str]:
@@ -143,6 +151,53 @@ def improvement(rounds: list[dict[str, Any]], seen: list[int]) -> list[str]:
     if precs:
         lines.append(f"kept self-labels that match the hidden gold: {min(precs):.1%} in the worst round")
     return lines
+
+
+def _cell(v: Any, key: str) -> Any:
+    if v is None or isinstance(v, str):
+        return "-" if v is None else v
+    if key in ("round", "accepted", "model_version", "train_rows") or key.endswith("_s"):
+        return int(round(float(v)))
+    return round(float(v), 3)
+
+
+def artifact_tables(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The per-round numbers as two narrow tables that fit a page: accuracy per difficulty, and the round's data
+    and time (accepted labels, their precision, seconds per stage)."""
+    rows = table_rows(rounds)
+    acc_cols = ["round"] + [c for c in (rows[0] if rows else {}) if c.startswith("acc_")] + ["accuracy"]
+    data_cols = ["round", "accepted", "acceptance_rate", "label_precision"] + [f"{n}_s" for n, _ in STAGE_TIMES]
+    acc = [{_header(c): _cell(r.get(c), c) for c in acc_cols} for r in rows]
+    data = [{_header(c): _cell(r.get(c), c) for c in data_cols if any(x.get(c) is not None for x in rows)} for r in rows]
+    return [
+        {"name": "accuracy", "title": "held-out greedy accuracy per difficulty (Nd = N-digit problems) and mean",
+         "rows": acc},
+        {"name": "data", "title": "self-labels accepted, their precision against hidden gold, seconds per stage "
+         "(c = up to date or restored from DVC's run cache)", "rows": data},
+    ]
+
+
+def _md_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "_no rounds yet_"
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---:|" * len(cols)]
+    lines += ["| " + " | ".join(str(r.get(c, "-")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def markdown_summary(experiment: str, loop: str, rounds: list[dict[str, Any]], lines: list[str],
+                     image: str | None = None) -> str:
+    """The Prefect artifact of a whole run: two tables that fit the page, the plain-language lines, the plot."""
+    tables = artifact_tables(rounds)
+    out = [f"# Run `{experiment}` (loop '{loop}')", ""]
+    for t in tables:
+        out += [f"**{t['title'].capitalize()}**", "", _md_table(t["rows"]), ""]
+    out += [f"- {line}" for line in lines]
+    if image:
+        out += ["", f"![accuracy per difficulty across rounds]({image})"]
+    out += ["", f"Bring it into the workspace: `dvc exp apply {experiment}`; compare runs: `dvc exp show --only-changed`."]
+    return "\n".join(out) + "\n"
 
 
 def markdown(rounds: list[dict[str, Any]]) -> str:

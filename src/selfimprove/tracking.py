@@ -1,61 +1,54 @@
-"""MLflow tracking: one parent run per loop, one nested run per round, idempotent under retries.
+"""MLflow tracking: one owner for every run's state.
 
-Why this shape: users compare rounds in the MLflow UI, so every round-level metric is logged both to the
-round's nested run and to the parent with ``step=round`` (the parent's charts then show curves across
-rounds). Stages run in separate processes under ``dvc repro`` and as retried tasks under Prefect, so runs,
-metrics and model versions are *found or created* by tags, never blindly created:
+Shape (what users compare in the MLflow UI):
 
-- parent run: tags ``selfimprove.kind=loop``, ``selfimprove.loop=<loop.name>``, ``selfimprove.loop_fp`` (a
-  fingerprint of what defines the loop's start: seed, problems, model, bootstrap);
-- nested run: ``selfimprove.kind=round``, ``selfimprove.round=N`` and ``selfimprove.round_fp`` (fingerprint of
-  the whole config). Changing params creates a new nested run and tags the old one superseded;
-- a metric already logged at the same step with the same value is not logged again;
-- a model version is registered once per round run (looked up by the ``selfimprove.run_id`` tag).
+- one **loop run** per run of the loop (a DVC experiment): run name = the experiment name, tags
+  ``selfimprove.kind=loop``, ``selfimprove.experiment``, ``selfimprove.baseline`` (git commit), the overrides;
+  params = the run's whole config;
+- one nested **round run** per round of it (``round-0``, ``round-1``, ...), identified by (experiment, round key,
+  the round's inputs as DVC records them: ``selfimprove.inputs``); params = the round's own settings
+  (difficulties, problem count, start model, trainer ...) so the compare view shows what differed; metrics logged
+  with ``step=round`` to the round run and to the loop run, so the loop's charts show curves across rounds.
 
-A killed process leaves its run RUNNING; ``reconcile_stale_runs`` marks such runs KILLED when the process
-that owned them (tag ``selfimprove.pid`` on this host) is gone. ``NullTracker`` has the same interface and
-does nothing, for tests and ``tracking.enabled: false``.
+Who changes what (the rule that keeps states true):
+
+- the **loop flow** opens the loop run (``open_loop``) and closes it with the flow's outcome (``close``);
+- each **round flow** opens its round run (``open_round``) and closes it; a round whose stages were all up to
+  date and whose run already finished is left exactly as it was;
+- **stages** get a ``RunTracker`` that can only log (metrics, params, datasets, artifacts, tags): it never
+  changes a run's status. A stage command run by ``dvc repro`` logs nowhere unless handed a run through
+  ``SELFIMPROVE_MLFLOW_RUN_ID`` (and ``SELFIMPROVE_MLFLOW_PARENT_RUN_ID``).
+
+A process that dies leaves its runs RUNNING; ``reconcile`` (called whenever a flow opens the store) marks runs
+KILLED whose owning process (tags ``selfimprove.pid`` / ``selfimprove.host``) is gone. Models are registered once
+per distinct model (the DVC hash of the model folder, tag ``selfimprove.model_md5``): a retried or restored round
+reuses its version. ``NullTracker`` has the logging interface and does nothing.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import logging
+import math
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from selfimprove.config import Config
 
 log = logging.getLogger(__name__)
 
 TAG = "selfimprove."
+RUN_ID_ENV = "SELFIMPROVE_MLFLOW_RUN_ID"
+PARENT_ID_ENV = "SELFIMPROVE_MLFLOW_PARENT_RUN_ID"
 
 
 class TrackingError(RuntimeError):
     pass
-
-
-def fingerprint(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def loop_fingerprint(config: Config) -> str:
-    d = config.model_dump(mode="json", by_alias=True)
-    return fingerprint({k: d[k] for k in ("seed", "problems", "model", "bootstrap")} | {"loop": d["loop"]["name"]})
-
-
-def round_fingerprint(config: Config, key: str) -> str:
-    d = config.model_dump(mode="json", by_alias=True)
-    d.pop("tracking", None)
-    keys = list(config.rounds)
-    d["rounds"] = {k: d["rounds"][k] for k in keys[: keys.index(key) + 1]} if key in keys else {}
-    return fingerprint({"config": d, "round": key})
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -69,8 +62,11 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# ---------------------------------------------------------------------------------------------- interface
+
+
 class Tracker:
-    """No-op tracker; ``MlflowTracker`` overrides every method."""
+    """What a stage may do with tracking: log. ``NullTracker`` (this class) does nothing."""
 
     run_id: str | None = None
     parent_run_id: str | None = None
@@ -87,23 +83,18 @@ class Tracker:
 
     def log_table(self, rows: list[dict[str, Any]], artifact_file: str) -> None: ...
 
-    def log_model(self, model_dir: str | Path, metric: float | None = None) -> str | None:
-        return None
-
-    def promote(self, version: str | None, alias: str = "best") -> None: ...
-
     def set_tags(self, tags: Mapping[str, Any]) -> None: ...
-
-    def finish(self, status: str = "FINISHED", parent_status: str | None = None) -> None: ...
-
-    def fail(self, error: BaseException | str) -> None: ...
 
 
 NullTracker = Tracker
 
 
+# ------------------------------------------------------------------------------------------------ helpers
+
+
 def resolve_uri(config: Config, project: str | Path) -> tuple[str, str]:
-    """Tracking URI and artifact location with relative paths made project-relative."""
+    """Tracking URI and artifact location with relative paths made project-relative (the user's project, not a
+    run's workspace: every run of a project shares one store)."""
     project = Path(project).resolve()
     uri = config.tracking.uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
@@ -112,6 +103,10 @@ def resolve_uri(config: Config, project: str | Path) -> tuple[str, str]:
     if "://" not in art:
         art = (project / art).resolve().as_uri()
     return uri, art
+
+
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
 def check_server(uri: str, timeout_s: float) -> None:
@@ -130,6 +125,41 @@ def check_server(uri: str, timeout_s: float) -> None:
         ) from None
 
 
+@contextlib.contextmanager
+def _guard(uri: str) -> Iterator[None]:
+    """Turn a store's low-level failure into one sentence that names the store."""
+    try:
+        yield
+    except TrackingError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        text = f"{type(e).__name__}: {e}"
+        db = sqlite_path(uri)
+        if "disk is full" in text or "No space left" in text:
+            where = db or uri
+            raise TrackingError(f"MLflow store {where}: the disk is full; free space on its disk "
+                                f"(df -h {Path(where).parent if db else '.'}) and run again") from e
+        if "database is locked" in text:
+            raise TrackingError(f"MLflow store {db or uri} is locked by another process; retry, or use an MLflow "
+                                "server (make mlflow-ui, tracking.uri=http://127.0.0.1:5000) for concurrent runs") from e
+        if "readonly database" in text or "unable to open database" in text:
+            raise TrackingError(f"MLflow store {db or uri} cannot be written ({e}); check the file's permissions") from e
+        raise
+
+
+def _finite(v: Any) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def _params(d: Mapping[str, Any]) -> list[Any]:
+    from mlflow.entities import Param
+
+    return [Param(k[:250], str(v)[:6000]) for k, v in d.items()]
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -140,279 +170,329 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-class MlflowTracker(Tracker):
-    def __init__(self, config: Config, project: str | Path, round_key: str):
-        from selfimprove.config import round_index
+def _owner_tags() -> dict[str, str]:
+    return {TAG + "pid": str(os.getpid()), TAG + "host": socket.gethostname()}
 
+
+# -------------------------------------------------------------------------------------------------- store
+
+
+class MlflowStore:
+    """The project's MLflow store: experiment, loop and round runs, the model registry."""
+
+    def __init__(self, config: Config, project: str | Path):
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(10, config.tracking.connect_timeout_s * 4))))
-        import mlflow
-        from mlflow import MlflowClient
-
         self.config = config
-        self.project = Path(project)
-        self.round_key = round_key
-        self.round = round_index(round_key)
+        self.project = Path(project).resolve()
         self.uri, self.artifact_location = resolve_uri(config, project)
         check_server(self.uri, config.tracking.connect_timeout_s)
-        mlflow.set_tracking_uri(self.uri)
-        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
-        self.experiment_id = self._experiment()
-        reconcile_stale_runs(self.client, self.experiment_id)
-        self.parent_run_id = self._parent()
-        self.run_id = self._round_run()
-        self._logged: dict[str, dict[tuple[str, int], float]] = {}
+        db = sqlite_path(self.uri)
+        if db is not None and not db.parent.exists():
+            raise TrackingError(f"MLflow store {db}: folder {db.parent} does not exist (check tracking.uri)")
+        with _guard(self.uri):
+            import mlflow
+            from mlflow import MlflowClient
 
-    # ------------------------------------------------------------------ runs
+            logging.getLogger("alembic").setLevel(logging.WARNING)
+            mlflow.set_tracking_uri(self.uri)
+            self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+            self.experiment_id = self._experiment()
+
+    def guard(self) -> contextlib.AbstractContextManager[None]:
+        return _guard(self.uri)
 
     def _experiment(self) -> str:
         name = self.config.tracking.experiment
         exp = self.client.get_experiment_by_name(name)
-        if exp is not None:
+        if exp is None:
+            try:
+                exp_id = self.client.create_experiment(name, artifact_location=self.artifact_location)
+            except Exception:  # noqa: BLE001 - created concurrently by another process
+                exp = self.client.get_experiment_by_name(name)
+                if exp is None:
+                    raise
+                exp_id = exp.experiment_id
+        else:
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
-            return exp.experiment_id
-        try:
-            return self.client.create_experiment(name, artifact_location=self.artifact_location)
-        except Exception:  # noqa: BLE001 - created concurrently by another process
-            exp = self.client.get_experiment_by_name(name)
-            if exp is None:
-                raise
-            return exp.experiment_id
+            exp_id = exp.experiment_id
+        exp = self.client.get_experiment(exp_id)
+        if exp.tags.get("mlflow.experimentKind") != "custom_model_development":
+            # MLflow 3 opens experiments without this tag on its GenAI (traces) view; ours holds training runs.
+            self.client.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
+            self.client.set_experiment_tag(
+                exp_id, "mlflow.note.content",
+                "selfimprove: one parent run per loop run (named after its DVC experiment), one nested run per round; "
+                "metrics with step = round.")
+        return exp_id
 
-    def _search(self, filt: str) -> list[Any]:
-        return self.client.search_runs(
-            [self.experiment_id], filter_string=filt, order_by=["attributes.start_time DESC"], max_results=50
-        )
+    def search(self, filt: str, max_results: int = 200, order: str = "attributes.start_time DESC") -> list[Any]:
+        with self.guard():
+            return list(self.client.search_runs([self.experiment_id], filter_string=filt, order_by=[order],
+                                                max_results=max_results))
 
-    def _owner_tags(self) -> dict[str, str]:
-        return {TAG + "pid": str(os.getpid()), TAG + "host": socket.gethostname()}
+    # ---------------------------------------------------------------------------------------------- runs
 
-    def _parent(self) -> str:
-        fp = loop_fingerprint(self.config)
-        name = self.config.loop.name
-        runs = self._search(f"tags.`{TAG}kind` = 'loop' and tags.`{TAG}loop_fp` = '{fp}'")
-        if runs:
-            run = runs[0]
+    def reconcile(self) -> int:
+        """Mark RUNNING runs KILLED when their owning process on this host no longer exists."""
+        host = socket.gethostname()
+        n = 0
+        for run in self.search("attributes.status = 'RUNNING'"):
+            tags = run.data.tags
+            if tags.get(TAG + "host") != host or not tags.get(TAG + "pid", "").isdigit():
+                continue
+            pid = int(tags[TAG + "pid"])
+            if pid != os.getpid() and not _pid_alive(pid):
+                with self.guard():
+                    self.client.set_tag(run.info.run_id, TAG + "reconciled", f"process {pid} gone")
+                    self.client.set_terminated(run.info.run_id, status="KILLED")
+                n += 1
+        if n:
+            log.warning("MLflow: marked %d run(s) KILLED whose process had died", n)
+        return n
+
+    def _reopen(self, run: Any) -> None:
+        with self.guard():
             if run.info.status != "RUNNING":
                 self.client.update_run(run.info.run_id, status="RUNNING")
-            self.client.set_tag(run.info.run_id, TAG + "pid", str(os.getpid()))
+            for k, v in _owner_tags().items():
+                self.client.set_tag(run.info.run_id, k, v)
+            if TAG + "error" in run.data.tags:
+                self.client.delete_tag(run.info.run_id, TAG + "error")
+
+    def find_loop(self, experiment: str) -> Any | None:
+        runs = self.search(f"tags.`{TAG}kind` = 'loop' and tags.`{TAG}experiment` = '{experiment}'", max_results=1)
+        return runs[0] if runs else None
+
+    def open_loop(self, experiment: str, *, baseline: str, overrides: list[str], extra_tags: Mapping[str, str] | None = None) -> str:
+        """Find (resume, retry) or create the loop run of experiment ``experiment``; it is RUNNING afterwards."""
+        run = self.find_loop(experiment)
+        if run is not None:
+            self._reopen(run)
             return run.info.run_id
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=f"loop-{name}",
-            tags={TAG + "kind": "loop", TAG + "loop": name, TAG + "loop_fp": fp, **self._owner_tags()},
-        )
-        self.client.log_batch(run.info.run_id, params=_params(flatten(self._loop_params())))
+        tags = {
+            TAG + "kind": "loop",
+            TAG + "experiment": experiment,
+            TAG + "baseline": baseline,
+            TAG + "loop": self.config.loop.name,
+            TAG + "overrides": json.dumps(overrides),
+            "mlflow.note.content": f"Experiment `{experiment}` from git commit `{baseline[:7]}`; overrides: "
+            + (", ".join(f"`{o}`" for o in overrides) or "none") + f". Apply it with `dvc exp apply {experiment}`.",
+            **_owner_tags(),
+            **dict(extra_tags or {}),
+        }
+        with self.guard():
+            run = self.client.create_run(self.experiment_id, run_name=experiment, tags=tags)
+            params = flatten(self.config.model_dump(mode="json", by_alias=True, exclude={"tracking"}))
+            batch = _params(params)
+            for i in range(0, len(batch), 100):
+                self.client.log_batch(run.info.run_id, params=batch[i : i + 100])
         return run.info.run_id
 
-    def _loop_params(self) -> dict[str, Any]:
-        d = self.config.model_dump(mode="json", by_alias=True)
-        return {k: d[k] for k in ("seed", "problems", "model", "bootstrap", "loop")}
+    def open_round(self, parent_run_id: str, round_key: str, inputs: str, params: Mapping[str, Any],
+                   experiment: str) -> tuple[str, str | None]:
+        """Find or create the round run (experiment, round key, inputs). Returns (run id, previous status).
 
-    def _round_run(self) -> str:
-        fp = round_fingerprint(self.config, self.round_key)
-        runs = self._search(
-            f"tags.`{TAG}kind` = 'round' and tags.`mlflow.parentRunId` = '{self.parent_run_id}' "
-            f"and tags.`{TAG}round` = '{self.round}'"
-        )
+        A FINISHED run is returned as it is (previous status ``FINISHED``): the round flow reopens it only if a
+        stage has to run. Older round runs of this round with other inputs are tagged superseded."""
+        from selfimprove.config import round_index
+
+        r = round_index(round_key)
+        runs = self.search(f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`{TAG}round_key` = '{round_key}'")
+        found = None
         for run in runs:
-            if run.data.tags.get(TAG + "round_fp") == fp:
-                if run.info.status != "RUNNING":
-                    self.client.update_run(run.info.run_id, status="RUNNING")
-                self.client.set_tag(run.info.run_id, TAG + "pid", str(os.getpid()))
-                return run.info.run_id
-        for run in runs:  # params changed: keep the old run for comparison, but mark it
-            self.client.set_tag(run.info.run_id, TAG + "superseded", "true")
-            if run.info.status == "RUNNING":
-                self.client.set_terminated(run.info.run_id, status="KILLED")
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=f"round-{self.round}",
-            tags={
-                "mlflow.parentRunId": self.parent_run_id,
-                TAG + "kind": "round",
-                TAG + "round": str(self.round),
-                TAG + "round_key": self.round_key,
-                TAG + "round_fp": fp,
-                TAG + "loop": self.config.loop.name,
-                **self._owner_tags(),
-            },
-        )
-        params = flatten(self.config.model_dump(mode="json", by_alias=True, exclude={"tracking"}))
-        params["round"] = self.round
-        self.client.log_batch(run.info.run_id, params=_params(params))
-        return run.info.run_id
+            if run.data.tags.get(TAG + "inputs") == inputs and found is None:
+                found = run
+            elif run.data.tags.get(TAG + "superseded") != "true":
+                with self.guard():
+                    self.client.set_tag(run.info.run_id, TAG + "superseded", "true")
+        if found is not None:
+            return found.info.run_id, found.info.status
+        tags = {
+            "mlflow.parentRunId": parent_run_id,
+            TAG + "kind": "round",
+            TAG + "round": str(r),
+            TAG + "round_key": round_key,
+            TAG + "inputs": inputs,
+            TAG + "experiment": experiment,
+            TAG + "loop": self.config.loop.name,
+            **_owner_tags(),
+        }
+        with self.guard():
+            run = self.client.create_run(self.experiment_id, run_name=f"round-{r}", tags=tags)
+            self.client.log_batch(run.info.run_id, params=_params(flatten(dict(params))))
+        return run.info.run_id, None
 
-    # --------------------------------------------------------------- logging
+    def reopen(self, run_id: str) -> None:
+        with self.guard():
+            self._reopen(self.client.get_run(run_id))
 
-    def _existing(self, run_id: str) -> dict[str, float]:
-        return dict(self.client.get_run(run_id).data.metrics)
+    def close(self, run_id: str, status: str = "FINISHED", error: BaseException | str | None = None) -> None:
+        with self.guard():
+            if error is not None:
+                self.client.set_tag(run_id, TAG + "error", str(error)[:4000])
+            self.client.set_terminated(run_id, status=status)
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        with self.guard():
+            for k, v in tags.items():
+                self.client.set_tag(run_id, k, str(v))
+
+    def tracker(self, run_id: str | None, parent_run_id: str | None, round: int) -> RunTracker:
+        return RunTracker(self, run_id, parent_run_id, round)
+
+    # ------------------------------------------------------------------------------------------- models
+
+    def _versions(self) -> list[Any]:
+        name = self.config.tracking.registered_model
+        try:
+            with self.guard():
+                return list(self.client.search_model_versions(f"name = '{name}'", max_results=1000))
+        except TrackingError:
+            raise
+        except Exception:  # noqa: BLE001 - no such registered model yet
+            return []
+
+    def register(self, run_id: str, model_dir: Path, model_md5: str | None, description: str,
+                 tags: Mapping[str, str]) -> str | None:
+        """Register the round's model once per distinct model; a retried or restored round gets its version."""
+        if not self.config.tracking.log_model:
+            return None
+        from selfimprove.checkpoint import members
+
+        name = self.config.tracking.registered_model
+        for mv in self._versions():
+            if (model_md5 and mv.tags.get(TAG + "model_md5") == model_md5) or mv.tags.get(TAG + "run_id") == run_id:
+                return mv.version
+        group = members(model_dir)
+        if not (group[0] / "config.json").exists():
+            log.info("model %s is a pointer to an external model (model_ref.json); not registering it", model_dir)
+            return None
+        import mlflow
+
+        with self.guard():
+            with mlflow.start_run(run_id=run_id, nested=True):
+                info = _log_transformers(group[0])
+            for other in group[1:]:  # the other ensemble members travel with the run
+                self.client.log_artifacts(run_id, str(other), f"ensemble/{other.name}")
+            try:
+                self.client.get_registered_model(name)
+            except Exception:  # noqa: BLE001
+                with contextlib.suppress(Exception):  # created concurrently
+                    self.client.create_registered_model(
+                        name, description="Models of selfimprove loops: one version per distinct round model.")
+            mv = self.client.create_model_version(
+                name, source=info.model_uri, run_id=run_id, description=description,
+                tags={TAG + "run_id": run_id, TAG + "model_md5": model_md5 or "", **tags},
+                model_id=getattr(info, "model_id", None),
+            )
+        return mv.version
+
+    def alias_version(self, alias: str) -> Any | None:
+        try:
+            with self.guard():
+                return self.client.get_model_version_by_alias(self.config.tracking.registered_model, alias)
+        except TrackingError:
+            raise
+        except Exception:  # noqa: BLE001 - no such alias yet
+            return None
+
+    def set_alias(self, version: str, alias: str = "best") -> None:
+        with self.guard():
+            self.client.set_registered_model_alias(self.config.tracking.registered_model, alias, version)
+
+    def version_metric(self, mv: Any, key: str) -> float | None:
+        with self.guard():
+            return self.client.get_run(mv.run_id).data.metrics.get(key)
+
+
+class RunTracker(Tracker):
+    """Logging into one round run (and, with ``parent=True``, its loop run). Never changes a run's status."""
+
+    def __init__(self, store: MlflowStore, run_id: str | None, parent_run_id: str | None, round: int):
+        self.store = store
+        self.client = store.client
+        self.run_id = run_id
+        self.parent_run_id = parent_run_id
+        self.round = round
+        self._logged: dict[str, dict[tuple[str, int], float]] = {}
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        existing = self.client.get_run(self.run_id).data.params
-        new = {k: v for k, v in flatten(dict(params)).items() if k not in existing}
-        if new:
-            self.client.log_batch(self.run_id, params=_params(new))
+        with self.store.guard():
+            existing = self.client.get_run(self.run_id).data.params
+            new = {k: v for k, v in flatten(dict(params)).items() if k not in existing}
+            if new:
+                self.client.log_batch(self.run_id, params=_params(new))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, parent: bool = False) -> None:
+        """Log once per (key, step): a retried stage or a re-logged metrics file adds no duplicate points."""
         from mlflow.entities import Metric
 
         step = self.round if step is None else step
         clean = {k: float(v) for k, v in metrics.items() if v is not None and _finite(v)}
-        targets = [self.run_id] + ([self.parent_run_id] if parent else [])
+        targets = [self.run_id] + ([self.parent_run_id] if parent and self.parent_run_id else [])
         now = int(time.time() * 1000)
-        for run_id in targets:
-            history = self._history(run_id, clean)
-            todo = [Metric(k, v, now, step) for k, v in clean.items() if history.get((k, step)) != v]
-            for i in range(0, len(todo), 500):
-                self.client.log_batch(run_id, metrics=todo[i : i + 500])
-            for m in todo:
-                self._logged.setdefault(run_id, {})[(m.key, step)] = m.value
+        with self.store.guard():
+            for run_id in targets:
+                history = self._history(run_id)
+                todo = [Metric(k, v, now, step) for k, v in clean.items() if history.get((k, step)) != v]
+                for i in range(0, len(todo), 500):
+                    self.client.log_batch(run_id, metrics=todo[i : i + 500])
+                for m in todo:
+                    history[(m.key, step)] = m.value
 
-    def _history(self, run_id: str, keys: Mapping[str, float]) -> dict[tuple[str, int], float]:
-        cache = self._logged.setdefault(run_id, {})
-        if not cache.get(("__loaded__", -1)):
-            latest = self._existing(run_id)
-            for k in latest:
+    def _history(self, run_id: str) -> dict[tuple[str, int], float]:
+        if run_id not in self._logged:
+            cache: dict[tuple[str, int], float] = {}
+            for k in self.client.get_run(run_id).data.metrics:
                 for m in self.client.get_metric_history(run_id, k):
                     cache[(k, m.step)] = m.value
-            cache[("__loaded__", -1)] = 1.0
-        return cache
+            self._logged[run_id] = cache
+        return self._logged[run_id]
 
     def log_dataset(self, path: str | Path, name: str, context: str) -> None:
-        """Log a dataset as a run input, identified by its DVC content hash (md5) and path."""
+        """Log a dataset as a run input, identified by its content hash (md5, as DVC hashes files) and path."""
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.data.sources import LocalArtifactDatasetSource
-        from mlflow.entities import InputTag
+        from mlflow.entities import DatasetInput, InputTag
 
         from selfimprove.io import md5_file
 
         path = Path(path)
         digest = md5_file(path)
-        try:
-            rel = path.resolve().relative_to(self.project.resolve()).as_posix()
-        except ValueError:
-            rel = str(path)
-        existing = self.client.get_run(self.run_id).inputs.dataset_inputs
-        if any(d.dataset.name == name and d.dataset.digest == digest for d in existing):
-            return
-        ds = MetaDataset(source=LocalArtifactDatasetSource(rel), name=name, digest=digest)
-        entity = ds._to_mlflow_entity()
-        from mlflow.entities import DatasetInput
-
-        self.client.log_inputs(
-            self.run_id,
-            datasets=[DatasetInput(entity, tags=[InputTag("mlflow.data.context", context), InputTag("dvc.md5", digest)])],
-        )
+        rel = path.as_posix()
+        with contextlib.suppress(ValueError):
+            rel = path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+        with self.store.guard():
+            existing = self.client.get_run(self.run_id).inputs.dataset_inputs
+            if any(d.dataset.name == name and d.dataset.digest == digest for d in existing):
+                return
+            entity = MetaDataset(source=LocalArtifactDatasetSource(rel), name=name, digest=digest)._to_mlflow_entity()
+            self.client.log_inputs(self.run_id, datasets=[
+                DatasetInput(entity, tags=[InputTag("mlflow.data.context", context), InputTag("dvc.md5", digest)])])
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         path = Path(path)
-        if path.is_dir():
-            self.client.log_artifacts(self.run_id, str(path), artifact_path)
-        else:
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+        with self.store.guard():
+            if path.is_dir():
+                self.client.log_artifacts(self.run_id, str(path), artifact_path)
+            else:
+                self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def log_dict(self, data: Any, artifact_file: str) -> None:
-        self.client.log_dict(self.run_id, data, artifact_file)
+        with self.store.guard():
+            self.client.log_dict(self.run_id, data, artifact_file)
 
     def log_table(self, rows: list[dict[str, Any]], artifact_file: str) -> None:
         import pandas as pd
 
-        self.client.log_table(self.run_id, pd.DataFrame(rows), artifact_file)
+        with self.store.guard():
+            self.client.log_table(self.run_id, pd.DataFrame(rows), artifact_file)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, str(v))
-
-    # ----------------------------------------------------------------- models
-
-    def _model_versions(self) -> list[Any]:
-        name = self.config.tracking.registered_model
-        try:
-            return list(self.client.search_model_versions(f"name = '{name}'", max_results=1000))
-        except Exception:  # noqa: BLE001 - no such registered model yet
-            return []
-
-    def log_model(self, model_dir: str | Path, metric: float | None = None) -> str | None:
-        """Register the round's model once; a retried call returns the existing version."""
-        if not self.config.tracking.log_model:
-            return None
-        name = self.config.tracking.registered_model
-        for mv in self._model_versions():
-            if mv.tags.get(TAG + "run_id") == self.run_id:
-                return mv.version
-        import mlflow
-
-        from selfimprove.ensemble import members
-
-        group = members(model_dir)
-        model_dir = group[0]
-        if not (model_dir / "config.json").exists():
-            log.warning("model folder %s has no config.json (a pointer to an external model?); not registering", model_dir)
-            return None
-        with mlflow.start_run(run_id=self.run_id, nested=True):
-            info = _log_transformers(model_dir)
-        for other in group[1:]:  # the other ensemble members travel with the run
-            self.client.log_artifacts(self.run_id, str(other), f"ensemble/{other.name}")
-        try:
-            self.client.get_registered_model(name)
-        except Exception:  # noqa: BLE001
-            try:
-                self.client.create_registered_model(name, tags={TAG + "loop": self.config.loop.name})
-            except Exception:  # noqa: BLE001 - created concurrently
-                pass
-        mv = self.client.create_model_version(
-            name,
-            source=info.model_uri,
-            run_id=self.run_id,
-            tags={TAG + "run_id": self.run_id, TAG + "round": str(self.round), TAG + "loop": self.config.loop.name},
-            model_id=getattr(info, "model_id", None),
-        )
-        self.client.set_tag(self.run_id, TAG + "model_version", mv.version)
-        return mv.version
-
-    def promote(self, version: str | None, alias: str = "best") -> None:
-        if version is None:
-            return
-        self.client.set_registered_model_alias(self.config.tracking.registered_model, alias, version)
-
-    def alias_version(self, alias: str) -> str | None:
-        try:
-            return self.client.get_model_version_by_alias(self.config.tracking.registered_model, alias).version
-        except Exception:  # noqa: BLE001
-            return None
-
-    # ----------------------------------------------------------------- status
-
-    def finish(self, status: str = "FINISHED", parent_status: str | None = None) -> None:
-        self.client.set_terminated(self.run_id, status=status)
-        if parent_status:
-            self.client.set_terminated(self.parent_run_id, status=parent_status)
-
-    def fail(self, error: BaseException | str) -> None:
-        msg = str(error)[:4000]
-        try:
-            self.client.set_tag(self.run_id, TAG + "error", msg)
-            self.client.set_terminated(self.run_id, status="FAILED")
-        except Exception:  # noqa: BLE001 - never mask the original error
-            log.exception("could not mark MLflow run %s FAILED", self.run_id)
-
-
-def _finite(v: Any) -> bool:
-    try:
-        import math
-
-        return math.isfinite(float(v))
-    except (TypeError, ValueError):
-        return False
-
-
-def _params(d: Mapping[str, Any]) -> list[Any]:
-    from mlflow.entities import Param
-
-    return [Param(k[:250], str(v)[:6000]) for k, v in d.items()]
+        self.store.set_tags(self.run_id, tags)
 
 
 def _log_transformers(model_dir: Path) -> Any:
@@ -439,56 +519,23 @@ def _version(pkg: str) -> str:
     return version(pkg)
 
 
-def reconcile_stale_runs(client: Any, experiment_id: str) -> int:
-    """Mark RUNNING runs KILLED when their owning process on this host no longer exists."""
-    host = socket.gethostname()
-    n = 0
-    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=200):
-        tags = run.data.tags
-        if tags.get(TAG + "host") != host or not tags.get(TAG + "pid", "").isdigit():
-            continue
-        pid = int(tags[TAG + "pid"])
-        if pid != os.getpid() and not _pid_alive(pid):
-            client.set_tag(run.info.run_id, TAG + "reconciled", f"process {pid} gone")
-            client.set_terminated(run.info.run_id, status="KILLED")
-            n += 1
-    if n:
-        log.warning("marked %d MLflow run(s) KILLED whose process had died", n)
-    return n
+def stage_tracker(config: Config, project: str | Path, round_key: str) -> Tracker:
+    """The tracker of a stage command (``dvc repro``): the run handed through the environment, else none."""
+    from selfimprove.config import round_index
 
-
-def make_tracker(config: Config, project: str | Path, round_key: str) -> Tracker:
-    if not config.tracking.enabled:
+    run_id = os.environ.get(RUN_ID_ENV)
+    if not run_id or not config.tracking.enabled:
         return NullTracker()
-    return MlflowTracker(config, project, round_key)
+    store = MlflowStore(config, os.environ.get("SELFIMPROVE_HOME", project))
+    return store.tracker(run_id, os.environ.get(PARENT_ID_ENV), round_index(round_key))
 
 
 # ------------------------------------------------------------------------------------------- reading back
 
 
-def read_rounds(config: Config, project: str | Path = ".") -> list[dict[str, Any]]:
-    """Per-round rows (metrics of the current nested run of each round) read back from MLflow."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from mlflow import MlflowClient
-
-    uri, _ = resolve_uri(config, project)
-    check_server(uri, config.tracking.connect_timeout_s)
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(config.tracking.experiment)
-    if exp is None:
-        raise TrackingError(f"no MLflow experiment {config.tracking.experiment!r} at {uri}; run the loop first (make demo)")
-    fp = loop_fingerprint(config)
-    parents = client.search_runs(
-        [exp.experiment_id],
-        filter_string=f"tags.`{TAG}kind` = 'loop' and tags.`{TAG}loop_fp` = '{fp}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    if not parents:
-        raise TrackingError(f"no loop run for loop {config.loop.name!r} with the current params at {uri}; run the loop first")
-    parent = parents[0]
+def _round_rows(client: Any, experiment_id: str, parent: Any) -> list[dict[str, Any]]:
     runs = client.search_runs(
-        [exp.experiment_id],
+        [experiment_id],
         filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.`{TAG}kind` = 'round'",
         order_by=["attributes.start_time ASC"],
         max_results=1000,
@@ -498,16 +545,41 @@ def read_rounds(config: Config, project: str | Path = ".") -> list[dict[str, Any
         if run.data.tags.get(TAG + "superseded") == "true":
             continue
         by_round[int(run.data.tags[TAG + "round"])] = run
-    out = []
-    for r in sorted(by_round):
-        run = by_round[r]
-        out.append(
-            {
-                "round": r,
-                "run_id": run.info.run_id,
-                "status": run.info.status,
-                "model_version": run.data.tags.get(TAG + "model_version"),
-                "metrics": dict(sorted(run.data.metrics.items())),
-            }
-        )
-    return out
+    return [
+        {
+            "round": r,
+            "run_id": by_round[r].info.run_id,
+            "status": by_round[r].info.status,
+            "model_version": by_round[r].data.tags.get(TAG + "model_version"),
+            "stages": json.loads(by_round[r].data.tags.get(TAG + "stages", "{}")),
+            "metrics": dict(sorted(by_round[r].data.metrics.items())),
+        }
+        for r in sorted(by_round)
+    ]
+
+
+def read_rounds(config: Config, project: str | Path = ".", experiment: str | None = None) -> tuple[str, list[dict[str, Any]]]:
+    """(experiment name, per-round rows) of a loop run read back from MLflow: the named experiment's loop run, or
+    else the most recent loop run of ``loop.name``."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow import MlflowClient
+
+    uri, _ = resolve_uri(config, project)
+    check_server(uri, config.tracking.connect_timeout_s)
+    db = sqlite_path(uri)
+    if db is not None and not db.exists():
+        raise TrackingError(f"no MLflow store at {db}; run the loop first (make demo or selfimprove run)")
+    with _guard(uri):
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(config.tracking.experiment)
+        if exp is None:
+            raise TrackingError(f"no MLflow experiment {config.tracking.experiment!r} at {uri}; run the loop first (make demo)")
+        filt = f"tags.`{TAG}kind` = 'loop' and " + (
+            f"tags.`{TAG}experiment` = '{experiment}'" if experiment else f"tags.`{TAG}loop` = '{config.loop.name}'")
+        parents = client.search_runs([exp.experiment_id], filter_string=filt,
+                                     order_by=["attributes.start_time DESC"], max_results=1)
+        if not parents:
+            what = f"experiment {experiment!r}" if experiment else f"loop {config.loop.name!r}"
+            raise TrackingError(f"no loop run for {what} at {uri}; run the loop first (selfimprove run)")
+        parent = parents[0]
+        return parent.data.tags.get(TAG + "experiment", parent.info.run_name), _round_rows(client, exp.experiment_id, parent)

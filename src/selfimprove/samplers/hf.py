@@ -32,19 +32,10 @@ def pick_device(device: str = "auto") -> str:
 
 
 def resolve_model(model_dir: str | Path) -> str:
-    """A round's model folder, or the external model it points to (``model_ref.json``)."""
-    import json
+    """A round's model folder (checked against its manifest), or the external model it points to."""
+    from selfimprove.checkpoint import resolve
 
-    model_dir = Path(model_dir)
-    ref = model_dir / "model_ref.json"
-    if ref.exists():
-        return json.loads(ref.read_text())["path"]
-    if not (model_dir / "config.json").exists() and not (model_dir / "adapter_config.json").exists():
-        raise FileNotFoundError(
-            f"model not found: {model_dir} has no config.json (run the stage that produces it, e.g. 'dvc repro', "
-            "or check model.path)"
-        )
-    return str(model_dir)
+    return resolve(model_dir)
 
 
 def load_model(model_dir: str | Path, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False) -> tuple[Any, Any]:

@@ -6,7 +6,8 @@
 - ``model.source: path | hub``: no training; ``runs/r0/model/model_ref.json`` points at the model, and the
   labelled split named by ``bootstrap.real_data_split`` (if any) becomes the real data for mixing.
 
-Either way round 0 is evaluated like every other round (``runs/r0/metrics.json``), so the curve starts here.
+Outputs: ``runs/r0/sample`` (the labelled problems), ``runs/r0/validate`` (the labelled training rows) and
+``runs/r0/model``. Round 0 is then evaluated by an ordinary ``evaluate@r0``, so the curve starts there.
 """
 
 from __future__ import annotations
@@ -20,23 +21,14 @@ from selfimprove.config import Config
 from selfimprove.ensemble import member_names, write_ensemble
 from selfimprove.io import staged_output, write_json, write_jsonl, write_manifest
 from selfimprove.paths import RoundPaths
-from selfimprove.stages.common import (
-    StageReport,
-    evaluate_with,
-    gold_verifier,
-    problem_set,
-    sampling_params,
-    setup_runtime,
-    timer,
-)
-from selfimprove.stages.evaluate import _write, evaluate_model
+from selfimprove.stages.common import StageReport, evaluate_with, problem_set, setup_runtime, timer
 from selfimprove.tracking import Tracker
 from selfimprove.types import Problem, TrainRow
 
 log = logging.getLogger(__name__)
 
 
-def labelled_rows(config: Config) -> list[TrainRow]:
+def labelled_problems(config: Config) -> list[Problem]:
     pset = problem_set(config)
     bc = config.bootstrap
     if config.model.source == "tiny":
@@ -48,6 +40,10 @@ def labelled_rows(config: Config) -> list[TrainRow]:
         problems = pset.load(bc.real_data_split)
     else:
         return []
+    return problems
+
+
+def labelled_rows(problems: list[Problem]) -> list[TrainRow]:
     rows = []
     for p in problems:
         completion = p.solution if p.solution is not None else p.answer
@@ -70,9 +66,15 @@ class _EarlyStop:
         diffs = config.bootstrap.difficulties
         # Training-partition problems: stopping decisions never look at the evaluation set.
         self.problems = pset.training_pool(es.problems_per_difficulty * len(diffs), diffs, config.seed + 17, round=-1)
-        self.verifier = gold_verifier(config, pset)
-        self.params = sampling_params(config, evaluation=True)
-        self.params = type(self.params)(**{**self.params.__dict__, "k": 0, "logprobs": False})
+        # The problem set's own verifier at its default options, and greedy answers as long as sampling allows:
+        # a training-time check that reads no evaluate or verify settings (DVC would otherwise have to rerun
+        # bootstrap whenever those change; dvc.yaml lists what it reads).
+        from selfimprove.samplers import SamplingParams
+        from selfimprove.verifiers import VERIFIERS
+
+        self.verifier = VERIFIERS.get(pset.default_verifier)()
+        self.params = SamplingParams(k=0, greedy=True, max_new_tokens=config.sample.max_new_tokens,
+                                     batch_size=config.sample.batch_size, logprobs=False)
         self.history: list[dict[str, Any]] = []
         outer = self
 
@@ -145,33 +147,39 @@ def run_bootstrap(config: Config, paths: RoundPaths, tracker: Tracker) -> StageR
     if mc.source == "path" and not Path(mc.path).exists():  # type: ignore[arg-type]
         raise FileNotFoundError(f"model not found: model.path = {mc.path!r} does not exist")
     with timer() as t:
-        rows = labelled_rows(config)
+        problems = labelled_problems(config)
+        rows = labelled_rows(problems)
+        with staged_output(paths.sample) as out:
+            write_jsonl(out / "problems.jsonl", problems)
+            write_jsonl(out / "samples.jsonl", [])
+            write_manifest(out, producer="bootstrap")
         with staged_output(paths.validate) as out:
             write_jsonl(out / "train.jsonl", rows)
             write_jsonl(out / "accepted.jsonl", [])
             write_manifest(out, producer="bootstrap")
         train_report: dict[str, Any] = {}
+        metrics: dict[str, float] = {"bootstrap/rows": len(rows)}
         with staged_output(paths.model) as out:
             if mc.source == "tiny":
                 if not rows:
                     raise ValueError("bootstrap has no labelled rows to train the tiny model on; check bootstrap.difficulties")
                 train_report = _train_members(config, rows, out, tracker)
+                metrics.update({"bootstrap/steps": train_report["steps"], "bootstrap/final_loss": train_report["final_loss"]})
             else:
                 write_json(out / "model_ref.json", {"source": mc.source, "path": mc.path, "revision": mc.revision})
-            StageReport(stage="bootstrap", round=0, details=train_report).write(out)
+            report = StageReport(stage="bootstrap", round=0, metrics=metrics, details=train_report,
+                                 outputs={"model": str(paths.model), "train": str(paths.validate / "train.jsonl")})
+            report.write(out)
             write_manifest(out, producer="bootstrap")
-    metrics = {"bootstrap/rows": len(rows), "bootstrap/seconds": t["seconds"]}
+    report.seconds = t["seconds"]
+    timings = {"bootstrap/seconds": t["seconds"]}
     if train_report:
-        metrics.update({"bootstrap/steps": train_report["steps"], "bootstrap/final_loss": train_report["final_loss"],
-                        "bootstrap/train_seconds": train_report["seconds"]})
-    with timer() as te:
-        eval_metrics, predictions = evaluate_model(config, paths.model, 0)
-    metrics.update(eval_metrics)
-    metrics["evaluate/seconds"] = te["seconds"]
-    metrics["round"] = 0
+        timings["bootstrap/train_seconds"] = train_report["seconds"]
+    tracker.log_metrics(metrics | timings, step=0)
     tracker.log_params({"bootstrap.rows": len(rows)})
     if rows:
         tracker.log_dataset(paths.validate / "train.jsonl", name="r0/train", context="training")
-    report = _write(config, paths, tracker, metrics, predictions, t["seconds"] + te["seconds"])
-    report.stage = "bootstrap"
+    log.info("bootstrap: %d labelled rows, %s in %.0fs", len(rows),
+             f"{mc.ensemble} model(s) trained for {train_report['steps']} steps" if train_report else f"model {mc.path}",
+             t["seconds"])
     return report

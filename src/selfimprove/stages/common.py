@@ -26,8 +26,29 @@ log = logging.getLogger(__name__)
 REPORT = "stage_report.json"
 
 
+def is_timing(key: str) -> bool:
+    """Keys that measure time (they vary between identical runs).
+
+    >>> [is_timing(k) for k in ("sample/seconds", "sample/tokens_per_s", "seconds", "sample/tokens")]
+    [True, True, True, False]
+    """
+    return key.endswith("seconds") or key.endswith("_per_s")
+
+
+def without_timings(obj: Any) -> Any:
+    """``obj`` with every timing key removed, recursively (what goes into DVC-tracked outputs)."""
+    if isinstance(obj, dict):
+        return {k: without_timings(v) for k, v in obj.items() if not (isinstance(k, str) and is_timing(k))}
+    if isinstance(obj, list):
+        return [without_timings(v) for v in obj]
+    return obj
+
+
 class StageReport(BaseModel):
-    """What a stage did: its metrics (also logged to MLflow) and where its outputs are."""
+    """What a stage did: its metrics (also logged to MLflow) and where its outputs are.
+
+    ``write`` leaves timings out: a stage report lives inside a DVC output, and the same inputs must give the
+    same bytes. Timings go to MLflow (and to the Prefect logs)."""
 
     stage: str
     round: int
@@ -38,7 +59,16 @@ class StageReport(BaseModel):
     details: dict[str, Any] = Field(default_factory=dict)
 
     def write(self, directory: Path) -> None:
-        write_json(directory / REPORT, self)
+        data = self.model_dump(mode="json", exclude={"seconds"})
+        write_json(directory / REPORT, without_timings(data))
+
+    def summary(self) -> str:
+        """One line for the logs: the stage's main counts."""
+        keep = {k.split("/", 1)[-1]: v for k, v in self.metrics.items()
+                if "/" in k and k.count("/") == 1 and not is_timing(k) and k.split("/", 1)[0] == self.stage}
+        parts = [f"{k} {v:.3g}" if isinstance(v, float) and not float(v).is_integer() else f"{k} {int(v)}"
+                 for k, v in list(keep.items())[:6]]
+        return ", ".join(parts)
 
 
 def read_report(directory: Path) -> StageReport | None:

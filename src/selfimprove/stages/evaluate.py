@@ -1,15 +1,15 @@
 """``evaluate``: held-out accuracy per difficulty (greedy, maj@k, pass@k) and the precision of the round's
-accepted self-labels against the hidden gold; registers the round's model and moves the ``best`` alias.
+accepted self-labels against the hidden gold, for every round including round 0 (``evaluate@r0``).
 
-It also gathers every stage report of the round into ``metrics.json`` (the DVC metrics file) and logs the
-round's summary to MLflow (nested run and, with ``step=round``, the loop's parent run).
+It gathers the round's stage reports into ``runs/metrics/rN.json`` (the DVC metrics file) and logs the metrics to
+MLflow (the round run and, with ``step=round``, the loop run). Registering the model, moving the ``best`` alias and
+the cross-round summary are separate steps (``selfimprove.registration``, the ``summary`` stage).
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 from selfimprove.config import Config
 from selfimprove.ensemble import members
@@ -24,6 +24,7 @@ from selfimprove.stages.common import (
     label_precision,
     make_sampler,
     problem_set,
+    is_timing,
     read_report,
     sampling_params,
     setup_runtime,
@@ -40,7 +41,7 @@ def collect_stage_metrics(paths: RoundPaths) -> dict[str, float]:
     for d in (paths.sample, paths.verify, paths.validate, paths.model):
         rep = read_report(d)
         if rep is not None:
-            out.update(rep.metrics)
+            out.update({k: v for k, v in rep.metrics.items() if not is_timing(k)})
     return out
 
 
@@ -75,33 +76,6 @@ def evaluate_model(config: Config, model_dir: Path | None, round: int, sampler: 
         verifier.close()
 
 
-def finish_round(config: Config, paths: RoundPaths, tracker: Tracker, metrics: dict[str, float]) -> dict[str, Any]:
-    """Register the round's model, promote it if it is the best so far, close the round's run."""
-    best_key = config.tracking.best_metric
-    version = tracker.log_model(paths.model, metrics.get(best_key))
-    promoted = False
-    if version is not None:
-        current = getattr(tracker, "alias_version", lambda a: None)("best")
-        best_so_far = _best_metric(tracker, current, best_key)
-        value = metrics.get(best_key)
-        if config.loop.promote == "last" or current is None or (value is not None and (best_so_far is None or value >= best_so_far)):
-            tracker.promote(version, "best")
-            promoted = True
-        tracker.set_tags({"selfimprove.promoted": str(promoted).lower()})
-    last = config.round_keys()[-1] if config.rounds else "r0"
-    tracker.finish("FINISHED", parent_status="FINISHED" if paths.key == last else None)
-    return {"model_version": version, "promoted": promoted}
-
-
-def _best_metric(tracker: Tracker, version: str | None, key: str) -> float | None:
-    client = getattr(tracker, "client", None)
-    if version is None or client is None:
-        return None
-    mv = client.get_model_version(tracker.config.tracking.registered_model, version)  # type: ignore[attr-defined]
-    run = client.get_run(mv.run_id)
-    return run.data.metrics.get(key)
-
-
 def run_evaluate(config: Config, paths: RoundPaths, tracker: Tracker) -> StageReport:
     setup_runtime(config)
     for m in members(paths.model):
@@ -117,30 +91,20 @@ def run_evaluate(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRe
     if precision is not None:
         metrics["acceptance_precision"] = precision
         metrics.update({f"acceptance_precision/{k}": v for k, v in by_bucket.items()})
-    metrics["evaluate/seconds"] = t["seconds"]
     metrics.update(collect_stage_metrics(paths))
     metrics["round"] = paths.round
-    return _write(config, paths, tracker, metrics, predictions, t["seconds"])
-
-
-def _write(config: Config, paths: RoundPaths, tracker: Tracker, metrics: dict[str, float], predictions: list[dict],
-           seconds: float) -> StageReport:
-    report = StageReport(stage="evaluate", round=paths.round, seconds=seconds, metrics=metrics,
-                         outputs={"metrics": str(paths.metrics)})
+    report = StageReport(stage="evaluate", round=paths.round, seconds=t["seconds"], metrics=metrics,
+                         outputs={"metrics": str(paths.metrics), "predictions": str(paths.evaluate / "predictions.jsonl")})
     with staged_output(paths.evaluate) as out:
         write_jsonl(out / "predictions.jsonl", predictions)
         report.write(out)
         write_manifest(out, producer=f"evaluate@{paths.key}")
     write_json(paths.metrics, {k: (round(v, 6) if isinstance(v, float) else v) for k, v in sorted(metrics.items())})
-    from selfimprove.stages.summary import run_summary
-
-    run_summary(config, paths)
-    tracker.log_metrics(metrics, step=paths.round, parent=True)
-    tracker.log_dict(metrics, f"metrics/{paths.key}.json")
-    info = finish_round(config, paths, tracker, metrics)
-    report.details.update(info)
-    log.info("evaluate@%s: accuracy %.3f", paths.key, metrics.get("accuracy", float("nan")))
+    tracker.log_metrics(metrics | {"evaluate/seconds": t["seconds"]}, step=paths.round, parent=True)
+    log.info("evaluate@%s: accuracy %.3f (%s)", paths.key, metrics.get("accuracy", float("nan")),
+             ", ".join(f"{k.split('/')[1]} {v:.2f}" for k, v in metrics.items()
+                       if k.startswith("accuracy/") and k.count("/") == 1))
     return report
 
 
-__all__ = ["TransformersSampler", "evaluate_model", "run_evaluate"]
+__all__ = ["TransformersSampler", "collect_stage_metrics", "evaluate_model", "run_evaluate"]

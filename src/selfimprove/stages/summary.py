@@ -1,14 +1,21 @@
-"""``summary``: accuracy across rounds, as a CSV for ``dvc plots`` and a PNG for people and MLflow."""
+"""``summary``: the loop across rounds, from every round's metrics file (``runs/metrics/rN.json``).
+
+Writes ``runs/summary/accuracy.csv`` (``dvc plots show``), ``accuracy.png`` (for people, MLflow and the Prefect
+artifact) and ``metrics.json`` (the headline numbers ``dvc exp show`` lists: the last round's accuracy per
+difficulty, its label precision, the best round). A DVC stage of its own (``dvc.yaml: summary``), run after the
+last round; nothing in it depends on time, so the same rounds give the same bytes.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 from pathlib import Path
 
 from selfimprove.config import Config
-from selfimprove.io import atomic_path
-from selfimprove.paths import RoundPaths, summary_dir
+from selfimprove.io import atomic_path, write_json
+from selfimprove.paths import RoundPaths, metrics_dir, summary_dir
 from selfimprove.stages.common import StageReport
 from selfimprove.tracking import Tracker
 
@@ -16,6 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def load_round_metrics(config: Config, project: str | Path = ".") -> list[dict]:
+    """The metrics files of round 0 and every round in params, in round order (missing ones skipped)."""
     rows = []
     for key in ["r0", *config.round_keys()]:
         p = RoundPaths.for_round(config, key, project).metrics
@@ -24,16 +32,35 @@ def load_round_metrics(config: Config, project: str | Path = ".") -> list[dict]:
     return rows
 
 
-def run_summary(config: Config, paths: RoundPaths | None = None, tracker: Tracker | None = None, project: str | Path = ".") -> StageReport:
-    """Rebuild ``runs/summary/accuracy.{csv,png}`` from every round's metrics file.
+def headline(rounds: list[dict]) -> dict[str, Any]:
+    """The numbers ``dvc exp show`` compares runs by: the last round's, plus the best round."""
+    if not rounds:
+        return {}
+    last = rounds[-1]
+    out: dict[str, Any] = {"rounds": len(rounds) - 1, "last_round": int(last["round"])}
+    for k, v in last.items():
+        if k == "accuracy" or (k.startswith("accuracy/") and k.count("/") == 1):
+            out[k.replace("/", "_")] = v
+    if "acceptance_precision" in last:
+        out["label_precision"] = last["acceptance_precision"]
+    precs = [r["acceptance_precision"] for r in rounds if "acceptance_precision" in r]
+    if precs:
+        out["label_precision_min"] = min(precs)
+    best = max(rounds, key=lambda r: (r.get("accuracy", float("-inf")), -int(r["round"])))
+    out["best_round"] = int(best["round"])
+    out["best_accuracy"] = best.get("accuracy")
+    out["accepted_total"] = int(last.get("validate/accepted_total", 0))
+    out["round_accuracy"] = {f"r{int(r['round'])}": r["accuracy"] for r in rounds if "accuracy" in r}
+    return {k: v for k, v in out.items() if v is not None}
 
-    Called by every evaluate (so the plot is always current) and by ``selfimprove summary``. The files are
-    derived views, not DVC outputs; ``dvc plots show`` reads the CSV (see the ``plots`` section of dvc.yaml).
-    """
-    if paths is not None:
-        project = paths.project
+
+def run_summary(config: Config, paths: RoundPaths, tracker: Tracker | None = None) -> StageReport:
+    """Rebuild ``runs/summary/`` from the metrics files of the rounds in params."""
+    project = paths.project
     rounds = load_round_metrics(config, project)
-    buckets = sorted({k.split("/", 1)[1] for r in rounds for k in r if k.startswith("accuracy/")},
+    if not rounds:
+        raise FileNotFoundError(f"{metrics_dir(config, project)}: no round metrics yet; run evaluate first")
+    buckets = sorted({k.split("/", 1)[1] for r in rounds for k in r if k.startswith("accuracy/") and k.count("/") == 1},
                      key=lambda s: (len(s), s))
     out_dir = summary_dir(config, project)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -44,9 +71,16 @@ def run_summary(config: Config, paths: RoundPaths | None = None, tracker: Tracke
     with atomic_path(out_dir / "accuracy.csv") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     _plot(rounds, buckets, out_dir / "accuracy.png")
+    head = headline(rounds)
+    write_json(out_dir / "metrics.json", head)
     if tracker is not None:
         tracker.log_artifact(out_dir / "accuracy.png", "plots")
-    return StageReport(stage="summary", round=len(rounds) - 1, outputs={"csv": str(out_dir / "accuracy.csv")})
+    log.info("summary: %d round(s); last round accuracy %s; plot %s", len(rounds),
+             f"{head.get('accuracy', float('nan')):.3f}", out_dir / "accuracy.png")
+    return StageReport(stage="summary", round=int(rounds[-1]["round"]),
+                       metrics={f"summary/{k}": float(v) for k, v in head.items() if not isinstance(v, dict)},
+                       outputs={"csv": str(out_dir / "accuracy.csv"), "png": str(out_dir / "accuracy.png"),
+                                "metrics": str(out_dir / "metrics.json")})
 
 
 def _plot(rounds: list[dict], buckets: list[str], path: Path) -> None:
@@ -72,5 +106,5 @@ def _plot(rounds: list[dict], buckets: list[str], path: Path) -> None:
     ax.set_title("Self-improvement: accuracy per difficulty across rounds")
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", metadata={"Software": None})  # no version string: same rounds, same bytes
     plt.close(fig)

@@ -1,0 +1,85 @@
+"""Model registry step (after ``evaluate@rN``): one version per distinct round model, ``best`` on the best one.
+
+A step of its own rather than a side effect of ``evaluate``: evaluation is a DVC stage whose outputs are data;
+the registry is MLflow state, owned by the round flow. A model is identified by the DVC hash of its folder
+(``selfimprove.model_md5``), so a retried round, a resumed run, or another experiment that restored the same round
+from DVC's run cache gets the existing version instead of a new one.
+
+Promotion (``loop.promote``): ``best`` moves the alias only to a round whose ``tracking.best_metric`` is at
+least the round it started from (it did not regress) and at least the current ``best``; ``last`` always moves it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from selfimprove.config import Config
+from selfimprove.paths import RoundPaths
+
+log = logging.getLogger(__name__)
+
+
+def description(experiment: str, paths: RoundPaths, metrics: dict[str, Any], config: Config) -> str:
+    accs = ", ".join(f"{k.split('/')[1].removeprefix('d')}-digit {v:.2f}" if k.split("/")[1].startswith("d")
+                     else f"{k.split('/')[1]} {v:.2f}"
+                     for k, v in sorted(metrics.items()) if k.startswith("accuracy/") and k.count("/") == 1)
+    parts = [f"Round {paths.round} ({paths.key}) of experiment '{experiment}' (loop '{config.loop.name}').",
+             f"Held-out greedy accuracy {metrics.get('accuracy', float('nan')):.3f}" + (f" ({accs})." if accs else ".")]
+    if paths.key == "r0":
+        parts.append("Bootstrap model (round 0).")
+    else:
+        parts.append(f"Trained by {config.finetune.trainer} from round {paths.prev}'s model "
+                     f"on {int(metrics.get('validate/train_rows', 0))} rows "
+                     f"({int(metrics.get('validate/accepted', 0))} new self-labels"
+                     + (f", precision against hidden gold {metrics['acceptance_precision']:.3f}"
+                        if "acceptance_precision" in metrics else "") + ").")
+    parts.append(f"Reproduce: dvc exp apply {experiment} && dvc repro")
+    return " ".join(parts)
+
+
+def register_round(store: Any, config: Config, paths: RoundPaths, run_id: str, experiment: str,
+                   model_md5: str | None) -> dict[str, Any]:
+    """Register the round's model (once per distinct model) and move ``best`` if the round earned it."""
+    metrics = json.loads(paths.metrics.read_text()) if paths.metrics.exists() else {}
+    key = config.tracking.best_metric
+    version = store.register(run_id, paths.model, model_md5, description(experiment, paths, metrics, config),
+                             {"selfimprove.round": str(paths.round), "selfimprove.experiment": experiment,
+                              "selfimprove.loop": config.loop.name})
+    if version is None:
+        return {"model_version": None, "promoted": False, "reason": "not registered (external model or log_model off)"}
+    value = metrics.get(key)
+    prev_value = None
+    if paths.prev is not None:
+        prev = paths.prev_paths.metrics
+        prev_value = json.loads(prev.read_text()).get(key) if prev.exists() else None
+    current = store.alias_version("best")
+    best_value = store.version_metric(current, key) if current is not None else None
+    if config.loop.promote == "last":
+        promote, reason = True, "loop.promote is 'last'"
+    elif value is None:
+        promote, reason = False, f"no {key} metric"
+    elif prev_value is not None and value < prev_value:
+        promote, reason = False, f"regressed: {key} {value:.3f} < {prev_value:.3f} of {paths.prev}"
+    elif best_value is not None and value < best_value:
+        promote, reason = False, f"{key} {value:.3f} < {best_value:.3f} of the current best (version {current.version})"
+    else:
+        promote, reason = True, f"{key} {value:.3f} is the best so far"
+    if promote and (current is None or current.version != version):
+        store.set_alias(version, "best")
+    store.set_tags(run_id, {"selfimprove.model_version": version, "selfimprove.promoted": str(promote).lower(),
+                            "selfimprove.promotion": reason})
+    log.info("registry: %s version %s%s", config.tracking.registered_model, version,
+             f", alias 'best' ({reason})" if promote else f" (not promoted: {reason})")
+    return {"model_version": version, "promoted": promote, "reason": reason}
+
+
+def model_dir_md5(paths: RoundPaths) -> str | None:
+    """The DVC hash of the round's model folder, from dvc.lock (None if not recorded yet)."""
+    from selfimprove import dvcstate
+
+    stage = "bootstrap" if paths.key == "r0" else f"finetune@{paths.key}"
+    rel = Path(paths.model).resolve().relative_to(Path(paths.project).resolve()).as_posix()
+    return dvcstate.out_hash(paths.project, stage, rel)
