@@ -19,6 +19,7 @@ Run it with ``selfimprove run`` (or ``python -m flows.loop``); serve it for the 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -58,6 +59,22 @@ from selfimprove.stages.summary import load_round_metrics  # noqa: E402
 from selfimprove.tracking import MlflowStore, NullTracker, Tracker  # noqa: E402
 
 ApplyPolicy = Literal["auto", "always", "never"]
+
+
+class _NoTraceback(logging.Filter):
+    """Console only: the CLI prints a failure once, as one sentence; the Prefect UI keeps the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.exc_info is None and "Traceback (most recent call last)" not in str(record.msg)
+
+
+def quiet_console_tracebacks() -> None:
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for name in ("prefect", "selfimprove", ""):
+        for h in logging.getLogger(name).handlers:
+            if isinstance(h, PrefectConsoleHandler) and not any(isinstance(f, _NoTraceback) for f in h.filters):
+                h.addFilter(_NoTraceback())
 
 
 def _artifact_key(*parts: str) -> str:
@@ -135,13 +152,15 @@ def round_flow(round_key: str, experiment: str, workdir: str, home: str, parent_
     work, home_path = Path(workdir), Path(home)
     os.chdir(work)  # relative paths in params.yaml are relative to the run's workspace
     config = load_config(work / experiments.PARAMS)
-    paths = RoundPaths.for_round(config, round_key, work)
+    # project-relative paths (cwd is the run's workspace): outputs then hold no absolute path of this workspace,
+    # and are byte for byte what `dvc repro` writes in the project itself
+    paths = RoundPaths.for_round(config, round_key, ".")
     stages = round_stages(round_key)
     store = MlflowStore(config, home_path) if config.tracking.enabled and parent_run_id else None
     run_id = prev_status = None
     tracker: Tracker = NullTracker()
     if store is not None:
-        inputs, _ = dvcstate.inputs_fingerprint(work, [stage_id(s, round_key) for s in stages])
+        inputs, _ = dvcstate.inputs_fingerprint(".", [stage_id(s, round_key) for s in stages])
         run_id, prev_status = store.open_round(parent_run_id, round_key, inputs, _round_params(config, round_key, paths),
                                                experiment)
         tracker = store.tracker(run_id, parent_run_id, paths.round)
@@ -272,7 +291,7 @@ def loop_flow(
         for key in ["r0", *config.round_keys()]:
             results[key] = round_flow(key, experiment=exp_name, workdir=str(work), home=str(home), parent_run_id=parent_run_id)
         os.chdir(work)
-        r0 = RoundPaths.for_round(config, "r0", work)
+        r0 = RoundPaths.for_round(config, "r0", ".")
         summary_tracker = store.tracker(parent_run_id, None, 0) if store is not None else NullTracker()
         run_stage("summary", config, r0, summary_tracker)
         if store is not None:

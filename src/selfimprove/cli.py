@@ -217,32 +217,15 @@ def run(
     console.print(f"[bold]run {exp_name}[/]: {'resuming' if resume else 'starting'}; Prefect "
                   f"{os.environ.get('PREFECT_API_URL') or 'temporary local server'}", highlight=False)
     with guarded():
-        from flows.loop import loop_flow  # the Prefect layer lives outside the core package
+        from flows.loop import loop_flow, quiet_console_tracebacks  # the Prefect layer lives outside the core
 
-        _quiet_prefect_tracebacks()
+        if not STATE["verbose"]:
+            quiet_console_tracebacks()
 
         result = loop_flow.with_options(flow_run_name=exp_name)(
             overrides=list(overrides or []), rounds=rounds, params=params, name=None if resume else exp_name,
             resume=resume, from_workspace=True, apply=apply, project=str(home))
     _print_result(home, config, exp_name, result)
-
-
-class _NoTraceback(logging.Filter):
-    """Console only: a failure is printed once, as one sentence, at the end (the UI keeps the traceback)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.exc_info is None and "Traceback (most recent call last)" not in str(record.msg)
-
-
-def _quiet_prefect_tracebacks() -> None:
-    if STATE["verbose"]:
-        return
-    from prefect.logging.handlers import PrefectConsoleHandler
-
-    for name in ("prefect", "selfimprove", ""):
-        for h in logging.getLogger(name).handlers:
-            if isinstance(h, PrefectConsoleHandler) and not any(isinstance(f, _NoTraceback) for f in h.filters):
-                h.addFilter(_NoTraceback())
 
 
 def _print_result(home: Path, config: Any, exp_name: str, result: dict[str, Any]) -> None:

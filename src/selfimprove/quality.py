@@ -30,6 +30,18 @@ TRAIN_COLUMNS = ["id", "prompt", "completion", "problem_id", "origin", "round", 
 PAIR_COLUMNS = ["id", "prompt", "chosen", "rejected", "problem_id", "round", "difficulty", "origin"]
 
 
+VOLATILE = {"meta", "id", "batch_id", "validation_id", "run_id", "run_time", "validation_time", "ge_load_time",
+            "checkpoint_id", "batch_markers"}
+
+
+def _stable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _stable(v) for k, v in obj.items() if k not in VOLATILE}
+    if isinstance(obj, list):
+        return [_stable(v) for v in obj]
+    return obj
+
+
 class DataQualityError(RuntimeError):
     """A round's dataset failed its Great Expectations suite; ``report`` holds the details."""
 
@@ -46,6 +58,11 @@ class QualityReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"success": self.success, "failures": self.failures, "suites": self.suites}
+
+    def to_stable_dict(self) -> dict[str, Any]:
+        """GX's results without what differs between identical validations (run times, ids of the validation run,
+        of expectations and of in-memory batches): the copy kept inside the DVC output. The full JSON goes to MLflow."""
+        return _stable({"success": self.success, "failures": self.failures, "suites": self.suites})
 
     def summary(self) -> str:
         if self.success:
@@ -143,7 +160,9 @@ def check_round_data(
             suite.add_expectation(e)
         vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=f"vd-{uid}", data=bd, suite=suite))
         res = vd.run(batch_parameters={"dataframe": df}, result_format="COMPLETE")
-        report.suites[batch] = res.to_json_dict()
+        result = res.to_json_dict()
+        result["suite_name"] = f"{name}/{batch}"  # the GX object names carry a per-process id; reports must not
+        report.suites[batch] = result
         for r in res.results:
             if r.success:
                 continue

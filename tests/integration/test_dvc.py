@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -27,17 +28,23 @@ def test_dag_chains_rounds(mini_project: Path) -> None:
 
 def test_repro_then_status_clean_then_nothing_to_do(mini_project: Path) -> None:
     out = dvc(["repro"], mini_project).stdout
-    for stage in ["bootstrap", "sample@r1", "verify@r1", "validate@r1", "finetune@r1", "evaluate@r1"]:
+    for stage in ["bootstrap", "evaluate@r0", "sample@r1", "verify@r1", "validate@r1", "finetune@r1", "evaluate@r1",
+                  "summary"]:
         assert f"Running stage '{stage}'" in out, out
     assert "up to date" in dvc(["status"], mini_project).stdout
     again = dvc(["repro"], mini_project).stdout
     assert "Running stage" not in again, again
     metrics = dvc(["metrics", "show", "--json"], mini_project).stdout
-    assert "accuracy/d3" in metrics
-    # a changed evaluate param invalidates exactly the evaluate stages (and bootstrap, which evaluates round 0)
+    assert "accuracy_d3" in metrics and "round_accuracy" in metrics
+    # a changed evaluate param invalidates the evaluations (and validate, which decontaminates against the
+    # evaluation problems), never bootstrap: round 0 is evaluated by evaluate@r0
     run_cli(["check", "-S", "evaluate.k=3"], mini_project)
     from selfimprove.config import apply_overrides_to_file
 
     apply_overrides_to_file(mini_project / "params.yaml", ["evaluate.k=3"])
-    status = dvc(["status", "--json"], mini_project).stdout
-    assert "evaluate@r1" in status and "bootstrap" in status and "sample@r1" not in status, status
+    status = json.loads(dvc(["status", "--json"], mini_project).stdout)
+    assert {"evaluate@r0", "evaluate@r1", "validate@r1"} <= set(status), status
+    assert not {"bootstrap", "sample@r1", "verify@r1"} & set(status), status
+    # ...and dvc repro reruns validate, whose output is byte-identical, so finetune is not rerun
+    out = dvc(["repro"], mini_project).stdout
+    assert "Running stage 'validate@r1'" in out and "Running stage 'finetune@r1'" not in out, out

@@ -1,4 +1,4 @@
-"""MLflow tracking: find-or-create runs, idempotent metrics, reconciliation of killed runs, fast failure."""
+"""MLflow store (SQLite): who opens and closes runs, idempotent metrics, reconciliation, clear failures."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from helpers import ROOT
 from selfimprove.config import load_config
-from selfimprove.tracking import MlflowTracker, TrackingError, check_server, reconcile_stale_runs
+from selfimprove.tracking import MlflowStore, Tracker, TrackingError, check_server
 
 
 @pytest.fixture
@@ -20,41 +20,58 @@ def cfg(tmp_path: Path):
     return load_config(tmp_path / "params.yaml", ["tracking.experiment=t"])
 
 
-def test_runs_are_found_not_duplicated(cfg, tmp_path: Path) -> None:
-    a = MlflowTracker(cfg, tmp_path, "r1")
-    b = MlflowTracker(cfg, tmp_path, "r1")
-    assert (a.parent_run_id, a.run_id) == (b.parent_run_id, b.run_id)
-    c = MlflowTracker(cfg, tmp_path, "r2")
-    assert c.parent_run_id == a.parent_run_id and c.run_id != a.run_id
+def test_loop_and_round_runs_are_found_not_duplicated(cfg, tmp_path: Path) -> None:
+    store = MlflowStore(cfg, tmp_path)
+    parent = store.open_loop("exp-a", baseline="abc1234", overrides=["sample.k=1"])
+    assert store.open_loop("exp-a", baseline="abc1234", overrides=["sample.k=1"]) == parent  # a retried flow
+    assert store.open_loop("exp-b", baseline="abc1234", overrides=[]) != parent  # another experiment
+    r1, prev = store.open_round(parent, "r1", "inputs-1", {"difficulties": [4]}, "exp-a")
+    assert prev is None
+    assert store.open_round(parent, "r1", "inputs-1", {"difficulties": [4]}, "exp-a") == (r1, "RUNNING")
+    store.close(r1)
+    assert store.open_round(parent, "r1", "inputs-1", {"difficulties": [4]}, "exp-a") == (r1, "FINISHED")
+    other, _ = store.open_round(parent, "r1", "inputs-2", {"difficulties": [5]}, "exp-a")
+    assert other != r1 and store.client.get_run(r1).data.tags["selfimprove.superseded"] == "true"
+    assert store.client.get_run(r1).info.status == "FINISHED", "superseding never changes a finished run's status"
+    run = store.client.get_run(other)
+    assert run.data.params["difficulties"] == "[5]" and run.data.tags["mlflow.parentRunId"] == parent
     assert (tmp_path / "mlruns.db").exists() and not (tmp_path / "mlruns").exists()
+    exp = store.client.get_experiment(store.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on training runs
 
 
-def test_metrics_are_logged_once_per_step(cfg, tmp_path: Path) -> None:
-    t = MlflowTracker(cfg, tmp_path, "r1")
+def test_stage_tracker_logs_but_never_changes_status(cfg, tmp_path: Path) -> None:
+    store = MlflowStore(cfg, tmp_path)
+    parent = store.open_loop("e", baseline="abc", overrides=[])
+    rid, _ = store.open_round(parent, "r1", "x", {}, "e")
+    store.close(rid)
+    t = store.tracker(rid, parent, 1)
+    assert not any(hasattr(t, m) for m in ("finish", "fail", "close", "promote"))
     t.log_metrics({"accuracy": 0.5}, parent=True)
-    MlflowTracker(cfg, tmp_path, "r1").log_metrics({"accuracy": 0.5}, parent=True)  # a retried task
-    hist = t.client.get_metric_history(t.run_id, "accuracy")
-    assert [(m.step, m.value) for m in hist] == [(1, 0.5)]
-    assert [(m.step, m.value) for m in t.client.get_metric_history(t.parent_run_id, "accuracy")] == [(1, 0.5)]
-
-
-def test_changed_params_supersede_the_old_round_run(cfg, tmp_path: Path) -> None:
-    old = MlflowTracker(cfg, tmp_path, "r1")
-    changed = cfg.model_copy(deep=True)
-    changed.sample.temperature = 0.5
-    new = MlflowTracker(changed, tmp_path, "r1")
-    assert new.run_id != old.run_id and new.parent_run_id == old.parent_run_id
-    assert new.client.get_run(old.run_id).data.tags["selfimprove.superseded"] == "true"
+    store.tracker(rid, parent, 1).log_metrics({"accuracy": 0.5}, parent=True)  # a retried task
+    assert [(m.step, m.value) for m in t.client.get_metric_history(rid, "accuracy")] == [(1, 0.5)]
+    assert [(m.step, m.value) for m in t.client.get_metric_history(parent, "accuracy")] == [(1, 0.5)]
+    assert store.client.get_run(rid).info.status == "FINISHED"
 
 
 def test_killed_runs_are_reconciled(cfg, tmp_path: Path) -> None:
-    t = MlflowTracker(cfg, tmp_path, "r1")
+    store = MlflowStore(cfg, tmp_path)
+    parent = store.open_loop("e", baseline="abc", overrides=[])
     dead = subprocess.Popen(["true"])
     dead.wait()
-    t.client.set_tag(t.run_id, "selfimprove.pid", str(dead.pid))  # as if a killed process owned the run
-    assert reconcile_stale_runs(t.client, t.experiment_id) == 1
-    run = t.client.get_run(t.run_id)
+    store.client.set_tag(parent, "selfimprove.pid", str(dead.pid))  # as if a killed process owned the run
+    assert store.reconcile() == 1
+    run = store.client.get_run(parent)
     assert run.info.status == "KILLED" and "gone" in run.data.tags["selfimprove.reconciled"]
+    store.open_loop("e", baseline="abc", overrides=[])  # resume: the owner reopens it
+    assert store.client.get_run(parent).info.status == "RUNNING"
+
+
+def test_null_tracker_has_the_logging_interface() -> None:
+    t = Tracker()
+    t.log_metrics({"a": 1.0})
+    t.log_params({"a": 1})
+    t.set_tags({"a": "b"})
 
 
 def test_unreachable_server_fails_in_seconds() -> None:
@@ -62,3 +79,17 @@ def test_unreachable_server_fails_in_seconds() -> None:
     with pytest.raises(TrackingError, match=r"http://127.0.0.1:9 is unreachable.*tracking.uri"):
         check_server("http://127.0.0.1:9", timeout_s=2)
     assert time.monotonic() - start < 10
+
+
+def test_full_disk_under_sqlite_names_the_store(cfg, tmp_path: Path, monkeypatch) -> None:
+    """A full disk under MLflow's SQLite store: one sentence naming mlruns.db (not two SQLAlchemy tracebacks)."""
+    import sqlite3
+
+    store = MlflowStore(cfg, tmp_path)
+
+    def full(*a, **k):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store.client, "create_run", full)
+    with pytest.raises(TrackingError, match=r"MLflow store .*mlruns\.db: the disk is full"):
+        store.open_loop("e", baseline="abc", overrides=[])

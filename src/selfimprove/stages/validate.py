@@ -128,11 +128,12 @@ def run_validate(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRe
     with staged_output(paths.validate) as out:
         write_jsonl(out / "train.jsonl", train)
         write_jsonl(out / "accepted.jsonl", accepted_all)
-        write_json(out / "quality.json", json.loads(json.dumps(quality.to_dict(), default=str)))
+        write_json(out / "quality.json", json.loads(json.dumps(quality.to_stable_dict(), default=str)))
         report.write(out)
         write_manifest(out, producer=f"validate@{paths.key}")
     tracker.log_metrics(metrics)
     tracker.log_dataset(paths.validate / "train.jsonl", name=f"{paths.key}/train", context="training")
+    tracker.log_dict(json.loads(json.dumps(quality.to_dict(), default=str)), f"validate/{paths.key}/quality.json")
     log.info("validate@%s: accepted %d rows from %d/%d problems; train %d rows; %s", paths.key, len(accepted_now),
              len(accepted_problems), n_problems, len(train), quality.summary())
     return report
