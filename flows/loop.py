@@ -18,11 +18,13 @@ Run it with ``selfimprove run`` (or ``python -m flows.loop``); serve it for the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -75,6 +77,30 @@ def quiet_console_tracebacks() -> None:
         for h in logging.getLogger(name).handlers:
             if isinstance(h, PrefectConsoleHandler) and not any(isinstance(f, _NoTraceback) for f in h.filters):
                 h.addFilter(_NoTraceback())
+
+
+@contextlib.contextmanager
+def core_logs_to_prefect() -> Iterator[None]:
+    """The core's log lines (counts, acceptance, GX results, where the outputs are) go to the Prefect UI too.
+
+    ``PREFECT_LOGGING_EXTRA_LOGGERS`` does this when it is set before Prefect is imported (the CLI, serve.py); a
+    flow called from a process that imported Prefect first (a notebook, the tests) gets the handler here."""
+    from prefect.logging.handlers import APILogHandler
+
+    lg = logging.getLogger("selfimprove")
+    added = None
+    if not any(isinstance(h, APILogHandler) for h in lg.handlers):
+        added = APILogHandler()
+        lg.addHandler(added)
+    level = lg.level
+    if lg.getEffectiveLevel() > logging.INFO:
+        lg.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        lg.setLevel(level)
+        if added is not None:
+            lg.removeHandler(added)
 
 
 def _artifact_key(*parts: str) -> str:
@@ -148,6 +174,11 @@ def round_flow(round_key: str, experiment: str, workdir: str, home: str, parent_
         home: The project folder (MLflow store, DVC cache).
         parent_run_id: The MLflow loop run this round's run nests under.
     """
+    with core_logs_to_prefect():
+        return _round(round_key, experiment, workdir, home, parent_run_id)
+
+
+def _round(round_key: str, experiment: str, workdir: str, home: str, parent_run_id: str | None) -> dict[str, Any]:
     logger = get_run_logger()
     work, home_path = Path(workdir), Path(home)
     os.chdir(work)  # relative paths in params.yaml are relative to the run's workspace
@@ -258,6 +289,12 @@ def loop_flow(
         apply: Bring the finished experiment into the workspace: auto = when its params equal the workspace's, always, or never.
         project: The project folder (a git + DVC repository).
     """
+    with core_logs_to_prefect():
+        return _loop(overrides, rounds, params, name, resume, from_workspace, apply, project)
+
+
+def _loop(overrides: list[str] | None, rounds: int | None, params: str, name: str | None, resume: str | None,
+          from_workspace: bool, apply: ApplyPolicy, project: str) -> dict[str, Any]:
     logger = get_run_logger()
     home = experiments.git_root(project)
     exp_name = resume or name or experiments.slug(current_flow_run.name or "run")

@@ -38,6 +38,25 @@ MINI_OVERRIDES = [
     "tracking.registered_model=test-tiny",
 ]
 
+# The control plane (Prefect, DVC experiments, MLflow states) under test, not learning: the same stages on a
+# model so small that a whole run is mostly orchestration (~30 s of stage work on one core).
+FAST_OVERRIDES = MINI_OVERRIDES + [
+    "model.tiny.layers=1",
+    "model.tiny.hidden=32",
+    "model.tiny.heads=2",
+    "model.tiny.intermediate=64",
+    "bootstrap.examples_per_difficulty=200",
+    "bootstrap.train.steps=20",
+    "bootstrap.train.warmup_steps=2",
+    "bootstrap.early_stop=null",
+    "sample.problems_per_round=16",
+    "sample.k=1",
+    "validate.filters=[{function: dedup}]",  # an untrained model's answers: keep them all, the gate still runs
+    "finetune.train.steps=2",
+    "evaluate.problems_per_difficulty=4",
+    "evaluate.k=1",
+]
+
 
 
 def make_project(dest: Path, overrides: list[str] | None = None) -> Path:
@@ -47,24 +66,43 @@ def make_project(dest: Path, overrides: list[str] | None = None) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("params.yaml", "dvc.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, dest / name)
-    for d in ("flows", "tasks"):
+    for d in ("flows", "tasks", "scripts"):
         shutil.copytree(ROOT / d, dest / d, ignore=shutil.ignore_patterns("__pycache__"))
+    (dest / "infra").mkdir(exist_ok=True)
+    shutil.copy(ROOT / "infra" / "prefect.yaml", dest / "infra" / "prefect.yaml")
     # dvc.yaml lists code dependencies under src/selfimprove: a copy keeps DVC's hashes meaningful here.
     shutil.copytree(ROOT / "src" / "selfimprove", dest / "src" / "selfimprove", ignore=shutil.ignore_patterns("__pycache__"))
     (dest / ".gitignore").write_text("/.selfimprove/\n/mlruns.db\n/mlartifacts/\n/.prefect/\n__pycache__/\n")
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True, env=env)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=dest, check=True, env=env)
-    apply_overrides_to_file(dest / "params.yaml", (overrides if overrides is not None else MINI_OVERRIDES))
+    apply_overrides_to_file(dest / "params.yaml", (overrides if overrides is not None else FAST_OVERRIDES))
     subprocess.run(["git", "add", "-A"], cwd=dest, check=True, env=env)
     subprocess.run(["git", "commit", "-qm", "init"], cwd=dest, check=True, env=env)
     return dest
 
 
 
-def run_cli(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of a ``selfimprove`` subprocess: this venv on PATH, and the Prefect API the tests share
+    (the test harness's, when one is running) so a run does not start a temporary server of its own."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    proc = subprocess.run([sys.executable, "-m", "selfimprove.cli", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    try:
+        from prefect.settings import PREFECT_API_URL
+
+        url = PREFECT_API_URL.value()
+    except Exception:  # noqa: BLE001
+        url = None
+    if url:
+        env["PREFECT_API_URL"] = url
+    env.update(extra)
+    return env
+
+
+def run_cli(args: list[str], cwd: Path, check: bool = True, env: dict[str, str] | None = None,
+            timeout: float | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "selfimprove.cli", *args], cwd=cwd, env=env or cli_env(),
+                          capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"selfimprove {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

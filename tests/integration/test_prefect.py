@@ -1,13 +1,22 @@
-"""Prefect (real API via the test harness) runs the miniature loop; DVC and MLflow agree with it."""
+"""Runs through Prefect (the real API of the test harness), each a DVC experiment, each MLflow run with one owner.
+
+One project for the module; the runs build on each other in file order, as a user's would:
+``base`` (a whole run, applied to the workspace) -> ``again`` (same params: every stage restored, nothing
+trained) -> ``bad`` (an uncommitted edit makes round 1 fail its gate) -> ``fixed`` (the edit reverted) -> a
+failing single-stage command on a corrupt model. After each step the MLflow states say what happened, the
+workspace params.yaml is what the user wrote, and DVC agrees with what ran. The control plane is under test, so
+the model is the smallest that runs every stage for real (``helpers.FAST_OVERRIDES``).
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,106 +30,283 @@ def dvc_out(args: list[str], cwd: Path) -> str:
     return proc.stdout
 
 
+def git(args: list[str], cwd: Path) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout
+
+
+def run_loop(proj: Path, **kwargs: Any) -> dict[str, Any]:
+    from flows.loop import loop_flow
+
+    cwd = os.getcwd()
+    try:
+        name = kwargs.get("name")
+        return loop_flow.with_options(flow_run_name=name)(project=str(proj), **kwargs)
+    finally:
+        os.chdir(cwd)
+
+
+def mlflow_runs(proj: Path, experiment: str | None = None) -> dict[str, Any]:
+    """{'<experiment>/<run name>': run} for the project's store (round runs as '<experiment>/round-N')."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{proj / 'mlruns.db'}")
+    exp = client.get_experiment_by_name("selfimprove")
+    out = {}
+    for run in client.search_runs([exp.experiment_id], max_results=1000):
+        e = run.data.tags.get("selfimprove.experiment")
+        if experiment is None or e == experiment:
+            out[f"{e}/{run.info.run_name}"] = run
+    return out
+
+
+def statuses(proj: Path, experiment: str | None = None) -> dict[str, str]:
+    return {k: r.info.status for k, r in mlflow_runs(proj, experiment).items()
+            if r.data.tags.get("selfimprove.superseded") != "true"}
+
+
 def test_each_task_is_its_stage_function() -> None:
     import tasks
     from selfimprove import stages
 
     assert tasks.bootstrap.fn is stages.run_bootstrap
+    assert tasks.summary.fn is stages.run_summary
     for name, t in tasks.ROUND_TASKS.items():
         assert t.fn is getattr(stages, f"run_{name}"), name
         assert t.name == name
 
 
 @pytest.fixture(scope="module")
-def flow_run(tmp_path_factory: pytest.TempPathFactory, prefect_backend):
-    from flows.loop import loop_flow
+def base(tmp_path_factory: pytest.TempPathFactory, prefect_backend) -> tuple[Path, dict[str, Any], bytes]:
     from helpers import make_project
 
     proj = make_project(tmp_path_factory.mktemp("prefect") / "proj")
-    cwd = os.getcwd()
-    try:
-        result = loop_flow(project=str(proj), params="params.yaml")
-    finally:
-        os.chdir(cwd)
-    return proj, result
+    params = (proj / "params.yaml").read_bytes()
+    result = run_loop(proj, name="base", apply="auto")
+    return proj, result, params
 
 
-def test_flow_runs_every_stage_and_leaves_dvc_clean(flow_run) -> None:
-    proj, result = flow_run
-    assert result["ran"] == {"r0": ["bootstrap"], "r1": ["sample", "verify", "validate", "finetune", "evaluate"]}
+def test_a_run_is_a_dvc_experiment_applied_to_an_untouched_workspace(base) -> None:
+    proj, result, params = base
+    assert result["ran"] == {"r0": ["bootstrap", "evaluate"],
+                             "r1": ["sample", "verify", "validate", "finetune", "evaluate"]}
+    assert result["applied"] is True and result["experiment"] == "base"
+    assert (proj / "params.yaml").read_bytes() == params and not git(["status", "--porcelain", "params.yaml"], proj)
+    assert "base" in dvc_out(["exp", "list", "--name-only"], proj).split()
+    shown = dvc_out(["exp", "show", "--no-pager", "--csv"], proj)
+    assert any(line.startswith("base,") for line in shown.splitlines()), shown
     assert "up to date" in dvc_out(["status"], proj)
     assert "Running stage" not in dvc_out(["repro"], proj)
     lock = (proj / "dvc.lock").read_text()
-    assert "evaluate@r1" in lock and "cmd: selfimprove evaluate --round r1" in lock
+    for stage in ("bootstrap", "evaluate@r0", "finetune@r1", "evaluate@r1", "summary"):
+        assert f"{stage}:" in lock, stage
+    assert not (proj / ".selfimprove" / "exps" / "base").exists(), "a finished run's workspace is removed"
+    rec = json.loads(run_cli(["runs", "--json"], proj).stdout)
+    assert [(r["name"], r["status"], r["applied"]) for r in rec] == [("base", "finished", True)]
 
 
-def test_mlflow_holds_the_numbers_report_prints(flow_run) -> None:
+def test_mlflow_runs_have_one_owner_and_say_what_differed(base) -> None:
     from mlflow import MlflowClient
 
-    proj, _ = flow_run
-    report = json.loads(run_cli(["report", "--json"], proj).stdout)
-    assert [r["round"] for r in report["rounds"]] == [0, 1]
-    client = MlflowClient(tracking_uri=f"sqlite:///{proj / 'mlruns.db'}")
-    for r in report["rounds"]:
-        run = client.get_run(r["run_id"])
-        assert run.info.status == "FINISHED"
-        assert run.data.tags["selfimprove.round"] == str(r["round"])
-        parent = client.get_run(run.data.tags["mlflow.parentRunId"])
-        assert parent.data.tags["selfimprove.kind"] == "loop"
-        for key in ("accuracy", "accuracy/d1", "accuracy/d3"):
-            assert run.data.metrics[key] == pytest.approx(r["metrics"][key])
-        on_disk = json.loads((proj / "runs" / f"r{r['round']}" / "metrics.json").read_text())
-        assert r["metrics"]["accuracy/d3"] == pytest.approx(on_disk["accuracy/d3"], abs=1e-6)
-        # the parent charts the round metrics with step = round
-        hist = client.get_metric_history(parent.info.run_id, "accuracy/d3")
-        assert any(m.step == r["round"] for m in hist)
-    versions = client.search_model_versions("name = 'test-tiny'")
-    assert sorted(int(v.tags["selfimprove.round"]) for v in versions) == [0, 1]
-    best = client.get_model_version_by_alias("test-tiny", "best")
-    assert best.version in {v.version for v in versions}
-    # datasets are logged as run inputs with their DVC (md5) hash
-    r1 = client.get_run(report["rounds"][1]["run_id"])
-    names = {d.dataset.name: d.dataset.digest for d in r1.inputs.dataset_inputs}
-    assert "r1/train" in names and len(names["r1/train"]) == 32
-
-
-def test_retried_stage_creates_no_second_run_or_version(flow_run) -> None:
-    from mlflow import MlflowClient
-
-    from selfimprove.config import load_config
-    from selfimprove.paths import RoundPaths
-    from selfimprove.stages import run_evaluate
-    from selfimprove.tracking import make_tracker
-
-    proj, _ = flow_run
+    proj, result, _ = base
+    assert statuses(proj, "base") == {"base/base": "FINISHED", "base/round-0": "FINISHED", "base/round-1": "FINISHED"}
+    runs = mlflow_runs(proj, "base")
+    r1 = runs["base/round-1"]
+    p = r1.data.params
+    assert p["round_key"] == "r1" and p["difficulties"] == "[3]" and p["trainer"] == "sft"
+    assert p["start_model"].startswith("r0") and p["lr"] == "0.001" and p["problems"] == "16"
+    assert runs["base/round-0"].data.params["kind"] == "bootstrap"
     client = MlflowClient(tracking_uri=f"sqlite:///{proj / 'mlruns.db'}")
     exp = client.get_experiment_by_name("selfimprove")
-    runs_before = len(client.search_runs([exp.experiment_id]))
-    versions_before = len(client.search_model_versions("name = 'test-tiny'"))
-    cfg = load_config(proj / "params.yaml")
-    cwd = os.getcwd()
-    os.chdir(proj)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    versions = client.search_model_versions("name = 'test-tiny'")
+    assert sorted(int(v.tags["selfimprove.round"]) for v in versions) == [0, 1]
+    for v in versions:
+        assert "experiment 'base'" in v.description and "accuracy" in v.description, v.description
+    assert client.get_model_version_by_alias("test-tiny", "best").version in {v.version for v in versions}
+    names = {d.dataset.name: d.dataset.digest for d in r1.inputs.dataset_inputs}
+    assert "r1/train" in names and len(names["r1/train"]) == 32
+    # the report reads the numbers back, and they are the DVC metrics files' numbers
+    report = json.loads(run_cli(["report", "--name", "base", "--json"], proj).stdout)
+    assert [r["round"] for r in report["rounds"]] == [0, 1]
+    for r in report["rounds"]:
+        on_disk = json.loads((proj / "runs" / "metrics" / f"r{r['round']}.json").read_text())
+        assert r["metrics"]["accuracy/d3"] == pytest.approx(on_disk["accuracy/d3"], abs=1e-6)
+        hist = client.get_metric_history(runs["base/base"].info.run_id, "accuracy/d3")
+        assert any(m.step == r["round"] for m in hist), "the loop run charts round metrics with step = round"
+
+
+def test_prefect_names_runs_and_tasks_say_what_they_did(base) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as c:
+        runs = c.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[
+            "base", "base/round-r0", "base/round-r1"])))
+        assert sorted(r.name for r in runs) == ["base", "base/round-r0", "base/round-r1"]
+        r1 = next(r for r in runs if r.name == "base/round-r1")
+        logs = [lg.message for lg in c.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[r1.id])))]
+        tasks_ = {t.name for t in c.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [r1.id]}))}
+    text = "\n".join(logs)
+    assert {"sample@r1", "verify@r1", "validate@r1", "finetune@r1", "evaluate@r1"} <= tasks_, tasks_
+    assert "validate@r1: accepted" in text and "expectations passed" in text, text
+    assert "finetune@r1: done" in text and "recorded in dvc.lock" in text, text
+    assert "at lr 0.001" in text, text
+
+
+def test_noop_rerun_restores_everything_and_leaves_every_run_finished(base) -> None:
+    from selfimprove.config import load_config
+    from selfimprove.tracking import MlflowStore
+
+    proj, _, params = base
+    before = statuses(proj, "base")
+    t0 = time.monotonic()
+    result = run_loop(proj, name="again", apply="auto")
+    assert result["ran"] == {"r0": [], "r1": []}, result["rounds"]
+    assert set(result["rounds"]["r1"]["states"].values()) <= {"restored", "fresh"}
+    assert statuses(proj, "base") == before
+    assert statuses(proj, "again") == {"again/again": "FINISHED", "again/round-0": "FINISHED",
+                                       "again/round-1": "FINISHED"}
+    assert "RUNNING" not in statuses(proj).values()
+    store = MlflowStore(load_config(proj / "params.yaml"), proj)
+    assert store.reconcile() == 0, "no run is left RUNNING without a live process"
+    assert (proj / "params.yaml").read_bytes() == params
+    assert "up to date" in dvc_out(["status"], proj)
+    print(f"no-op rerun: {time.monotonic() - t0:.0f}s")
+
+
+def test_a_taken_name_is_refused_before_anything_is_written(base) -> None:
+    from selfimprove.experiments import ExperimentError
+
+    proj, _, _ = base
+    records = sorted((proj / ".selfimprove" / "runs").glob("*.json"))
+    snap = {p: p.read_bytes() for p in records}
+    n_runs = len(mlflow_runs(proj))
+    with pytest.raises(ExperimentError, match="'base' exists"):
+        run_loop(proj, name="base")
+    assert {p: p.read_bytes() for p in records} == snap and len(mlflow_runs(proj)) == n_runs
+    proc = run_cli(["run", "--name", "base"], proj, check=False)
+    assert proc.returncode == 1 and "'base' exists" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_change_fail_revert_keeps_every_round_in_the_report(base) -> None:
+    from selfimprove.config import apply_overrides_to_file
+    from selfimprove.quality import DataQualityError
+
+    proj, _, params = base
+    apply_overrides_to_file(proj / "params.yaml", ["validate.expectations.min_rows=100000"])  # the user's edit
+    edited = (proj / "params.yaml").read_bytes()
+    with pytest.raises(DataQualityError, match="failed validation"):
+        run_loop(proj, name="bad", from_workspace=True, apply="auto")
+    assert (proj / "params.yaml").read_bytes() == edited, "a failed run leaves the user's file as it was"
+    assert statuses(proj, "bad") == {"bad/bad": "FAILED", "bad/round-0": "FINISHED", "bad/round-1": "FAILED"}
+    rec = {r["name"]: r for r in json.loads(run_cli(["runs", "--json"], proj).stdout)}
+    assert rec["bad"]["status"] == "failed" and not rec["bad"]["dvc_experiment"]
+    git(["checkout", "params.yaml"], proj)  # the user reverts
+    assert (proj / "params.yaml").read_bytes() == params
+    result = run_loop(proj, name="fixed", from_workspace=True, apply="auto")
+    assert result["applied"] is True
+    for name in ("fixed", "base"):
+        report = json.loads(run_cli(["report", "--name", name, "--json"], proj).stdout)
+        assert [r["round"] for r in report["rounds"]] == [0, 1], name
+        assert all("accuracy" in r["metrics"] for r in report["rounds"]), report
+        assert all(r["status"] == "FINISHED" for r in report["rounds"]), report
+    table = run_cli(["report", "--name", "fixed"], proj).stdout
+    assert " - " not in table.split("\n", 4)[-1].split("Nd:")[0].replace("-  ", ""), table
+    assert statuses(proj, "bad")["bad/round-0"] == "FINISHED", "a later run never changes an earlier one"
+    assert "RUNNING" not in statuses(proj).values()
+
+
+def test_failing_stage_command_names_the_corrupt_file_and_changes_no_run(base) -> None:
+    proj, _, _ = base
+    before = statuses(proj)
+    weights = sorted((proj / "runs" / "r1" / "model").rglob("model.safetensors"))
+    assert weights
+    data = weights[0].read_bytes()
+    weights[0].write_bytes(data[: len(data) // 3])  # truncated, as by a full disk or a killed copy
     try:
-        tracker = make_tracker(cfg, proj, "r1")
-        run_evaluate(cfg, RoundPaths.for_round(cfg, "r1", proj), tracker)
+        proc = run_cli(["evaluate", "--round", "r1"], proj, check=False)
     finally:
-        os.chdir(cwd)
-    assert len(client.search_runs([exp.experiment_id])) == runs_before
-    assert len(client.search_model_versions("name = 'test-tiny'")) == versions_before
-    hist = client.get_metric_history(tracker.run_id, "accuracy/d3")
-    assert len([m for m in hist if m.step == 1]) == 1, "a retried stage logs no duplicate metric points"
+        weights[0].write_bytes(data)
+    assert proc.returncode == 1
+    err = " ".join(proc.stderr.split())
+    assert "corrupt model" in err and "model.safetensors" in err and "manifest.json" in err, proc.stderr
+    assert "Traceback" not in proc.stderr and "deserializing header" not in proc.stderr, proc.stderr
+    assert statuses(proj) == before, "a stage command never changes a run's status"
+    assert "up to date" in dvc_out(["status"], proj)
 
 
-def test_interrupted_loop_resumes_from_the_missing_stage(flow_run, tmp_path: Path) -> None:
-    """Losing a round's model (crash during finetune) re-runs finetune and evaluate only."""
-    from flows.loop import loop_flow
+def _exp_file(proj: Path, name: str, path: str) -> str:
+    """A DVC-tracked file as experiment ``name`` recorded it (read from the shared DVC cache)."""
+    import dvc.api
 
-    proj, _ = flow_run
-    shutil.rmtree(proj / "runs" / "r1" / "model")
-    cwd = os.getcwd()
-    try:
-        result = loop_flow(project=str(proj), params="params.yaml")
-    finally:
-        os.chdir(cwd)
-    assert result["ran"] == {"r0": [], "r1": ["finetune", "evaluate"]}
+    ref = git(["for-each-ref", "--format=%(objectname) %(refname)", "refs/exps/"], proj)
+    rev = next(line.split()[0] for line in ref.splitlines() if line.endswith(f"/{name}"))
+    return dvc.api.read(path, repo=str(proj), rev=rev)
+
+
+def test_concurrent_runs_train_with_their_own_params_and_a_killed_one_resumes(base) -> None:
+    """Two runs at once with different learning rates; one is killed -9 in the middle of finetune, then resumed."""
+    import signal
+    import threading
+
+    from helpers import cli_env
+
+    proj, _, params = base
+    env = cli_env()
+    logs: dict[str, list[str]] = {"lr-a": [], "lr-b": []}
+
+    def start(name: str, *overrides: str) -> subprocess.Popen:
+        args = [sys.executable, "-m", "selfimprove.cli", "run", "--name", name]
+        for o in overrides:
+            args += ["-S", o]
+        p = subprocess.Popen(args, cwd=proj, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)
+        threading.Thread(target=lambda: logs[name].extend(p.stdout), daemon=True).start()
+        return p
+
+    a = start("lr-a", "finetune.train.lr=0.0005")
+    # lr-b trains long enough to be killed while training (the FAST model does ~100 steps/s)
+    b = start("lr-b", "finetune.train.lr=0.003", "finetune.train.steps=3000")
+    deadline = time.monotonic() + 300
+    while not any("validate@r1:" in line for line in logs["lr-b"]):  # validate done: finetune@r1 is next
+        assert b.poll() is None, "".join(logs["lr-b"])
+        assert time.monotonic() < deadline, "".join(logs["lr-b"])
+        time.sleep(0.5)
+    time.sleep(12)  # into finetune (TRL's import takes a few seconds, then 3000 steps)
+    assert b.poll() is None and not any("finetune@r1: done" in line for line in logs["lr-b"]), "".join(logs["lr-b"])
+    os.killpg(b.pid, signal.SIGKILL)
+    b.wait()
+    assert a.wait(timeout=600) == 0, "".join(logs["lr-a"])
+    assert (proj / "params.yaml").read_bytes() == params, "runs never write the workspace's params.yaml"
+    rec = {r["name"]: r for r in json.loads(run_cli(["runs", "--json"], proj).stdout)}
+    assert rec["lr-b"]["status"] == "killed" and rec["lr-a"]["status"] == "finished"
+    assert rec["lr-a"]["applied"] is False, "params differ from the workspace's: not applied"
+
+    resumed = run_cli(["run", "--resume", "lr-b"], proj, timeout=600)
+    assert "resuming" in resumed.stderr
+    assert statuses(proj, "lr-b") == {"lr-b/lr-b": "FINISHED", "lr-b/round-0": "FINISHED", "lr-b/round-1": "FINISHED"}
+    assert statuses(proj, "lr-a") == {"lr-a/lr-a": "FINISHED", "lr-a/round-0": "FINISHED", "lr-a/round-1": "FINISHED"}
+    assert "RUNNING" not in statuses(proj).values()
+    for name, lr in (("lr-a", 0.0005), ("lr-b", 0.003)):
+        trained = json.loads(_exp_file(proj, name, "runs/r1/model/stage_report.json"))
+        assert trained["details"]["members"][0]["learning_rate"] == lr, name
+        assert mlflow_runs(proj, name)[f"{name}/round-1"].data.params["lr"] == str(lr)
+    shown = dvc_out(["exp", "show", "--no-pager", "--csv", "--keep", "finetune.train.lr"], proj)
+    assert "lr-a" in shown and "lr-b" in shown, shown
+
+
+def test_dvc_reruns_exactly_the_stages_that_declare_a_changed_param(base) -> None:
+    """Last in the module: it edits the workspace. evaluate.k is read by the evaluations only; validate declares
+    just the evaluate keys that pick the held-out problems (decontamination), and bootstrap none."""
+    import json as _json
+
+    from selfimprove.config import apply_overrides_to_file
+
+    proj, _, _ = base
+    apply_overrides_to_file(proj / "params.yaml", ["evaluate.k=2"])
+    status = _json.loads(dvc_out(["status", "--json"], proj))
+    assert set(status) == {"evaluate@r0", "evaluate@r1"}, status
+    out = dvc_out(["repro"], proj)
+    assert "Running stage 'evaluate@r1'" in out and "Running stage 'evaluate@r0'" in out, out
+    assert "Running stage 'finetune@r1'" not in out and "Running stage 'bootstrap'" not in out, out
     assert "up to date" in dvc_out(["status"], proj)

@@ -1,8 +1,12 @@
-"""A real `prefect server` on 127.0.0.1 plus the served deployment (what `make ui` starts): a loop started
-through the API with parameters, as the UI's "Custom run" does, completes and publishes its round table."""
+"""What `make ui` starts (scripts/ui.sh: a real `prefect server` on 127.0.0.1 and the served deployment), used as a
+person uses the UI: a custom run from the form with a run name and overrides, a Quick run, a schedule added in the
+UI that survives serving again, and `make ui-stop` stopping everything it started.
+
+One test, because the server and the deployment are the expensive part (~20 s to start on 2 cores)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -16,6 +20,8 @@ import pytest
 
 from helpers import make_project
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -23,67 +29,146 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def client_code(api: str, body: str) -> str:
+    return f"""
+import asyncio, json, sys
+from prefect.client.orchestration import get_client
+from prefect.deployments import run_deployment
+NAME = "selfimprove-loop/selfimprove"
+async def deployment(c):
+    for _ in range(240):
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(url)
+            return await c.read_deployment_by_name(NAME)
+        except Exception:
+            await asyncio.sleep(0.5)
+    raise SystemExit("deployment never appeared")
+async def main():
+    async with get_client() as c:
+{body}
+asyncio.run(main())
+"""
+
+
+def py(code: str, env: dict[str, str], timeout: float = 900) -> str:
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return out.stdout
 
 
 @pytest.fixture
-def server(tmp_path: Path):
-    port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
-    log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_for(f"http://127.0.0.1:{port}/api/health", 120)
-        yield f"http://127.0.0.1:{port}/api", env
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-
-
-def test_loop_started_from_the_deployment_with_parameters(server, tmp_path: Path) -> None:
-    api, env = server
+def project(tmp_path: Path):
     proj = make_project(tmp_path / "proj")
-    env = {**env, "PREFECT_API_URL": api, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    root = Path(__file__).resolve().parents[2]
-    serve = subprocess.Popen([sys.executable, str(root / "flows" / "serve.py"), "--project", str(proj)], env=env,
-                             stdout=open(tmp_path / "serve.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        code = f"""
-import asyncio, sys
-from prefect.deployments import run_deployment
-from prefect.client.orchestration import get_client
-async def main():
-    for _ in range(120):
-        async with get_client() as c:
-            try:
-                await c.read_deployment_by_name("selfimprove-loop/selfimprove"); break
-            except Exception:
-                await asyncio.sleep(1)
-    run = await run_deployment("selfimprove-loop/selfimprove", parameters={{"overrides": ["evaluate.k=1"]}}, timeout=600)
-    async with get_client() as c:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env |= {"PREFECT_HOME": str(proj / ".prefect"), "PREFECT_PORT": str(port), "BIN": str(Path(sys.executable).parent),
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    yield proj, env, f"http://127.0.0.1:{port}/api"
+    subprocess.run(["bash", "scripts/ui.sh", "stop"], cwd=proj, env=env, capture_output=True, timeout=120)
+
+
+def ui(proj: Path, env: dict[str, str], *args: str) -> str:
+    out = subprocess.run(["bash", "scripts/ui.sh", *args], cwd=proj, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def test_ui_form_quick_run_schedules_and_stop(project) -> None:
+    proj, env, api = project
+    params = (proj / "params.yaml").read_bytes()
+    first = ui(proj, env, "start")
+    assert "starting Prefect server" in first and "serving deployment" in first, first
+    server_pid, serve_pid = (int((proj / ".prefect" / f).read_text()) for f in ("server.pid", "serve.pid"))
+    again = ui(proj, env, "start")  # idempotent: reuses both
+    assert "already running" in again and "already served" in again, again
+    assert int((proj / ".prefect" / "server.pid").read_text()) == server_pid
+    assert int((proj / ".prefect" / "serve.pid").read_text()) == serve_pid
+    cenv = {**env, "PREFECT_API_URL": api}
+
+    # a schedule added in the UI survives serving the deployment again (what the next `make ui` does)
+    py(client_code(api, """
+        from prefect.client.schemas.actions import DeploymentScheduleCreate
+        from prefect.client.schemas.schedules import CronSchedule
+        d = await deployment(c)
+        await c.create_deployment_schedules(d.id, [DeploymentScheduleCreate(
+            schedule=CronSchedule(cron="30 4 * * 1", timezone="UTC"), active=True)])
+"""), cenv)
+    os.killpg(serve_pid, signal.SIGTERM)
+    for _ in range(60):
+        if not alive(serve_pid):
+            break
+        time.sleep(0.5)
+    (proj / ".prefect" / "serve.pid").unlink()
+    ui(proj, env, "start")
+    out = py(client_code(api, """
+        for _ in range(60):
+            d = await deployment(c)
+            crons = [s.schedule.cron for s in d.schedules]
+            if "0 3 * * *" in crons:
+                break
+            await asyncio.sleep(0.5)
+        print(json.dumps(sorted(crons)))
+"""), cenv)
+    crons = json.loads(out.strip().splitlines()[-1])
+    assert crons == ["0 3 * * *", "30 4 * * 1"], crons  # declared in infra/prefect.yaml once, plus the user's
+
+    # a custom run from the form (run name + overrides), then a Quick run with an uncommitted edit in the workspace
+    out = py(client_code(api, """
+        run = await run_deployment(NAME, parameters={"overrides": ["evaluate.k=2"]}, flow_run_name="form-run", timeout=900)
+        print(run.state.type.value)
+"""), cenv)
+    assert out.strip().splitlines()[-1] == "COMPLETED", (proj / ".prefect" / "serve.log").read_text()[-4000:]
+    from selfimprove.config import apply_overrides_to_file
+
+    apply_overrides_to_file(proj / "params.yaml", ["evaluate.problems_per_difficulty=5"])  # not committed
+    out = py(client_code(api, """
+        run = await run_deployment(NAME, timeout=900)
+        subs = await c.read_flow_runs()
         arts = await c.read_artifacts()
-    print(run.state.type.value, sorted(a.key for a in arts if a.key))
-asyncio.run(main())
-"""
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
-        assert out.returncode == 0, out.stderr + (tmp_path / "serve.log").read_text()[-3000:]
-        state, keys = out.stdout.strip().split(" ", 1)
-        assert state == "COMPLETED", (tmp_path / "serve.log").read_text()[-3000:]
-        assert "default-round-1" in keys and "default-summary" in keys, keys
-        assert "k: 1" in (proj / "params.yaml").read_text().split("evaluate:")[1][:400]  # overrides were applied
-    finally:
-        os.killpg(serve.pid, signal.SIGTERM)
-        serve.wait(timeout=30)
-    status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=proj, capture_output=True, text=True, env=env)
-    assert "up to date" in status.stdout, status.stdout + status.stderr
+        print(json.dumps({"state": run.state.type.value, "name": run.name, "runs": sorted(r.name for r in subs),
+                          "artifacts": sorted(a.key for a in arts if a.key)}))
+"""), cenv)
+    quick = json.loads(out.strip().splitlines()[-1])
+    assert quick["state"] == "COMPLETED", (proj / ".prefect" / "serve.log").read_text()[-4000:]
+    q = quick["name"]
+    assert {"form-run", "form-run/round-r0", "form-run/round-r1", q, f"{q}/round-r1"} <= set(quick["runs"]), quick
+    assert {"form-run-summary", f"{q}-summary"} <= set(quick["artifacts"]), quick
+
+    # the workspace file is the user's (with their uncommitted edit); each run's params are its own
+    subprocess.run(["git", "checkout", "params.yaml"], cwd=proj, check=True)
+    assert (proj / "params.yaml").read_bytes() == params
+    shown = json.loads(subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=proj, env=env,
+                                      capture_output=True, text=True, check=True).stdout)
+    exps = {}
+    for baseline in shown:
+        for e in baseline.get("experiments") or []:
+            for r in e.get("revs") or []:
+                data = r.get("data") or {}
+                exps[r.get("name") or data.get("name")] = data["params"]["params.yaml"]["data"]
+    assert exps["form-run"]["evaluate"]["k"] == 2, exps["form-run"]["evaluate"]
+    assert exps[q]["evaluate"] == exps["form-run"]["evaluate"] | {"k": 1}, "a Quick run uses the committed params"
+    assert exps[q]["evaluate"]["problems_per_difficulty"] == 4, "uncommitted edits never reach a deployment run"
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{proj / 'mlruns.db'}")
+    exp = client.get_experiment_by_name("selfimprove")
+    loops = {r.info.run_name: r.info.status for r in client.search_runs(
+        [exp.experiment_id], filter_string="tags.`selfimprove.kind` = 'loop'")}
+    assert loops == {"form-run": "FINISHED", q: "FINISHED"}, loops
+    assert not [r for r in client.search_runs([exp.experiment_id]) if r.info.status != "FINISHED"]
+
+    # make ui-stop stops everything make ui started
+    serve_pid = int((proj / ".prefect" / "serve.pid").read_text())
+    stopped = ui(proj, env, "stop")
+    assert "stopped server" in stopped and "stopped serve" in stopped, stopped
+    time.sleep(1)
+    assert not alive(server_pid) and not alive(serve_pid)
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{api}/health", timeout=2)

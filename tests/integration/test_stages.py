@@ -229,3 +229,31 @@ def test_ensemble_members_sample_vote_and_train_together(tmp_path: Path) -> None
     m = report.metrics
     assert m["accuracy/d1"] == m["members/m0/accuracy/d1"], "m0 is the product model: the headline is its own"
     assert "members/m1/accuracy/d1" in m and "members/m1/maj_at_4/d1" not in m  # helpers: greedy accuracy only
+
+
+def test_same_inputs_give_the_same_bytes(round_outputs, tmp_path: Path, monkeypatch) -> None:
+    """DVC outputs hold no timestamps or timings: rerunning round 1's stages on the same inputs writes the same
+    bytes (so DVC's hashes, dvc.lock and a run restored from DVC's run cache agree with a fresh run). Paths are
+    project-relative, as in the flow and in `dvc repro`."""
+    import shutil
+
+    cfg, proj, _ = round_outputs
+    outs = []
+    for name in ("a", "b"):
+        copy = tmp_path / name
+        shutil.copytree(proj / "runs", copy / "runs")
+        monkeypatch.chdir(copy)
+        paths = RoundPaths.for_round(cfg, "r1", ".")
+        for d in (paths.sample, paths.verify, paths.validate, paths.model, paths.evaluate):
+            shutil.rmtree(d)
+        for fn in (run_sample, run_verify, run_validate, run_finetune, run_evaluate):
+            fn(cfg, paths, NullTracker())
+        outs.append(copy / "runs" / "r1")
+    a, b = outs
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    assert any(f.name == "model.safetensors" for f in files) and any(f.name == "verdicts.jsonl" for f in files)
+    for f in files:
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f"runs/r1/{f} differs between identical runs"
+    assert (tmp_path / "a" / "runs" / "metrics" / "r1.json").read_bytes() == \
+        (tmp_path / "b" / "runs" / "metrics" / "r1.json").read_bytes()

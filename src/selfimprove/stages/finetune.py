@@ -58,5 +58,6 @@ def run_finetune(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRe
         report.write(out)
         write_manifest(out, producer=f"finetune@{paths.key}")
     tracker.log_metrics(metrics, step=paths.round)
-    log.info("finetune@%s: %s from %s, %d steps in %.1fs", paths.key, fc.trainer, init, result["steps"], result["seconds"])
+    log.info("finetune@%s: %s from %s, %d steps at lr %g in %.1fs", paths.key, fc.trainer, init, result["steps"],
+             results[0].get("learning_rate", fc.train.lr), result["seconds"])
     return report

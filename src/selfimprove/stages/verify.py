@@ -35,6 +35,7 @@ def run_verify(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRepo
         "verify/pass_rate": sum(v.passed for v in verdicts) / n,
         "verify/parse_rate": sum(v.answer is not None for v in verdicts) / n,
         "verify/seconds": t["seconds"],
+        "verify/cost_seconds": sum(v.cost_s for v in verdicts),  # MLflow only: timings never enter DVC outputs
     }
     if agreements:
         metrics["verify/mean_agreement"] = sum(agreements) / len(agreements)
@@ -42,7 +43,8 @@ def run_verify(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRepo
                          outputs={"verdicts": str(paths.verify / "verdicts.jsonl")},
                          details={"verifier": verifier.name, "status": dict(status), "label_free": not verifier.needs_gold})
     with staged_output(paths.verify) as out:
-        write_jsonl(out / "verdicts.jsonl", verdicts)
+        # cost_s is a timing: the same completions must give the same bytes (it stays in the verifier's metrics)
+        write_jsonl(out / "verdicts.jsonl", (v.model_dump(mode="json", exclude={"cost_s"}) for v in verdicts))
         report.write(out)
         write_manifest(out, producer=f"verify@{paths.key}")
     tracker.log_metrics(metrics)

@@ -188,6 +188,7 @@ def train_dpo(
         "train_loss": float(result.training_loss),
         "final_loss": float(tcb.last.get(f"{prefix}/loss", result.training_loss)),
         "seconds": round(seconds, 2),
+        "learning_rate": float(trainer.args.learning_rate),  # what the trainer was given (a run's own value)
         "examples_per_s": round(trainer.state.global_step * cfg.batch_size * cfg.grad_accum / max(seconds, 1e-9), 1),
     }
     for key in ("rewards/accuracies", "rewards/margins"):

@@ -275,6 +275,7 @@ def train_sft(
         "train_loss": float(result.training_loss),
         "final_loss": float(tcb.last.get(f"{prefix}/loss", result.training_loss)),
         "seconds": round(seconds, 2),
+        "learning_rate": float(trainer.args.learning_rate),  # what the trainer was given (a run's own value)
         "examples_per_s": round(trainer.state.global_step * cfg.batch_size * cfg.grad_accum / max(seconds, 1e-9), 1),
     }
     log.info("trained %d steps on %d rows in %.1fs (loss %.4f)", report["steps"], len(rows), seconds, report["final_loss"])
