@@ -32,11 +32,13 @@ PYTEST_ARGS ?=
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
 
+# --compile-bytecode: this machine sets PYTHONDONTWRITEBYTECODE=1, so without .pyc files every process compiles
+# torch/transformers/GX from source (measured: 30 s -> 12 s to import transformers.modeling_utils + GX).
 $(STAMP): pyproject.toml requirements/lock.txt
 	@$(MAKE) --no-print-directory sysdeps
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --disable-pip-version-check uv
-	$(BIN)/uv pip install --python $(BIN)/python -q $(TORCH_SOURCE) -r requirements/lock.txt
+	$(BIN)/uv pip install --python $(BIN)/python -q --compile-bytecode $(TORCH_SOURCE) -r requirements/lock.txt
 	$(BIN)/uv pip install --python $(BIN)/python -q --no-deps -e .
 	@touch $(STAMP)
 

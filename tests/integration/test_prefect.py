@@ -259,21 +259,26 @@ def test_concurrent_runs_train_with_their_own_params_and_a_killed_one_resumes(ba
         args = [sys.executable, "-m", "selfimprove.cli", "run", "--name", name]
         for o in overrides:
             args += ["-S", o]
-        p = subprocess.Popen(args, cwd=proj, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        p = subprocess.Popen(args, cwd=proj, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              start_new_session=True)
-        threading.Thread(target=lambda: logs[name].extend(p.stdout), daemon=True).start()
+
+        def read() -> None:  # raw chunks: tqdm's progress bar ends its updates with \r, not \n
+            while chunk := os.read(p.stdout.fileno(), 65536):
+                logs[name].append(chunk.decode(errors="replace"))
+
+        threading.Thread(target=read, daemon=True).start()
         return p
 
     a = start("lr-a", "finetune.train.lr=0.0005")
-    # lr-b trains long enough to be killed while training (the FAST model does ~100 steps/s)
-    b = start("lr-b", "finetune.train.lr=0.003", "finetune.train.steps=3000")
+    # lr-b trains long enough to be killed while training
+    b = start("lr-b", "finetune.train.lr=0.003", "finetune.train.steps=1500")
     deadline = time.monotonic() + 300
-    while not any("validate@r1:" in line for line in logs["lr-b"]):  # validate done: finetune@r1 is next
+    while "/1500 [" not in "".join(logs["lr-b"]):  # finetune@r1's progress bar: training has started
         assert b.poll() is None, "".join(logs["lr-b"])
         assert time.monotonic() < deadline, "".join(logs["lr-b"])
-        time.sleep(0.5)
-    time.sleep(12)  # into finetune (TRL's import takes a few seconds, then 3000 steps)
-    assert b.poll() is None and not any("finetune@r1: done" in line for line in logs["lr-b"]), "".join(logs["lr-b"])
+        time.sleep(0.2)
+    time.sleep(1)
+    assert b.poll() is None and "finetune@r1: done" not in "".join(logs["lr-b"]), "".join(logs["lr-b"])
     os.killpg(b.pid, signal.SIGKILL)
     b.wait()
     assert a.wait(timeout=600) == 0, "".join(logs["lr-a"])
