@@ -247,8 +247,13 @@ def _round(round_key: str, experiment: str, workdir: str, home: str, parent_run_
     return {"round": paths.round, "ran": ran, "states": states, "metrics": metrics, "seconds": seconds, **info}
 
 
-def _summary_artifact(experiment: str, config: Config, work: Path, store: MlflowStore | None, parent_run_id: str | None) -> None:
-    rows = [{"round": int(m["round"]), "metrics": m} for m in load_round_metrics(config, work)]
+def _summary_artifact(experiment: str, config: Config, work: Path, store: MlflowStore | None, parent_run_id: str | None,
+                      results: dict[str, Any]) -> None:
+    # the metrics files hold no timings (DVC outputs must not vary between identical runs): this run's seconds and
+    # stage states come from the round flows
+    by_round = {int(r["round"]): r for r in results.values()}
+    rows = [{"round": int(m["round"]), "metrics": m | by_round.get(int(m["round"]), {}).get("seconds", {}),
+             "stages": by_round.get(int(m["round"]), {}).get("states", {})} for m in load_round_metrics(config, work)]
     plot = summary_dir(config, work) / "accuracy.png"
     image = None
     if plot.exists():
@@ -258,7 +263,9 @@ def _summary_artifact(experiment: str, config: Config, work: Path, store: Mlflow
     lines = improvement(rows, config.bootstrap.difficulties)
     mlflow_link = ""
     if store is not None and parent_run_id and store.uri.startswith("http"):
-        mlflow_link = f"\n[MLflow run]({store.uri.rstrip('/')}/#/experiments/{store.experiment_id}/runs/{parent_run_id})\n"
+        from selfimprove.tracking import ui_url
+
+        mlflow_link = f"\n[MLflow run]({ui_url(store.uri, store.experiment_id, parent_run_id)})\n"
     create_markdown_artifact(
         key=_artifact_key(experiment, "summary"),
         markdown=markdown_summary(experiment, config.loop.name, rows, lines, image) + mlflow_link,
@@ -333,7 +340,7 @@ def _loop(overrides: list[str] | None, rounds: int | None, params: str, name: st
         run_stage("summary", config, r0, summary_tracker)
         if store is not None:
             summary_tracker.log_artifact(summary_dir(config, work) / "accuracy.png", "plots")
-        _summary_artifact(exp_name, config, work, store, parent_run_id)
+        _summary_artifact(exp_name, config, work, store, parent_run_id, results)
         rev = experiments.save(home, record)
     except BaseException as e:
         status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"

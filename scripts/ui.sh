@@ -38,6 +38,10 @@ case "${1:-start}" in
       healthy || { echo "Prefect server did not start; see ${DIR}/server.log" >&2; exit 1; }
     fi
     echo "${URL}" > "${DIR}/api_url"
+    if alive "${DIR}/serve.pid" && [ "$#" -gt 0 ]; then
+      echo "re-serving the deployment to apply: $*"   # schedules are merged, never replaced (flows/serve.py)
+      stop_group "${DIR}/serve.pid"
+    fi
     if alive "${DIR}/serve.pid"; then
       echo "deployment 'selfimprove-loop/selfimprove' already served (pid $(cat "${DIR}/serve.pid"); reused)"
     else

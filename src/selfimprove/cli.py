@@ -140,9 +140,9 @@ def _validate_run(home: Path, params: str, overrides: list[str], rounds: int | N
 
     if not (home / params).exists():
         raise FileNotFoundError(f"{home / params}: params file not found (run from the project folder or pass --project)")
+    load_config(home / params, overrides)  # errors name the user's file and line
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copyfile(home / params, Path(tmp) / "params.yaml")
-        load_config(Path(tmp) / "params.yaml", overrides)  # errors name the line of the user's file
         prepare_params(Path(tmp), home, "params.yaml", overrides, rounds)
         return load_config(Path(tmp) / "params.yaml")
 
@@ -249,6 +249,10 @@ def _print_result(home: Path, config: Any, exp_name: str, result: dict[str, Any]
     except TrackingError as e:
         console.print(f"[yellow]could not read MLflow:[/] {e}")
     applied = result.get("applied")
+    from selfimprove.tracking import experiment_id, ui_url
+
+    mlflow_url = ui_url("http://127.0.0.1:5000", experiment_id(config, home) if config.tracking.enabled else None,
+                        result.get("mlflow_run_id"))
     plot = home / config.workspace / "summary" / "accuracy.png"
     where = (f"  plot of accuracy across rounds   {plot}\n" if applied else
              f"  bring the run into the workspace dvc exp apply {exp_name}   (its params differ from params.yaml)\n")
@@ -256,7 +260,7 @@ def _print_result(home: Path, config: Any, exp_name: str, result: dict[str, Any]
         "\n[bold]Next:[/]\n" + where +
         f"  this run in DVC                  dvc exp show --only-changed; dvc exp diff {exp_name}\n"
         f"  per-round table, JSON            selfimprove report --name {exp_name} --json\n"
-        "  MLflow UI (runs, models)         make mlflow-ui  -> http://127.0.0.1:5000\n"
+        f"  MLflow UI (runs, models)         make mlflow-ui  -> {mlflow_url}\n"
         "  Prefect UI (flows, artifacts)    make ui         -> http://127.0.0.1:4200\n"
         "  DVC pipeline and plots           dvc dag; dvc metrics show; dvc plots show\n",
         highlight=False,

@@ -192,7 +192,7 @@ def markdown_summary(experiment: str, loop: str, rounds: list[dict[str, Any]], l
     tables = artifact_tables(rounds)
     out = [f"# Run `{experiment}` (loop '{loop}')", ""]
     for t in tables:
-        out += [f"**{t['title'].capitalize()}**", "", _md_table(t["rows"]), ""]
+        out += [f"**{t['title'][0].upper() + t['title'][1:]}**", "", _md_table(t["rows"]), ""]
     out += [f"- {line}" for line in lines]
     if image:
         out += ["", f"![accuracy per difficulty across rounds]({image})"]

@@ -519,6 +519,37 @@ def _version(pkg: str) -> str:
     return version(pkg)
 
 
+# MLflow 3's UI opens every experiment on its GenAI (traces) view unless the link asks for the training view; the
+# experiment tag mlflow.experimentKind is only read by older layouts.
+TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def ui_url(server: str, experiment_id: str | None, run_id: str | None = None) -> str:
+    """A link into the MLflow UI that opens on training runs (not the GenAI view).
+
+    >>> ui_url("http://127.0.0.1:5000/", "1", "abc")
+    'http://127.0.0.1:5000/#/experiments/1/runs/abc?workflowType=machine_learning'
+    """
+    base = server.rstrip("/")
+    if experiment_id is None:
+        return f"{base}/#/experiments?{TRAINING_VIEW}"
+    return f"{base}/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "") + f"?{TRAINING_VIEW}"
+
+
+def experiment_id(config: Config, project: str | Path = ".") -> str | None:
+    """The id of ``tracking.experiment`` in the project's store, or None (no store or experiment yet)."""
+    from mlflow import MlflowClient
+
+    uri, _ = resolve_uri(config, project)
+    db = sqlite_path(uri)
+    if db is not None and not db.exists():
+        return None
+    with contextlib.suppress(Exception):
+        exp = MlflowClient(tracking_uri=uri).get_experiment_by_name(config.tracking.experiment)
+        return exp.experiment_id if exp is not None else None
+    return None
+
+
 def stage_tracker(config: Config, project: str | Path, round_key: str) -> Tracker:
     """The tracker of a stage command (``dvc repro``): the run handed through the environment, else none."""
     from selfimprove.config import round_index

@@ -216,6 +216,18 @@ def test_change_fail_revert_keeps_every_round_in_the_report(base) -> None:
     assert "RUNNING" not in statuses(proj).values()
 
 
+def test_a_failed_run_is_listed_then_removed(base) -> None:
+    proj, _, _ = base
+    listed = run_cli(["runs"], proj).stdout
+    assert "bad" in listed and "failed" in listed, listed
+    assert (proj / ".selfimprove" / "exps" / "bad").exists(), "a failed run keeps its workspace for --resume"
+    out = " ".join(run_cli(["runs", "--remove", "bad"], proj).stdout.split())
+    assert "removed bad" in out and "workspace" in out and "record" in out, out
+    assert not (proj / ".selfimprove" / "exps" / "bad").exists()
+    assert "bad" not in {r["name"] for r in json.loads(run_cli(["runs", "--json"], proj).stdout)}
+    assert "bad" not in git(["worktree", "list"], proj)
+
+
 def test_failing_stage_command_names_the_corrupt_file_and_changes_no_run(base) -> None:
     proj, _, _ = base
     before = statuses(proj)

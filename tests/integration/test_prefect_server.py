@@ -114,10 +114,12 @@ def test_ui_form_quick_run_schedules_and_stop(project) -> None:
             if "0 3 * * *" in crons:
                 break
             await asyncio.sleep(0.5)
-        print(json.dumps(sorted(crons)))
+        props = d.parameter_openapi_schema["properties"]
+        print(json.dumps({"crons": sorted(crons), "described": sorted(k for k, v in props.items() if v.get("description"))}))
 """), cenv)
-    crons = json.loads(out.strip().splitlines()[-1])
-    assert crons == ["0 3 * * *", "30 4 * * 1"], crons  # declared in infra/prefect.yaml once, plus the user's
+    got = json.loads(out.strip().splitlines()[-1])
+    assert got["crons"] == ["0 3 * * *", "30 4 * * 1"], got  # declared in infra/prefect.yaml once, plus the user's
+    assert {"overrides", "rounds", "params", "name", "resume", "apply"} <= set(got["described"]), got
 
     # a custom run from the form (run name + overrides), then a Quick run with an uncommitted edit in the workspace
     out = py(client_code(api, """
