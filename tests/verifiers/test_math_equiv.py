@@ -164,7 +164,7 @@ def _grader_settings(grader: str) -> dict:
     if "allow_set_relation_comp=True" in grader:
         opts["allow_set_relation_comp"] = True
     if grader.startswith("hendrycks"):
-        opts["ordered_lists"] = True  # a string-normalising grader: '10, 4, -2' != '4, 10, -2'
+        opts["policy"] = {"unordered_lists": False}  # a string-normalising grader: '10, 4, -2' != '4, 10, -2'
     return opts
 
 

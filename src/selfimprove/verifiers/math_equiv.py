@@ -63,6 +63,27 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from selfimprove.types import Completion, Problem, Verdict
 from selfimprove.verifiers.base import AnswerVerifier
+from selfimprove.verifiers.policy import (
+    GradingPolicy,
+    answer_phrase_span,
+    bare_tail,
+    apply_decimal_comma,
+    apply_percent,
+    decimal_comma_number,
+    drop_approximation,
+    has_digit_groups,
+    has_mixed_number,
+    is_short,
+    join_digit_groups,
+    last_math_group,
+    mixed_as_product,
+    mixed_to_fraction,
+    percent_signs,
+    phrase_candidate,
+    read_number_words,
+    split_alternatives,
+    uses_decimal_point,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +109,13 @@ class MathEquivConfig(BaseModel):
     allow_set_relation_comp: bool = Field(
         default=False, description="True: '1 < x < 2' may equal '(1, 2)' whatever side is the gold."
     )
-    ordered_lists: bool = Field(
-        default=False, description="True: a bare list 'a, b' is an ordered tuple (hendrycks-style grading)."
+    policy: GradingPolicy = Field(
+        default_factory=GradingPolicy,
+        description="Declared grading rules (lists, mixed numbers, equations, number words, digit groups, "
+        "percent, decimal comma); see docs/verifiers.md.",
+    )
+    bare_max_chars: int = Field(
+        default=120, ge=0, description="A completion this short with no box, phrase or math span is the answer."
     )
     workers: int = Field(default=1, ge=1, description="Worker processes used by verify() on a batch.")
     memory_mb: int = Field(default=4096, ge=256, description="Address-space cap of each worker process.")
@@ -224,20 +250,17 @@ def last_boxed(text: str) -> str | None:
     return boxes[-1].content
 
 
-def last_boxed_group(text: str) -> list[str] | None:
-    """The final answer written as one box or as a list of adjacent boxes; None if there is no usable box.
+_OR_GAP = re.compile(r"(?<![\\\w])or(?!\w)", re.IGNORECASE)
 
-    >>> last_boxed_group(r"$\\boxed{1}$ and $\\boxed{2}$")
-    ['1', '2']
-    >>> last_boxed_group(r"\\boxed{3}. Wait, no: \\boxed{4}")
-    ['4']
-    """
+
+def _box_group(text: str) -> list[tuple[str, bool]] | None:
+    """The last box and the boxes listed before it: ``(content, joined_by_or)`` in order."""
     boxes = [b for b in find_boxes(text) if b.content != ""]
     if not boxes or any(b.content is None for b in boxes):
         return None  # a box still open at the end: the output was cut off inside it
-    group = [boxes[-1]]
+    group: list[tuple[Box, bool]] = [(boxes[-1], False)]
     for prev in reversed(boxes[:-1]):
-        head = group[0]
+        head = group[0][0]
         if prev.content is None:
             break
         gap = text[prev.end : head.start]
@@ -247,52 +270,88 @@ def last_boxed_group(text: str) -> list[str] | None:
         if not listed or (len(gap) >= 10 and prev.content == head.content):
             break
         if prev.content != head.content:
-            group.insert(0, prev)
+            group[0] = (head, _OR_GAP.search(gap) is not None)
+            group.insert(0, (prev, False))
         else:
-            group[0] = prev  # the same answer boxed twice in a row counts once
-    return [b.content for b in group if b.content is not None]
+            group[0] = (prev, group[0][1])  # the same answer boxed twice in a row counts once
+    return [(b.content, joined) for b, joined in group if b.content is not None]
 
 
-_FINAL_ANSWER_PHRASE = re.compile(r"final answer is", re.IGNORECASE)
+def last_boxed_group(text: str) -> list[str] | None:
+    """The final answer written as one box or as a list of adjacent boxes; None if there is no usable box.
+
+    >>> last_boxed_group(r"$\\boxed{1}$ and $\\boxed{2}$")
+    ['1', '2']
+    >>> last_boxed_group(r"\\boxed{3}. Wait, no: \\boxed{4}")
+    ['4']
+    """
+    group = _box_group(text)
+    return None if group is None else [c for c, _ in group]
+
+
+def _join_group(group: list[tuple[str, bool]]) -> str:
+    out = group[0][0]
+    for content, by_or in group[1:]:
+        out += (r" \text{ or } " if by_or else ", ") + content
+    return out
+
+
 _ENCLOSING = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 _THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_FINAL_ANSWER_PHRASE = re.compile(r"final answer is", re.IGNORECASE)
+
+Source = Literal["box", "phrase", "math_span", "bare", "truncated", "none"]
 
 
 @dataclass(frozen=True)
 class Located:
-    """Where a completion's final answer is: a box group, free text from ``start`` on, or a cut-off box."""
+    """Where a completion's final answer is, and the candidate answer text (None: no answer)."""
 
-    kind: Literal["box", "free", "truncated"]
+    kind: Source
     answer: str | None = None
-    start: int = 0
 
 
-def locate_answer(text: str, match_types: Sequence[str] = ("latex", "expr")) -> Located:
-    """Apply the extraction policy up to the point where math-verify's free-form search must take over.
+def locate_answer(text: str, match_types: Sequence[str] = ("latex", "expr"), bare_max_chars: int = 120) -> Located:
+    """The candidate a careful grader reads, in this order (the first that exists wins):
 
-    The last marker wins: the last box group, unless the Minerva phrase "final answer is" follows it.
+    1. the last ``\\boxed{}``/``\\fbox{}`` (a list of adjacent boxes is one answer), unless the Minerva phrase
+       "final answer is" follows it; a box never closed means the output was cut off: no answer;
+    2. ``latex``: the last answer phrase ("The final answer is", "answer:", "answer is", ``####``) and the
+       math or text after it up to the end of its sentence;
+    3. ``latex``: the last display or inline math span;
+    4. ``expr``: the whole completion when it is short (a bare answer).
+
+    Nothing else: a number found somewhere in prose, or inside a larger expression, is never the answer.
 
     >>> locate_answer(r"so \\boxed{1} and \\boxed{2}.")
-    Located(kind='box', answer='1, 2', start=0)
-    >>> locate_answer(r"\\boxed{200} ... Final Answer: The final answer is $10,455$.").kind
-    'free'
+    Located(kind='box', answer='1, 2')
+    >>> locate_answer(r"\\boxed{200} ... Final Answer: The final answer is $10,455$. I hope it is correct.")
+    Located(kind='phrase', answer='10,455')
     >>> locate_answer(r"the answer is \\boxed{12").kind
     'truncated'
+    >>> locate_answer(r"\\dfrac{3}{4}")
+    Located(kind='bare', answer='\\\\dfrac{3}{4}')
     """
     boxes = find_boxes(text)
     if any(b.content is None for b in boxes):
         return Located("truncated")  # everything after an unclosed box is inside it: the output was cut off
     after = boxes[-1].end if boxes else 0
-    if boxes and "latex" in match_types:
-        phrase = None
-        for phrase in _FINAL_ANSWER_PHRASE.finditer(text, after):
-            pass
-        if phrase is not None:
-            return Located("free", start=phrase.start())
-    group = last_boxed_group(text)
+    phrase_after_box = boxes and "latex" in match_types and _FINAL_ANSWER_PHRASE.search(text, after)
+    group = None if phrase_after_box else _box_group(text)
     if group:
-        return Located("box", answer=", ".join(group))
-    return Located("free", start=0)
+        return Located("box", answer=_join_group(group))
+    if "latex" in match_types:
+        found = answer_phrase_span(text, after)
+        if found is not None and found[0].text:
+            cand = phrase_candidate(found[0].text)
+            if cand:
+                return Located("phrase", answer=cand)
+        group = last_math_group(text[after:])
+        if group:
+            return Located("math_span", answer=group)
+    if "expr" in match_types and is_short(text, bare_max_chars):
+        return Located("bare", answer=bare_tail(text))
+    return Located("none")
 
 
 def clean_answer(answer: str) -> str:
@@ -426,11 +485,19 @@ def _w_parse_answer(answer: str, opts: Mapping[str, Any]) -> list[Any]:
         body = as_ordered(body)
     parsed = parse(f"\\boxed{{{body}}}", _w_configs(["latex", "expr"]), parsing_timeout=None) if body else []
     if body and not parsed:
-        parsed = parse(body, _w_configs(["latex", "expr"]), parsing_timeout=None)
+        # Free-form parsing finds *a* number or expression in the text; it counts only if it is the whole
+        # answer, never a number inside a larger expression.
+        loose = parse(body, _w_configs(["latex", "expr"]), parsing_timeout=None)
+        if loose and isinstance(loose[-1], str) and _squash(loose[-1]) == _squash(body):
+            parsed = loose
     cache[key] = parsed
     if len(cache) > 256:
         cache.popitem(last=False)
     return parsed
+
+
+def _squash(s: str) -> str:
+    return "".join(clean_answer(s).split()).replace("\\left", "").replace("\\right", "")
 
 
 def _w_answer_string(parsed: list[Any]) -> str | None:
@@ -461,6 +528,10 @@ def _w_verify(gold: list[Any], pred: list[Any], opts: Mapping[str, Any]) -> bool
 
     if not gold or not pred:
         return False
+    if not opts.get("equation_multiples", True):
+        strict_eq = _w_same_sides(gold[0], pred[0])
+        if strict_eq is not None:
+            return strict_eq
     return bool(
         verify(
             gold,
@@ -471,6 +542,21 @@ def _w_verify(gold: list[Any], pred: list[Any], opts: Mapping[str, Any]) -> bool
             allow_set_relation_comp=opts["allow_set_relation_comp"],
             timeout_seconds=None,
         )
+    )
+
+
+def _w_same_sides(gold: Any, pred: Any) -> bool | None:
+    """With ``equation_multiples: false``: two equations are equal only side by side (either orientation)."""
+    from sympy import Eq, simplify
+
+    if not (isinstance(gold, Eq) and isinstance(pred, Eq)):
+        return None
+
+    def same(a: Any, b: Any) -> bool:
+        return bool(simplify(a - b) == 0)
+
+    return (same(gold.lhs, pred.lhs) and same(gold.rhs, pred.rhs)) or (
+        same(gold.lhs, pred.rhs) and same(gold.rhs, pred.lhs)
     )
 
 
@@ -486,16 +572,6 @@ def _w_handle(req: Mapping[str, Any]) -> dict[str, Any]:
     if op == "equiv":
         gold = _w_parse_answer(req["reference"], opts)
         return {"equal": _w_verify(gold, _w_parse_answer(req["answer"], opts), opts)}
-    if op == "grade":
-        answer, pred = _w_extract_free(req["text"], match_types)
-        if answer is None:
-            return {"answer": None, "equal": False}
-        literal = literal_equal(answer, req["gold"])
-        if literal is not None:
-            return {"answer": answer, "equal": literal}
-        if opts.get("ordered_lists"):
-            pred = _w_parse_answer(answer, opts)
-        return {"answer": answer, "equal": _w_verify(_w_parse_answer(req["gold"], opts), pred, opts)}
     raise ValueError(f"unknown worker op {op!r}")
 
 
@@ -733,15 +809,10 @@ class MathEquivVerifier(AnswerVerifier):
 
     def _call(self, payload: dict[str, Any]) -> dict[str, Any]:
         opts = self.config.model_dump(
-            include={
-                "match_types",
-                "float_rounding",
-                "numeric_precision",
-                "strict",
-                "allow_set_relation_comp",
-                "ordered_lists",
-            }
+            include={"match_types", "float_rounding", "numeric_precision", "strict", "allow_set_relation_comp"}
         )
+        opts["ordered_lists"] = not self.config.policy.unordered_lists
+        opts["equation_multiples"] = self.config.policy.equation_multiples
         return self._pool.request({**payload, "opts": opts}, self.config.timeout_s)
 
     def worker_pids(self) -> list[int]:
@@ -761,28 +832,36 @@ class MathEquivVerifier(AnswerVerifier):
     # -- the AnswerVerifier interface
 
     def extract(self, text: str, problem: Problem | None = None) -> str | None:
-        """The final answer: the last box (group), else math-verify's free-form extraction; None if none."""
-        where = locate_answer(text, self.config.match_types)
-        if where.kind != "free" or not self.config.match_types:
-            return where.answer
-        return self._call({"op": "extract", "text": text[where.start :]}).get("answer")
+        """The final answer a careful grader reads (``locate_answer``), cleaned; None if there is none."""
+        where = locate_answer(text, self.config.match_types, self.config.bare_max_chars)
+        if where.answer is None:
+            return None
+        answer, _ = drop_approximation(clean_answer(where.answer))
+        return answer or None
 
     def compare(self, answer: str, reference: str) -> Outcome:
-        """Equivalence with the reason a comparison gave no verdict ('timeout', 'error')."""
-        if answer.strip() == reference.strip() and answer.strip():
-            return "equal"
-        literal = literal_equal(answer, reference)
+        """Equivalence under the policy, with the reason a comparison gave no verdict ('timeout', 'error')."""
+        return self.compare_detail(answer, reference)[0]
+
+    def compare_detail(self, answer: str, reference: str) -> tuple[Outcome, list[str], str | None]:
+        """``(outcome, rules used, refusal)``: a refusal is a policy rule that decides 'different' by itself."""
+        prep = prepare(answer, reference, self.config.policy)
+        if prep.refusal is not None:
+            return "different", prep.rules, prep.refusal
+        a, g = prep.answer, prep.gold
+        if a.strip() == g.strip() and a.strip():
+            return "equal", prep.rules, None
+        literal = literal_equal(a, g)
         if literal is not None:
-            return "equal" if literal else "different"
-        key = (answer, reference)
+            return ("equal" if literal else "different"), prep.rules, None
+        key = (a, g)
         with self._cache_lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
-                return self._cache[key]
-        reply = self._call({"op": "equiv", "answer": answer, "reference": reference})
-        outcome = _outcome(reply)
+                return self._cache[key], prep.rules, None
+        outcome = _outcome(self._call({"op": "equiv", "answer": a, "reference": g}))
         self._remember(key, outcome)
-        return outcome
+        return outcome, prep.rules, None
 
     def equivalent(self, answer: str, reference: str) -> bool:
         return self.compare(answer, reference) == "equal"
@@ -797,29 +876,52 @@ class MathEquivVerifier(AnswerVerifier):
                 self._cache.popitem(last=False)
 
     def check(self, problem: Problem, completion: Completion) -> Verdict:
-        """One worker round trip: extraction and comparison share the parsed objects."""
+        """Locate the answer, refuse hedges, apply the policy, compare with math-verify in a worker."""
         t0 = time.perf_counter()
         gold = self.require_gold(problem, self.name)
-        where = locate_answer(completion.text, self.config.match_types)
-        answer: str | None = where.answer
-        outcome: Outcome = "different"
-        if where.kind == "box" and answer is not None:
-            outcome = self.compare(answer, gold)
-        elif where.kind == "free" and self.config.match_types:
-            reply = self._call({"op": "grade", "text": completion.text[where.start :], "gold": gold})
-            answer = reply.get("answer")
-            outcome = _outcome(reply)
+        where = locate_answer(completion.text, self.config.match_types, self.config.bare_max_chars)
+        if where.answer is None:
+            reason = (
+                "the last \\boxed{} is never closed (output cut off?)"
+                if where.kind == "truncated"
+                else "no final answer: no \\boxed{}, answer phrase or math span, and the completion is too long "
+                f"(> {self.config.bare_max_chars} characters) or too wordy to be a bare answer"
+            )
+            return self.verdict(completion, None, gold, False, t0, reason=reason)
+        answer = clean_answer(where.answer)
+        rules: list[str] = []
+        parts = split_alternatives(answer)
+        if len(parts) > 1:
+            if is_list_answer(gold):
+                answer = ", ".join(parts)
+                rules.append("or_list")
+            else:
+                outcomes = [self.compare(part, parts[0]) for part in parts[1:]]
+                if all(o == "equal" for o in outcomes):
+                    answer = parts[0]
+                    rules.append("hedge_same")
+                else:
+                    return self.verdict(
+                        completion, answer, gold, False, t0, status="fail",
+                        reason=f"hedged: the answer names {len(parts)} different candidates "
+                        f"({'; '.join(parts)}) where one is expected (rule: hedge)",
+                    )
+        outcome, used, refusal = self.compare_detail(answer, gold)
+        rules += used
         passed = outcome == "equal"
         status: str | None = None
-        reason: str | None = None
         if outcome == "timeout":
             status, reason = "timeout", f"comparison did not finish within {self.config.timeout_s:g} s"
         elif outcome == "memory":
             status, reason = "memory", f"comparison exceeded the worker's {self.config.memory_mb} MB"
         elif outcome == "error":
             status, reason = "infra_error", "the math worker failed on this completion"
-        elif answer is None and where.kind == "truncated":
-            reason = "the last \\boxed{} is never closed (output cut off?)"
+        elif refusal is not None:
+            reason = f"answer {answer!r} != gold {gold!r}: {refusal}"
+        else:
+            head = "answer matches gold" if passed else f"answer {answer!r} != gold {gold!r}"
+            reason = head + f" ({where.kind}"
+            reason += f"; rules: {', '.join(dict.fromkeys(rules))})" if rules else ")"
         return self.verdict(completion, answer, gold, passed, t0, status, reason)
 
     def verify(self, problems: Mapping[str, Problem], completions: Sequence[Completion]) -> list[Verdict]:
@@ -827,6 +929,179 @@ class MathEquivVerifier(AnswerVerifier):
             return [self.check(problems[c.problem_id], c) for c in completions]
         with ThreadPoolExecutor(max_workers=self.config.workers) as pool:
             return list(pool.map(lambda c: self.check(problems[c.problem_id], c), completions))
+
+
+# ------------------------------------------------------------------------------------- the policy, applied
+
+_FUNCTION_WORDS = {
+    "dfrac", "tfrac", "cfrac", "left", "right", "cdot", "times", "le", "ge", "leq", "geq", "neq", "in", "cup", "cap",
+    "sin", "cos", "tan", "cot", "sec", "csc", "arcsin", "arccos", "arctan", "sinh", "cosh", "tanh", "log",
+    "ln", "exp", "lim", "max", "min", "gcd", "lcm", "mod", "deg", "det", "pi", "sqrt", "frac", "infty",
+}
+_PLAIN_WORD = re.compile(r"[A-Za-z]{2,}(?:\s+[A-Za-z]{2,})*")
+_TEXT_GROUP = re.compile(r"\\(?:text|textbf|textit|textrm|textsf|texttt|mathrm|mathbf|mathit|mathsf|mathbb|mathcal|mbox|operatorname|begin|end)\s*\{[^{}]*\}")
+
+
+def textify_words(s: str) -> str:
+    """Wrap plain prose words in ``\\text{}`` so math-verify reads them as a label, not as letters multiplied.
+
+    ``42 apples`` -> ``42 \\text{apples}`` (a unit after a number, which math-verify drops); ``Evelyn`` ->
+    ``\\text{Evelyn}``. Words inside LaTeX commands and ``\\text{}`` groups, and function names, stay.
+
+    >>> textify_words(r"42 apples"), textify_words(r"\\sqrt{2} \\text{ cm}"), textify_words("x^2 + 1")
+    ('42 \\\\text{apples}', '\\\\sqrt{2} \\\\text{ cm}', 'x^2 + 1')
+    """
+    out: list[str] = []
+    i, n = 0, len(s)
+    plain_start = 0
+
+    def flush(end: int) -> None:
+        chunk = s[plain_start:end]
+
+        def wrap(m: re.Match[str]) -> str:
+            words = m.group(0).split()
+            if all(w.lower() in _FUNCTION_WORDS for w in words) or any(sum(c.isupper() for c in w) > 1 for w in words):
+                return m.group(0)  # function names; point and segment names (AB, NO)
+            if m.start() > 0 and chunk[m.start() - 1] == "{" and chunk[m.end() : m.end() + 1] == "}":
+                return m.group(0)  # a command's argument ({cc} after \\begin{array}, {NO} in \\frac{NO}{BO})
+            return f"\\text{{{m.group(0)}}}"
+
+        out.append(_PLAIN_WORD.sub(wrap, chunk))
+
+    while i < n:
+        if s.startswith("\\\\", i) and i + 2 < n and s[i + 2].isalpha():
+            i += 1  # '\\\\frac' in an over-escaped answer is the command \\frac
+            continue
+        if s[i] == "\\":
+            m = _TEXT_GROUP.match(s, i)
+            j = m.end() if m else i + 1
+            if not m:
+                while j < n and s[j].isalpha():
+                    j += 1
+                j = max(j, i + 2)
+            flush(i)
+            out.append(s[i:j])
+            i = plain_start = j
+            continue
+        i += 1
+    flush(n)
+    return "".join(out)
+
+
+def is_list_answer(gold: str) -> bool:
+    """A gold that lists several solutions: a top-level comma (not a thousands group), ``\\pm`` or "or"."""
+    g = clean_answer(gold)
+    if _THOUSANDS.match(g.replace(" ", "")):
+        return False
+    if "\\pm" in g or "\\mp" in g or len(split_alternatives(g)) > 1:
+        return True
+    if g.startswith(("(", "[", "\\left(", "\\begin")) and g.endswith((")", "]", "\\right)", "}")):
+        return False  # a tuple, interval or matrix is one answer
+    return _top_level_comma(g)
+
+
+_SCALE_WORD = re.compile(r"\d\s*(?:\\text\{\s*)?(?:hundred|thousand|million|billion|trillion)\b", re.IGNORECASE)
+
+RULE_TEXT = {
+    "approximation": "exact ≈ approx is graded by the exact value",
+    "digit_groups": "digit groups separated by spaces are one number",
+    "number_words": "number words are numbers",
+    "mixed_numbers": "a mixed number is its value",
+    "mixed_as_product": "mixed_numbers: false, so 2\\frac12 is read as 2·½",
+    "decimal_comma": "decimal_comma: true, so 3,5 is 3.5",
+    "unordered_lists": "lists of solutions compare as sets",
+    "ordered_lists": "unordered_lists: false, so lists compare in order",
+    "equation_multiples": "an equation equals its nonzero multiples",
+    "equation_sides": "equation_multiples: false, so both sides must match",
+}
+
+
+@dataclass
+class Prepared:
+    """An answer and its gold rewritten by the policy, the rules used, and a refusal that decides by itself."""
+
+    answer: str
+    gold: str
+    rules: list[str]
+    refusal: str | None = None
+
+
+def prepare(answer: str, gold: str, policy: GradingPolicy) -> Prepared:
+    """Apply the declared policy to both sides, in a fixed order, recording which rule changed what.
+
+    >>> prepare(r"50\\%", "0.5", GradingPolicy()).answer, prepare("1 000 000", "10^6", GradingPolicy()).answer
+    ('50', '1000000')
+    >>> prepare("3,5", "3.5", GradingPolicy()).refusal
+    'decimal comma: 3,5 is not 3.5 when the gold writes decimals with a point (policy.decimal_comma: false)'
+    """
+    rules: list[str] = []
+    a, g = clean_answer(answer), clean_answer(gold)
+    a, approx = drop_approximation(a)
+    g, _ = drop_approximation(g)
+    if approx:
+        rules.append("approximation")
+    gold_parts = split_alternatives(g)
+    if len(gold_parts) > 1:
+        g = ", ".join(gold_parts)  # a gold 'x=1 or x=2' lists its solutions
+    answer_parts = split_alternatives(a)
+    if len(answer_parts) > 1 and is_list_answer(g):
+        a = ", ".join(answer_parts)
+        rules.append("or_list")
+    if policy.number_words:
+        a, ch_a = read_number_words(a)
+        g, ch_g = read_number_words(g)
+        if ch_a or ch_g:
+            rules.append("number_words")
+    elif _SCALE_WORD.search(a) and not _SCALE_WORD.search(g):
+        return Prepared(a, g, rules, "number words are not numbers (policy.number_words: false)")
+    if policy.digit_groups:
+        a, ch_a = join_digit_groups(a)
+        g, ch_g = join_digit_groups(g)
+        if ch_a or ch_g:
+            rules.append("digit_groups")
+    elif has_digit_groups(a):
+        return Prepared(a, g, rules, "digit groups are not joined into one number (policy.digit_groups: false)")
+    comma = decimal_comma_number(a)
+    if comma is not None:
+        if policy.decimal_comma:
+            a, _ = apply_decimal_comma(a)
+            g, _ = apply_decimal_comma(g)
+            rules.append("decimal_comma")
+        elif uses_decimal_point(g):
+            return Prepared(
+                a, g, rules,
+                f"decimal comma: {comma.group(0)} is not {comma.group(1)}.{comma.group(2)} when the gold writes "
+                "decimals with a point (policy.decimal_comma: false)",
+            )
+    if policy.mixed_numbers:
+        a, ch_a = mixed_to_fraction(a)
+        g, ch_g = mixed_to_fraction(g)
+        if ch_a or ch_g or has_mixed_number(a):
+            rules.append("mixed_numbers")
+    elif has_mixed_number(a) or has_mixed_number(g):
+        a, _ = mixed_as_product(a)
+        g, _ = mixed_as_product(g)
+        rules.append("mixed_as_product")
+    pa, pg = percent_signs(a), percent_signs(g)
+    if pa or pg:
+        rule = policy.percent
+        if rule == "strict" and pa != pg:
+            return Prepared(a, g, rules, "percent=strict: a percentage equals only a percentage")
+        if rule == "strict":
+            rule = "label"
+        a, _ = apply_percent(a, rule)
+        g, _ = apply_percent(g, rule)
+        rules.append(f"percent={policy.percent}")
+    a, g = textify_words(a), textify_words(g)
+    if is_list_answer(g):
+        rules.append("unordered_lists" if policy.unordered_lists else "ordered_lists")
+    if "=" in a and "=" in g and _squash_eq(a) != _squash_eq(g):
+        rules.append("equation_multiples" if policy.equation_multiples else "equation_sides")
+    return Prepared(a, g, rules)
+
+
+def _squash_eq(s: str) -> str:
+    return "".join(s.split())
 
 
 def _outcome(reply: Mapping[str, Any]) -> Outcome:
