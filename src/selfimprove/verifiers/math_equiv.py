@@ -66,9 +66,11 @@ from selfimprove.verifiers.base import AnswerVerifier
 from selfimprove.verifiers.policy import (
     GradingPolicy,
     answer_phrase_span,
-    bare_tail,
     apply_decimal_comma,
     apply_percent,
+    bare_tail,
+    conclusion_sentence,
+    cut_at_turn_end,
     decimal_comma_number,
     drop_approximation,
     has_digit_groups,
@@ -76,11 +78,14 @@ from selfimprove.verifiers.policy import (
     is_short,
     join_digit_groups,
     last_math_group,
+    math_spans,
     mixed_as_product,
     mixed_to_fraction,
     percent_signs,
     phrase_candidate,
+    prose_number,
     read_number_words,
+    sentences,
     split_alternatives,
     uses_decimal_point,
 )
@@ -300,7 +305,7 @@ _ENCLOSING = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 _THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _FINAL_ANSWER_PHRASE = re.compile(r"final answer is", re.IGNORECASE)
 
-Source = Literal["box", "phrase", "math_span", "bare", "truncated", "none"]
+Source = Literal["box", "phrase", "conclusion", "math_span", "bare", "truncated", "none"]
 
 
 @dataclass(frozen=True)
@@ -332,6 +337,7 @@ def locate_answer(text: str, match_types: Sequence[str] = ("latex", "expr"), bar
     >>> locate_answer(r"\\dfrac{3}{4}")
     Located(kind='bare', answer='\\\\dfrac{3}{4}')
     """
+    text = cut_at_turn_end(text)
     boxes = find_boxes(text)
     if any(b.content is None for b in boxes):
         return Located("truncated")  # everything after an unclosed box is inside it: the output was cut off
@@ -346,11 +352,21 @@ def locate_answer(text: str, match_types: Sequence[str] = ("latex", "expr"), bar
             cand = phrase_candidate(found[0].text)
             if cand:
                 return Located("phrase", answer=cand)
-        group = last_math_group(text[after:])
+        tail = text[after:]
+        concl = conclusion_sentence(tail)
+        if concl is not None and not math_spans(concl):
+            value = prose_number(concl)
+            if value is not None:
+                return Located("conclusion", answer=value)
+        group = last_math_group(tail)
         if group:
             return Located("math_span", answer=group)
     if "expr" in match_types and is_short(text, bare_max_chars):
         return Located("bare", answer=bare_tail(text))
+    if "expr" in match_types and len(text.strip()) <= bare_max_chars and len(sentences(text)) == 1:
+        value = prose_number(text)  # one short sentence of prose: 'the number is not 10 which is 1,000.99'
+        if value is not None:
+            return Located("bare", answer=value)
     return Located("none")
 
 
@@ -375,6 +391,8 @@ def clean_answer(answer: str) -> str:
             if len(s) > len(left) + len(right) and s.startswith(left) and s.endswith(right):
                 s, changed = s[len(left) : -len(right)].strip(), True
                 break
+        if s.startswith("{") and s.endswith("}") and brace_pairs(s).get(0) == len(s) - 1:
+            s, changed = s[1:-1].strip(), True  # TeX grouping braces print nothing: '{35 cm,4}' is '35 cm,4'
     return s
 
 
@@ -1061,13 +1079,17 @@ def prepare(answer: str, gold: str, policy: GradingPolicy) -> Prepared:
             rules.append("digit_groups")
     elif has_digit_groups(a):
         return Prepared(a, g, rules, "digit groups are not joined into one number (policy.digit_groups: false)")
+    # A comma inside a number only reads as a decimal point against a gold that is one number (not a list).
     comma = decimal_comma_number(a)
-    if comma is not None:
-        if policy.decimal_comma:
+    if policy.decimal_comma:
+        if comma is not None and _ONE_NUMBER.fullmatch(g):
             a, _ = apply_decimal_comma(a)
+            rules.append("decimal_comma")
+        elif decimal_comma_number(g) is not None and _ONE_NUMBER.fullmatch(a):
             g, _ = apply_decimal_comma(g)
             rules.append("decimal_comma")
-        elif uses_decimal_point(g):
+    elif comma is not None and not _top_level_comma(g):
+        if uses_decimal_point(g):
             return Prepared(
                 a, g, rules,
                 f"decimal comma: {comma.group(0)} is not {comma.group(1)}.{comma.group(2)} when the gold writes "
@@ -1098,6 +1120,9 @@ def prepare(answer: str, gold: str, policy: GradingPolicy) -> Prepared:
     if "=" in a and "=" in g and _squash_eq(a) != _squash_eq(g):
         rules.append("equation_multiples" if policy.equation_multiples else "equation_sides")
     return Prepared(a, g, rules)
+
+
+_ONE_NUMBER = re.compile(r"\s*-?(?:\d+(?:\.\d*)?|\.\d+)\s*")
 
 
 def _squash_eq(s: str) -> str:

@@ -71,7 +71,7 @@ _GROUP_SEP = r"(?:\\,|\\;|\\:|\\ |\\!|\{,\}|[ \u2009\u202f\u00a0])"
 # Three-digit groups after a 1-3 digit head; the separator is the same throughout ("1 000 000").
 _DIGIT_GROUPS = re.compile(rf"(?<![\d.,])(\d{{1,3}})((?:{_GROUP_SEP}\d{{3}})+)(?![\d])")
 _SEP_ONLY = re.compile(_GROUP_SEP)
-_DECIMAL_COMMA = re.compile(r"(?<![\d,.])(-?\d+),(\d{1,2}|\d{4,})(?![\d,])")
+_DECIMAL_COMMA = re.compile(r"(?<![\d,.])(-?(?:0|\d+(?=,(?:\d{1,2}|\d{4,})(?![\d,])))),(\d+)(?![\d,])")
 _PERCENT = re.compile(r"\s*(?:\\%|%|\\text\{\s*percent\s*\}|\s?percent\b)")
 _NUMBER_BEFORE_PERCENT = re.compile(
     r"(?P<num>-?(?:\d+(?:\.\d*)?|\.\d+|\\frac\{[^{}]*\}\{[^{}]*\}))(?P<pct>\s*(?:\\%|%|\\text\{\s*percent\s*\}|\s?percent\b))"
@@ -180,7 +180,10 @@ def apply_percent(s: str, rule: PercentRule) -> tuple[str, bool]:
 
 
 def decimal_comma_number(s: str) -> re.Match[str] | None:
-    """A number written with a decimal comma (``3,5``, ``0,25``), not a thousands group (``1,080``)."""
+    """A number written with a decimal comma (``3,5``, ``0,25``), not a thousands group (``1,080``), and not the
+    comma of an interval, tuple or set (``[0,1)``, ``(1,3)``): an answer with brackets has no decimal comma."""
+    if re.search(r"[()\[\]]|\\\{", s):
+        return None
     return _DECIMAL_COMMA.search(s)
 
 
@@ -382,7 +385,11 @@ def phrase_candidate(seg: str) -> str:
     """The answer inside an answer-phrase segment: its math spans (with "or"/"and" kept), else the text."""
     spans = math_spans(seg)
     if not spans:
-        return bare_tail(seg.strip().rstrip("."))
+        tail = bare_tail(seg.strip().rstrip("."))
+        if is_short(tail):
+            return tail
+        return prose_number(seg) or tail  # 'Final Answer: Jane started growing Sphere 3 hours ago'
+
     prose = seg[: spans[0].start] + " ".join(seg[x.end : y.start] for x, y in zip(spans, spans[1:], strict=False))
     prose += seg[spans[-1].end :]
     if _COPULA.search(prose) and _PROSE_WORD.search(prose):
@@ -449,7 +456,7 @@ def is_short(text: str, max_chars: int = 120) -> bool:
 def bare_tail(text: str) -> str:
     """In a short answer with a few words of prose, the part after the last copula.
 
-    >>> bare_tail("I think the result is 5"), bare_tail(r"\\frac{1}{2}"), bare_tail("so x = 2")
+    >>> bare_tail("I think the result is 5"), bare_tail(r"\\frac{1}{2}"), bare_tail("hence x = 2")
     ('5', '\\\\frac{1}{2}', 'x = 2')
     """
     s = text.strip()
@@ -468,3 +475,81 @@ def bare_tail(text: str) -> str:
         lhs = re.search(r"([A-Za-z](?:_\{?\w+\}?)?|\([^()]*\))\s*$", head)
         return f"{lhs.group(1)} = {tail}" if lhs else tail
     return tail
+
+
+# ------------------------------------------------------------------------------ end of turn, conclusions in prose
+
+# A chat model that runs past its turn writes the next turn's header: nothing after it is the answer.
+_TURN_END = re.compile(r"<\|(?:im_start|im_end|endoftext|eot_id|end_of_text|start_header_id)\|>|</s>|<end_of_turn>")
+
+
+def cut_at_turn_end(text: str) -> str:
+    """The completion up to the first end-of-turn token (``<|im_start|>user``, ``<|eot_id|>``, ``</s>``)."""
+    m = _TURN_END.search(text)
+    return text[: m.start()] if m else text
+
+
+_CONCLUSION_CUE = re.compile(
+    r"^\s*(?:therefore|thus|hence|so|in conclusion|in total|altogether|in all|finally|consequently)\b",
+    re.IGNORECASE,
+)
+# A number in prose: sign, digits with thousands commas, decimals, a/b, a currency sign before, % after.
+_PROSE_NUMBER = re.compile(
+    r"(?<![\w.,/^*+\-=])(?:[$€£¥]\s*)?-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?%?(?![\w/^*+=]|[.,]\d)"
+)
+# Words after a number that make it a relation, not a value ("2 more than x", "3 times as many").
+_RELATION_AFTER = re.compile(
+    r"^\s*(?:more|less|fewer|greater|smaller|times|percent more|percent less|%\s*(?:more|less))\b", re.IGNORECASE
+)
+_OPERATOR_NEAR = re.compile(r"[+\-*/^=<>]\s*$")
+
+
+def sentences(text: str) -> list[str]:
+    """Sentences of prose: split after ``.``/``!``/``?`` followed by space, not inside a decimal number."""
+    parts = re.split(
+        r"(?<=[.!?])(?<!\d\.)\s+|(?<=\d\.)\s+(?=[A-Z])|(?<=[.!?]\$)\s+|(?<=[.!?]\$\$)\s+|(?<=[.!?]\\\])\s+|\n\s*\n", text.strip()
+    )
+    return [p.strip() for p in parts if p.strip()]
+
+
+def prose_number(sentence: str) -> str | None:
+    """The one value a sentence of prose states: its only number, or the number right after its last copula.
+
+    ``None`` when there are several numbers and no copula decides, or when the number is part of an expression
+    or a relation ("2 more than x"): a careful grader does not guess.
+
+    >>> prose_number("Jane started growing Sphere 3 hours ago"), prose_number("the error increases by 100%.")
+    ('3', '100%')
+    >>> prose_number("the number is not 10 which is 1,000.99"), prose_number("x is 2 more than y")
+    ('1,000.99', None)
+    >>> prose_number("so 3 + 4 apples")
+    """
+    s = sentence.strip().rstrip(".!?")
+    found = list(_PROSE_NUMBER.finditer(s))
+    if not found:
+        return None
+    if len(found) > 1:
+        last = None
+        for last in _COPULA.finditer(s):
+            pass
+        if last is None:
+            return None
+        after = [m for m in found if m.start() >= last.end()]
+        if not after or s[last.end() : after[0].start()].strip():
+            return None
+        found = after[:1]
+    m = found[0]
+    if _RELATION_AFTER.match(s[m.end() :]) or _OPERATOR_NEAR.search(s[: m.start()]):
+        return None
+    if re.match(r"\s*[+\-*/^=]", s[m.end() :]):
+        return None
+    return m.group(0).replace(" ", "")
+
+
+def conclusion_sentence(text: str) -> str | None:
+    """The last sentence when it states a conclusion ("Therefore, ...", "So ...", "Thus ...")."""
+    sents = [x for x in sentences(_SIGN_OFF.sub("", text)) if re.search(r"\w", x)]
+    if not sents:
+        return None
+    last = sents[-1]
+    return last if _CONCLUSION_CUE.match(last) else None
