@@ -23,7 +23,8 @@ grade_app = typer.Typer(add_completion=False, help="Grade completions with the r
 
 
 def _parse_sets(sets: list[str]) -> dict[str, dict[str, Any]]:
-    """``["math_equiv.timeout_s=10"]`` -> ``{"math_equiv": {"timeout_s": 10}}`` (values read as YAML)."""
+    """``["math_equiv.timeout_s=10", "gsm8k.policy.percent=either"]`` ->
+    ``{"math_equiv": {"timeout_s": 10}, "gsm8k": {"policy": {"percent": "either"}}}`` (values read as YAML)."""
     import yaml
 
     out: dict[str, dict[str, Any]] = {}
@@ -34,7 +35,13 @@ def _parse_sets(sets: list[str]) -> dict[str, dict[str, Any]]:
             raise typer.BadParameter(
                 f"{item!r}: expected VERIFIER.OPTION=VALUE, e.g. math_equiv.timeout_s=10"
             )
-        out.setdefault(name, {})[option] = yaml.safe_load(raw)
+        node = out.setdefault(name, {})
+        *parents, leaf = option.split(".")  # math_equiv.policy.percent=fraction sets a nested option
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise typer.BadParameter(f"{item!r}: {part!r} was set to a value, not a mapping")
+        node[leaf] = yaml.safe_load(raw)
     return out
 
 

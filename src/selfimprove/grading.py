@@ -9,15 +9,16 @@ Two input shapes, told apart by the first row:
 
 - **records**: one JSON object per line, keys ``completion`` (str, required), ``verifier`` (str),
   ``gold`` (str or number) or ``tests`` (object, for code verifiers), ``id``, ``prompt``, ``problem`` (a full
-  ``Problem`` object; ``gold``/``tests``/``prompt`` given beside it override its fields). Unknown keys are
-  errors.
+  ``Problem`` object; ``gold``/``tests``/``prompt`` given beside it override its fields), ``options`` (this
+  record's verifier options, e.g. ``{"policy": {"percent": "fraction"}}``, laid over ``--set``). Unknown keys
+  are errors.
 - **samples**: ``Completion`` rows as the ``sample`` stage writes them; their problems are read from
   ``problems.jsonl`` beside the file (or ``problems_path``).
 
 Which verifier: the record's ``verifier``, else ``verifier`` (the ``--verifier`` option), else the problem's
 ``verifier`` field; a record without any is an error naming its line.
 
-How: records are grouped by verifier and each verifier gets all of its records in one ``verify`` call, so
+How: records are grouped by verifier (and options) and each verifier gets all of its records in one ``verify`` call, so
 batch verifiers (the sandboxed code verifier with its worker pool, judges) see the whole batch. Verdicts come
 back in input order and are written atomically (``selfimprove.io.write_jsonl``) as ``Verdict`` rows with an
 ``id`` (the completion's id) first; the summary is written as JSON beside them. Any malformed input raises
@@ -27,6 +28,7 @@ back in input order and are written atomically (``selfimprove.io.write_jsonl``) 
 from __future__ import annotations
 
 import logging
+import json
 import math
 from collections import Counter
 from collections.abc import Mapping
@@ -42,7 +44,7 @@ from selfimprove.types import Completion, Problem, Verdict
 
 log = logging.getLogger(__name__)
 
-RECORD_KEYS = ("id", "verifier", "gold", "tests", "completion", "prompt", "problem")
+RECORD_KEYS = ("id", "verifier", "gold", "tests", "completion", "prompt", "problem", "options")
 InputFormat = Literal["records", "samples"]
 
 
@@ -89,6 +91,7 @@ class GradeItem:
     verifier: str
     problem: Problem
     completion: Completion
+    options: Mapping[str, Any] = field(default_factory=dict)  # this record's verifier options (e.g. a policy)
 
 
 def default_out(input_path: str | Path) -> Path:
@@ -166,8 +169,14 @@ def _record_item(where: str, row: Any, default_verifier: str | None, n: int) -> 
     name = row.get("verifier") or default_verifier or problem.verifier
     if not isinstance(name, str) or not name:
         raise DataError(f"{where}: no verifier: add a 'verifier' key to the record or pass --verifier NAME")
+    options = row.get("options") or {}
+    if not isinstance(options, dict):
+        raise DataError(
+            f"{where}: 'options' must be an object of verifier options, e.g. "
+            '{"policy": {"percent": "fraction"}}'
+        )
     completion = Completion(id=rid, problem_id=problem.id, round=0, sample_idx=0, text=text)
-    return GradeItem(where, name, problem, completion)
+    return GradeItem(where, name, problem, completion, options)
 
 
 def load_items(
@@ -261,12 +270,17 @@ def grade_items(
     from selfimprove.verifiers import make_verifier
 
     verifier_options = verifier_options or {}
-    groups: dict[str, list[int]] = {}
+    groups: dict[tuple[str, str], list[int]] = {}
     for i, it in enumerate(items):
-        groups.setdefault(it.verifier, []).append(i)
+        groups.setdefault((it.verifier, json.dumps(it.options, sort_keys=True)), []).append(i)
     verdicts: list[Verdict | None] = [None] * len(items)
-    for name, idx in groups.items():
-        v = make_verifier(name, **dict(verifier_options.get(name, {})))
+    for (name, _), idx in groups.items():
+        options = merge_options(verifier_options.get(name, {}), items[idx[0]].options)
+        try:
+            v = make_verifier(name, **options)
+        except ValidationError as e:
+            where = items[idx[0]].where if items[idx[0]].options else f"options of verifier {name!r}"
+            raise _invalid(where, f"{name} options", e) from None
         try:
             problems = {items[i].problem.id: items[i].problem for i in idx}
             completions = [items[i].completion for i in idx]
@@ -280,6 +294,21 @@ def grade_items(
         for i in idx:
             verdicts[i] = by_id[items[i].completion.id]
     return [vd for vd in verdicts if vd is not None]
+
+
+def merge_options(base: Mapping[str, Any], record: Mapping[str, Any]) -> dict[str, Any]:
+    """Command-line options overlaid by a record's own, nested mappings merged key by key.
+
+    >>> merge_options({"timeout_s": 5, "policy": {"percent": "either"}}, {"policy": {"decimal_comma": True}})
+    {'timeout_s': 5, 'policy': {'percent': 'either', 'decimal_comma': True}}
+    """
+    out = dict(base)
+    for k, val in record.items():
+        if isinstance(val, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = merge_options(out[k], val)
+        else:
+            out[k] = val
+    return out
 
 
 def summarise(verdicts: list[Verdict]) -> tuple[int, int, dict[str, VerifierSummary]]:

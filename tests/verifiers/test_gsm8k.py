@@ -105,7 +105,7 @@ EXTRACT_TABLE = [
     ("The answer is -5.", "-5"),
     ("The answer is \u22125", "-5"),  # Unicode minus
     ("The answer is -$5", "-5"),
-    ("The answer is 45%.", "45"),
+    ("The answer is 45%.", "45%"),  # the % is kept: the policy decides how it compares
     ("The answer is 18 dollars.", "18"),
     ("The answer is 3 hours and 20 minutes", "3"),
     ("The answer is .5", "0.5"),
