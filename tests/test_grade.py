@@ -64,6 +64,8 @@ def test_records_graded_in_order_with_summary(tmp_path):
         "passed": 2,
         "status": {"pass": 2, "fail": 1},
         "accuracy": 2 / 3,
+        "expected": 0,
+        "agree": 0,
     }
     assert summary["by_verifier"]["math_equiv"]["status"] == {"pass": 1, "no_answer": 1}
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temp files
@@ -254,3 +256,57 @@ def test_cli_bad_line_is_named(tmp_path):
     result = runner.invoke(grade_app, [str(src)])
     assert result.exit_code == 1
     assert f"{src}:2: malformed JSON" in result.stderr.replace("\n", "")
+
+
+def test_expected_verdicts_and_per_record_options(tmp_path):
+    """A table of required verdicts: agreement counted, disagreements listed with file and line; a record's
+    own options (a grading policy) laid over the command line's."""
+    rows = [
+        {"id": "a", "verifier": "gsm8k", "gold": "50", "completion": "The answer is 50%.", "expect": "pass"},
+        {"id": "b", "verifier": "gsm8k", "gold": "0.5", "completion": "The answer is 50%.", "expect": "pass",
+         "options": {"policy": {"percent": "fraction"}}, "note": "a percentage as its fraction, declared"},
+        {"id": "c", "verifier": "gsm8k", "gold": "0.5", "completion": "The answer is 50%.", "expect": True},
+        {"id": "d", "verifier": "gsm8k", "gold": "5", "completion": "The answer is 5 or 6.", "expect": False},
+    ]
+    src = _write(tmp_path / "table.jsonl", rows)
+    report = grade_file(src)
+    out = read_jsonl(default_out(src))
+    assert [(r["status"], r["agrees"]) for r in out] == [("pass", True), ("pass", True), ("fail", False),
+                                                         ("fail", True)]
+    assert "percent=fraction" in out[1]["reason"] and "percent=label" in out[2]["reason"]
+    assert "hedged" in out[3]["reason"]
+    assert (report.expected, report.agree) == (4, 3)
+    assert report.disagreements == [
+        {"id": "c", "where": f"{src}:3", "expect": "pass", "status": "fail", "reason": out[2]["reason"]}
+    ]
+    # options from the command line apply to every record; the record's own win key by key
+    report = grade_file(src, verifier_options={"gsm8k": {"policy": {"percent": "either"}}})
+    assert report.agree == 4
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"completion": "1", "gold": "1", "verifier": "gsm8k", "expect": "maybe"}, "'expect' must be"),
+        ({"completion": "1", "gold": "1", "verifier": "gsm8k", "options": [1]}, "'options' must be an object"),
+        ({"completion": "1", "gold": "1", "verifier": "gsm8k", "options": {"policy": {"percnt": "x"}}},
+         "table.jsonl:1: invalid gsm8k options: policy.percnt"),
+    ],
+)
+def test_bad_expect_and_options_are_named(tmp_path, row, message):
+    src = _write(tmp_path / "table.jsonl", [row])
+    with pytest.raises(DataError, match=message):
+        grade_file(src)
+
+
+def test_cli_nested_option_and_agreement_line(tmp_path):
+    src = _write(
+        tmp_path / "t.jsonl",
+        [{"verifier": "gsm8k", "gold": "0.5", "completion": "The answer is 50%.", "expect": "pass"}],
+    )
+    res = runner.invoke(grade_app, [str(src), "-S", "gsm8k.policy.percent=fraction"])
+    assert res.exit_code == 0, res.output
+    assert "agreement with 'expect': 1/1" in " ".join(res.output.split())
+    res = runner.invoke(grade_app, [str(src)])
+    flat = " ".join(res.output.split())  # rich wraps long lines at the terminal width
+    assert "agreement with 'expect': 0/1" in flat and "t.jsonl:1 id=line1: expected pass, got fail" in flat

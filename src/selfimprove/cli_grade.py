@@ -100,12 +100,25 @@ def _print_table(report: Any) -> None:
     table.add_column("accuracy", justify="right")
     for s in statuses:
         table.add_column(s, justify="right")
+    if report.expected:
+        table.add_column("agree / expected", justify="right")
     for name, v in sorted(report.by_verifier.items()):
+        agree = [f"{v.agree}/{v.expected}"] if report.expected else []
         table.add_row(
-            name, str(v.n), str(v.passed), f"{v.accuracy:.3f}", *(str(v.status.get(s, 0)) for s in statuses)
+            name, str(v.n), str(v.passed), f"{v.accuracy:.3f}", *(str(v.status.get(s, 0)) for s in statuses),
+            *agree,
         )
     console = Console()
     console.print(table)
+    if report.expected:
+        console.print(f"agreement with 'expect': {report.agree}/{report.expected}", highlight=False)
+        for d in report.disagreements[:20]:
+            console.print(
+                f"  {d['where']} id={d['id']}: expected {d['expect']}, got {d['status']}: {d['reason']}",
+                highlight=False, markup=False,
+            )
+        if len(report.disagreements) > 20:
+            console.print(f"  ... {len(report.disagreements) - 20} more in {report.summary_path}", highlight=False)
     console.print(f"verdicts: {report.out}\nsummary:  {report.summary_path}", highlight=False)
 
 

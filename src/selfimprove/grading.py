@@ -10,8 +10,11 @@ Two input shapes, told apart by the first row:
 - **records**: one JSON object per line, keys ``completion`` (str, required), ``verifier`` (str),
   ``gold`` (str or number) or ``tests`` (object, for code verifiers), ``id``, ``prompt``, ``problem`` (a full
   ``Problem`` object; ``gold``/``tests``/``prompt`` given beside it override its fields), ``options`` (this
-  record's verifier options, e.g. ``{"policy": {"percent": "fraction"}}``, laid over ``--set``). Unknown keys
-  are errors.
+  record's verifier options, e.g. ``{"policy": {"percent": "fraction"}}``, laid over ``--set``), ``expect``
+  (the verdict a careful grader requires: ``true``/``false`` or a status such as ``"no_answer"``) and
+  ``note`` (free text). Unknown keys are errors. With ``expect``, each verdict row says whether it
+  ``agrees`` and the summary counts the agreement and lists every disagreement: a table of expected verdicts
+  is a regression suite for the verifiers (``tests/verifiers/case_table.jsonl`` is one).
 - **samples**: ``Completion`` rows as the ``sample`` stage writes them; their problems are read from
   ``problems.jsonl`` beside the file (or ``problems_path``).
 
@@ -34,17 +37,18 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import ValidationError
 
 from selfimprove.io import DataError, iter_jsonl, write_json, write_jsonl
 from selfimprove.registry import UnknownNameError, did_you_mean
-from selfimprove.types import Completion, Problem, Verdict
+from selfimprove.types import Completion, Problem, Verdict, VerdictStatus
 
 log = logging.getLogger(__name__)
 
-RECORD_KEYS = ("id", "verifier", "gold", "tests", "completion", "prompt", "problem", "options")
+RECORD_KEYS = ("id", "verifier", "gold", "tests", "completion", "prompt", "problem", "options", "expect", "note")
+STATUSES = get_args(VerdictStatus)
 InputFormat = Literal["records", "samples"]
 
 
@@ -53,6 +57,8 @@ class VerifierSummary:
     n: int = 0
     passed: int = 0
     status: dict[str, int] = field(default_factory=dict)
+    expected: int = 0  # records with an 'expect' key
+    agree: int = 0  # ... whose verdict is the expected one
 
     @property
     def accuracy(self) -> float:
@@ -70,6 +76,9 @@ class GradeReport:
     n: int
     passed: int
     by_verifier: dict[str, VerifierSummary]
+    expected: int = 0
+    agree: int = 0
+    disagreements: list[dict[str, Any]] = field(default_factory=list)  # id, where, expected, status, reason
 
     @property
     def accuracy(self) -> float:
@@ -92,6 +101,10 @@ class GradeItem:
     problem: Problem
     completion: Completion
     options: Mapping[str, Any] = field(default_factory=dict)  # this record's verifier options (e.g. a policy)
+    expect: str | None = None  # the verdict status a careful grader requires ('pass', 'fail', 'no_answer', ...)
+
+    def agrees(self, verdict: Verdict) -> bool | None:
+        return None if self.expect is None else verdict.status == self.expect
 
 
 def default_out(input_path: str | Path) -> Path:
@@ -175,8 +188,15 @@ def _record_item(where: str, row: Any, default_verifier: str | None, n: int) -> 
             f"{where}: 'options' must be an object of verifier options, e.g. "
             '{"policy": {"percent": "fraction"}}'
         )
+    expect = row.get("expect")
+    if isinstance(expect, bool):
+        expect = "pass" if expect else "fail"
+    if expect is not None and expect not in STATUSES:
+        raise DataError(f"{where}: 'expect' must be true, false or one of {', '.join(STATUSES)}; got {expect!r}")
+    if row.get("note") is not None and not isinstance(row["note"], str):
+        raise DataError(f"{where}: 'note' must be a string")
     completion = Completion(id=rid, problem_id=problem.id, round=0, sample_idx=0, text=text)
-    return GradeItem(where, name, problem, completion, options)
+    return GradeItem(where, name, problem, completion, options, expect)
 
 
 def load_items(
@@ -311,13 +331,19 @@ def merge_options(base: Mapping[str, Any], record: Mapping[str, Any]) -> dict[st
     return out
 
 
-def summarise(verdicts: list[Verdict]) -> tuple[int, int, dict[str, VerifierSummary]]:
+def summarise(
+    verdicts: list[Verdict], items: list[GradeItem] | None = None
+) -> tuple[int, int, dict[str, VerifierSummary]]:
     by: dict[str, VerifierSummary] = {}
-    for vd in verdicts:
+    for i, vd in enumerate(verdicts):
         s = by.setdefault(vd.verifier, VerifierSummary())
         s.n += 1
         s.passed += int(vd.passed)
         s.status[vd.status] = s.status.get(vd.status, 0) + 1
+        agrees = items[i].agrees(vd) if items is not None else None
+        if agrees is not None:
+            s.expected += 1
+            s.agree += int(agrees)
     for s in by.values():
         s.status = dict(Counter(s.status).most_common())
     return len(verdicts), sum(int(v.passed) for v in verdicts), by
@@ -342,8 +368,20 @@ def grade_file(
         raise DataError(f"{out}: the output would overwrite the input; choose another --out")
     fmt, items = load_items(input_path, verifier, problems_path)
     verdicts = grade_items(items, verifier_options)
-    write_jsonl(out, ({"id": vd.sample_id, **vd.model_dump(mode="json")} for vd in verdicts))
-    n, passed, by = summarise(verdicts)
+    rows = []
+    disagreements = []
+    for it, vd in zip(items, verdicts, strict=True):
+        row = {"id": vd.sample_id, **vd.model_dump(mode="json")}
+        if it.expect is not None:
+            row["expect"], row["agrees"] = it.expect, it.agrees(vd)
+            if not row["agrees"]:
+                disagreements.append(
+                    {"id": vd.sample_id, "where": it.where, "expect": it.expect, "status": vd.status,
+                     "reason": vd.reason}
+                )
+        rows.append(row)
+    write_jsonl(out, rows)
+    n, passed, by = summarise(verdicts, items)
     report = GradeReport(
         input=str(input_path),
         out=str(out),
@@ -352,6 +390,9 @@ def grade_file(
         n=n,
         passed=passed,
         by_verifier=by,
+        expected=sum(s.expected for s in by.values()),
+        agree=sum(s.agree for s in by.values()),
+        disagreements=disagreements,
     )
     write_json(report.summary_path, report.to_dict())
     log.info("graded %d completion(s): %d passed; verdicts in %s", n, passed, out)

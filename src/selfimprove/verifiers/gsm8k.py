@@ -97,7 +97,9 @@ _DECIMAL_COMMA = re.compile(rf"[{_MINUS}]?+\d++,(?:\d{{1,2}}|\d{{4,}})(?![\d,])|
 _PERCENT_AFTER = re.compile(r"\s?(?:\\?%|percent\b|\\text\s?\{\s?percent\s?\})", re.IGNORECASE)
 # An operator and an operand after the number, or a variable glued to it: the number is part of an expression.
 _EXPR_AFTER = re.compile(
-    r"\s*+(?:[+*/×÷^·]|\\cdot|\\times|\\div|-(?!\s?[a-z]{2}))\s*+[\w(\\]|[a-z](?![a-z])", re.IGNORECASE
+    r"\s*+(?:[+*/×÷^·]|\\cdot|\\times|\\div|-(?!\s?[a-z]{2}))\s*+[\w(\\]|[a-z](?![a-z])"
+    r"|\s?\\(?!text|mbox|mathrm|quad|qquad|[,;:! %$)\]])[A-Za-z]",  # 5\sqrt{2}, 2\pi
+    re.IGNORECASE,
 )
 _EXPR_BEFORE = re.compile(r"(?:[+*/×÷^·-]|\\cdot|\\times|\\div)\s*+$")
 _NEGATION = re.compile(r"\b(?:not|no|never|n't|neither|nor)\b", re.IGNORECASE)
