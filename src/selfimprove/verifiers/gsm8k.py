@@ -102,6 +102,7 @@ _EXPR_AFTER = re.compile(
     re.IGNORECASE,
 )
 _EXPR_BEFORE = re.compile(r"(?:[+*/×÷^·-]|\\cdot|\\times|\\div)\s*+$")
+_SCALE_AFTER = re.compile(r"\s*+(?:\\text\s?\{\s?)?(?:hundred|thousand|million|billion|trillion)\b", re.IGNORECASE)
 _NEGATION = re.compile(r"\b(?:not|no|never|n't|neither|nor)\b", re.IGNORECASE)
 _MAX_CLAUSE = 400
 
@@ -296,6 +297,9 @@ def read_clause(text: str, policy: GradingPolicy, source: Source, whole: bool = 
     if _EXPR_AFTER.match(rest):
         return Reading(source, text.strip(), None, rules=tuple(rules),
                        refusal=f"{text.strip()!r} is an expression, not a number: a number inside it is not the answer")
+    if not policy.number_words and _SCALE_AFTER.match(rest):
+        return Reading(source, text.strip(), None, rules=tuple(rules),
+                       refusal="number words are not numbers (policy.number_words: false)")
     pct = _PERCENT_AFTER.match(rest) is not None
     return Reading(source, text.strip(), value, pct, tuple(rules))
 
