@@ -390,7 +390,20 @@ def _short(text: str, limit: int = 300) -> str:
 
 
 def classify(result: JobResult, prep: PreparedTests) -> tuple[str, bool, str, dict[str, Any]]:
-    """(status, passed, reason, details) from a test job's raw result; only the tester's report can pass."""
+    """(status, passed, reason, details) from a test job's raw result; only the tester's report can pass.
+
+    Where the tester could not rebuild a returned set in the candidate's iteration order (``rebuild_set``
+    in the worker), the reason says so: a test that depends on that order may then differ from plain CPython.
+    """
+    status, passed, reason, details = _classify(result, prep)
+    if details.get("faithful") is False:
+        reason += (f" (note: {details['set_order_mismatches']} set value(s) crossed the sandbox boundary in another "
+                   "iteration order than the candidate's; a test that depends on set order may differ from "
+                   "plain CPython)")
+    return status, passed, reason, details
+
+
+def _classify(result: JobResult, prep: PreparedTests) -> tuple[str, bool, str, dict[str, Any]]:
     lim = result.limits
     details: dict[str, Any] = {
         "cpu_s": result.candidate.cpu_s if result.candidate else None,
@@ -414,6 +427,9 @@ def classify(result: JobResult, prep: PreparedTests) -> tuple[str, bool, str, di
             {**t, "source": _short(prep.sources.get(t["id"], ""), 200)} for t in rep.get("tests", [])[:100]
         ]
         details["calls"] = rep.get("calls", 0)
+        if rep.get("set_order_mismatches"):
+            details["faithful"] = False
+            details["set_order_mismatches"] = rep["set_order_mismatches"]
 
     def bad(default: str) -> str:
         if result.wall_timeout or result.cpu_limited:

@@ -151,6 +151,8 @@ def encode_value(value: object, fallback, depth: int = 0) -> object:
     tag = _TAGGED_SEQ.get(t)
     if tag is not None:
         items = [encode_value(x, fallback, d) for x in value]
+        if tag in ("s", "fs"):
+            return [tag, items, set_slots(value)]  # the table size: the receiver rebuilds the same order
         return ["q", items, value.maxlen] if tag == "q" else [tag, items]
     tag = _TAGGED_MAP.get(t)
     if tag is not None:
@@ -176,6 +178,49 @@ def encode_value(value: object, fallback, depth: int = 0) -> object:
     if fallback is None:
         raise CodecError(f"cannot encode a value of type {t.__name__}")
     return fallback(value)
+
+
+_SET_BASE = sys.getsizeof(set())
+_FROZEN_BASE = sys.getsizeof(frozenset())
+#: Sets rebuilt in another iteration order than the sender's (see ``rebuild_set``); the tester reports it.
+ORDER_MISMATCHES = [0]
+
+
+def set_slots(value: set | frozenset) -> int:
+    """The number of slots of a set's hash table (8 for the small inline table), from ``sys.getsizeof``."""
+    base = _FROZEN_BASE if type(value) is frozenset else _SET_BASE
+    return max(8, (sys.getsizeof(value) - base) // 16 if sys.getsizeof(value) > base else 8)
+
+
+def rebuild_set(items: list, slots: object, frozen: bool) -> set | frozenset:
+    """A set of ``items`` that iterates in the order given, as the sender's set did.
+
+    A set's iteration order is the order of its hash-table slots, which depends on the table size and on
+    the insertion history, not only on the elements: ``{1, 8}`` iterates as ``[8, 1]`` in a new 8-slot table
+    and as ``[1, 8]`` in a table grown to 512 slots and emptied. Inserting the items, in the sender's order,
+    into an empty table of the sender's size reproduces the sender's slots (both processes run with the same
+    ``PYTHONHASHSEED``). The table is sized by ``set.update`` with a dict, which presizes once to the next
+    power of two above twice the dict's length; placeholder objects pad the dict to the wanted size and are
+    inserted after the items (so they cannot take an item's slot), then removed. If the order still differs
+    (a history a clean insertion cannot reproduce) the mismatch is counted and reported with the verdict.
+    """
+    candidates = []
+    if type(slots) is int and 8 < slots <= 1 << 24 and (slots & (slots - 1)) == 0:
+        pad = max(0, slots // 4 - len(items))
+        if (len(items) + pad) * 2 < slots:
+            fillers = [object() for _ in range(pad)]
+            s: set = set()
+            s.update(dict.fromkeys([*items, *fillers]))
+            s.difference_update(fillers)
+            candidates.append(s)
+    candidates.append(set(items))
+    for s in candidates:
+        if frozen:
+            s = frozenset(s)
+        if len(s) != len(items) or all(a is b for a, b in zip(s, items)):
+            return s
+    ORDER_MISMATCHES[0] += 1
+    return frozenset(items) if frozen else set(items)
 
 
 def _want(cond: bool, what: str) -> None:
@@ -215,10 +260,8 @@ def decode_value(o: object, ref, depth: int = 0) -> object:
                 return items
             if tag == "t":
                 return tuple(items)
-            if tag == "s":
-                return set(items)
-            if tag == "fs":
-                return frozenset(items)
+            if tag in ("s", "fs"):
+                return rebuild_set(items, o[2] if len(o) > 2 else None, tag == "fs")
             if tag == "it":
                 return iter(items)
             if tag == "dk":
@@ -578,6 +621,8 @@ def run_tests(spec: dict, rpc: _Rpc) -> dict:
         raise ValueError(f"unknown test mode {spec['mode']!r}")
     report["tests"] = sorted(recorder.results.values(), key=lambda r: r["id"])
     report["calls"] = rpc.calls
+    if ORDER_MISMATCHES[0]:
+        report["set_order_mismatches"] = ORDER_MISMATCHES[0]
     report["completed"] = True
     return report
 
