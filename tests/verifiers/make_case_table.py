@@ -10,7 +10,7 @@ Every row is a ``selfimprove grade`` record with ``expect`` (the verdict a caref
 
 What is in it, all deterministic:
 
-- **MATH-500 golds** (every 5th of the 500): each rendered bare, boxed at the end of a short derivation, in an
+- **MATH-500 golds**: all 500 rendered bare and boxed at the end of a short derivation; every 5th also in an
   answer sentence, and in the Minerva format (all ``pass``), plus an equivalent of another shape where one
   is certain (``\\dfrac``, ``a/b``, ``\\sqrt n``, a letter choice without ``\\text{}``...); near misses where
   the construction is certain to change the value (``fail``): a dropped or added sign, an extra radical
@@ -101,11 +101,11 @@ def math_cases(rows: list[dict]) -> list[dict]:
                     "expect": expect, "note": note})
 
     for i, row in enumerate(rows):
+        g = row["answer"]
+        add("bare", i, g, g, "pass", "surface: bare")  # every gold, bare and boxed
+        add("boxed", i, g, f"{DERIVATION} So the answer is $\\boxed{{{g}}}$.", "pass", "surface: boxed")
         if i % 5:
             continue
-        g = row["answer"]
-        add("bare", i, g, g, "pass", "surface: bare")
-        add("boxed", i, g, f"{DERIVATION} So the answer is $\\boxed{{{g}}}$.", "pass", "surface: boxed")
         add("sentence", i, g, f"{DERIVATION}\nThe answer is ${g}$.", "pass", "surface: answer sentence")
         add("minerva", i, g, f"{DERIVATION}\nFinal Answer: The final answer is ${g}$. I hope it is correct.",
             "pass", "surface: Minerva")

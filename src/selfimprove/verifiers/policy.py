@@ -432,7 +432,7 @@ def last_math_group(text: str) -> str | None:
     return out
 
 
-_MATHY = re.compile(r"[\d\\^_=+*/<>()\[\]{}]")
+_MATHY = re.compile(r"[\d\\^_=+*/<>()\[\]{}]|(?<=\s)-(?=\s)|^-")  # "p - q" and "-x" are mathematics
 _COPULA = re.compile(r"(?:(?<![\w\\])(?:is|are|equals|gives|get|be)(?!\w)|=|:)")
 
 
