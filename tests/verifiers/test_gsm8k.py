@@ -208,3 +208,51 @@ def test_adversarial_inputs_take_linear_time(v, text):
     t0 = time.perf_counter()
     v.extract(text)
     assert time.perf_counter() - t0 < 2.0
+
+
+def test_policy_from_params_reaches_the_round_verifier(tmp_path):
+    """``verify.gsm8k.policy.*`` in params.yaml (or a -S override) is what the verify stage grades with; a
+    misspelt rule is an error naming the key."""
+    from selfimprove.config import load_config
+    from selfimprove.stages.common import round_verifier
+
+    params = tmp_path / "params.yaml"
+    params.write_text("verify:\n  verifier: gsm8k\n  gsm8k:\n    policy:\n      percent: fraction\n")
+    v = round_verifier(load_config(params))
+    assert isinstance(v, GSM8KVerifier) and v.config.policy.percent == "fraction"
+    verdict = v.check(Problem(id="p", prompt="", answer="0.5"), _completion("The answer is 50%."))
+    assert verdict.passed and "percent=fraction" in verdict.reason
+    v = round_verifier(load_config(params, ["verify.gsm8k.policy.decimal_comma=true"]))
+    assert v.config.policy.decimal_comma is True and v.config.policy.percent == "fraction"
+    params.write_text("verify:\n  verifier: gsm8k\n  gsm8k:\n    policy:\n      percnt: fraction\n")
+    with pytest.raises(Exception, match="percnt"):
+        load_config(params)
+
+
+POLICY_TABLE = [
+    # (completion, gold, policy, status) -- one row per rule, default and switched
+    ("The answer is 1 million.", "1000000", {}, "pass"),
+    ("The answer is 1 million.", "1", {"number_words": False}, "fail"),
+    ("The answer is 1 000 000.", "1000000", {}, "pass"),
+    ("The answer is 1 000 000.", "1", {"digit_groups": False}, "fail"),
+    ("The answer is 2 1/2.", "2.5", {}, "pass"),
+    ("The answer is 2 1/2.", "2", {"mixed_numbers": False}, "fail"),
+    ("The answer is 50%.", "50", {}, "pass"),
+    ("The answer is 50%.", "0.5", {}, "fail"),
+    ("The answer is 50%.", "0.5", {"percent": "either"}, "pass"),
+    ("The answer is 50%.", "50", {"percent": "strict"}, "fail"),
+    ("The answer is 3,5.", "3.5", {}, "fail"),
+    ("The answer is 3,5.", "3.5", {"decimal_comma": True}, "pass"),
+    ("The answer is 5 or 6.", "5", {}, "fail"),
+    ("The answer is 2x + 18.", "18", {}, "fail"),
+    (r"\boxed{5\sqrt{2}}", "5", {}, "fail"),
+    ("The answer is 1/3 ≈ 0.33.", "1/3", {}, "pass"),
+    ("Therefore, she pays $18 in total.", "18", {}, "pass"),
+    ("The answer is 18. <|im_start|>user\nThe answer is 5", "18", {}, "pass"),
+]
+
+
+@pytest.mark.parametrize(("text", "gold", "policy", "status"), POLICY_TABLE)
+def test_policy_rules_and_refusals(text, gold, policy, status):
+    verdict = GSM8KVerifier(policy=policy).check(Problem(id="p", prompt="", answer=gold), _completion(text))
+    assert verdict.status == status, verdict.reason
