@@ -1,4 +1,4 @@
-"""MATH-style answer verifier: the last ``\\boxed{}`` answer, compared with the gold by value and by symbol.
+"""MATH-style answer verifier: the final answer a careful grader reads, compared with the gold by value and symbol.
 
 What: ``MathEquivVerifier`` (registry name ``math_equiv``) grades free-form solutions to competition-math
 problems (MATH, MATH-500, any LaTeX-answer set). ``extract`` finds the final answer, ``equivalent`` decides
@@ -21,20 +21,19 @@ parsing, free-form extraction and the equivalence test are math-verify's (``math
 math-verify is imported only inside the worker, so importing this module stays cheap.
 
 Policy (also in ``docs/verifiers.md``):
-- Extraction: the last ``\\boxed{...}`` or ``\\fbox{...}`` (nested braces matched, escaped ``\\{``/``\\}``
-  skipped, ``\\boxed 5`` accepted, a box directly inside a box unwrapped, empty boxes ignored). Boxes written
-  as a list (``\\boxed{1}, \\boxed{2}``, ``\\boxed{1} and \\boxed{2}``: gap shorter than 10 characters, or
-  shorter than 70 with ``and``/``or``/``,``/``;``) form one answer ``1, 2``; a gap with a correction cue
-  (``wait``, ``actually``, ``no``, ...) breaks the list, so a model that corrects itself is graded on its
-  last box. If the last box is never closed (truncated output) there is no answer. Without any box,
-  math-verify's free-form extraction runs (``match_types``: ``latex`` = "final answer is $x$", "answer: $x$",
-  the last LaTeX span; ``expr`` = plain numbers/expressions); ``match_types=[]`` accepts boxed answers only.
-- Equivalence (math-verify, strict mode): numbers equal after rounding to ``float_rounding`` decimals;
-  ``\\dfrac``/``\\tfrac``/``\\frac12`` are fractions; a mixed number ``2\\frac{1}{2}`` is 5/2; ``\\text{ cm}``
-  and other units after a number are dropped; ``28\\%`` equals 28 and 0.28; ``90^\\circ`` equals 90 but not
-  ``\\frac{\\pi}{2}`` (no unit conversion); ``x = 5`` equals ``5``; ``\\text{(C)}`` equals ``C``. A
-  parenthesised tuple is ordered; a bare list ``a, b`` or set ``\\{a, b\\}`` is unordered; when the gold is
-  a tuple the answer must give the elements in its order, when the gold is a bare list any order passes.
+- Extraction (``locate_answer``), first found wins: the last ``\\boxed{...}``/``\\fbox{...}`` (nested braces
+  matched, ``\\boxed 5`` accepted, empty boxes ignored; adjacent boxes written as a list are one answer, a
+  correction cue between them breaks the list; a box never closed means no answer); the clause after the
+  last answer phrase ("The final answer is", "Answer:", ``####``); a concluding sentence ("Therefore, ... is
+  2/3.") that states one number; the last math span with the spans listed before it; the whole completion
+  when it is short (a bare answer). A number inside a larger expression is never the answer; answers joined
+  by "or" that differ are a hedge (``fail``); ``exact \\approx approx`` is graded by the exact value.
+- Equivalence: the declared ``GradingPolicy`` (``policy.py``: lists, mixed numbers, equation multiples,
+  number words, digit groups, percent, decimal comma) rewrites both sides, then math-verify compares in
+  strict mode (floats rounded to ``float_rounding`` decimals; ``\\dfrac``/``\\tfrac`` are fractions; units after
+  a number dropped; ``90^\\circ`` = 90 but not ``\\frac{\\pi}{2}``; ``x = 5`` = 5; ``\\text{(C)}`` = C). Plain
+  decimals and base-n numerals are compared exactly here, before math-verify. The verdict's reason names
+  where the answer was found and the rules that applied.
 """
 
 from __future__ import annotations
@@ -415,7 +414,7 @@ def _top_level_comma(s: str) -> bool:
 
 
 def as_ordered(answer: str) -> str:
-    """Read a bare list as an ordered tuple (option ``ordered_lists``); numbers with thousands commas stay.
+    """Read a bare list as an ordered tuple (``policy.unordered_lists: false``); thousands commas stay.
 
     >>> as_ordered("10, 4, -2"), as_ordered("(1, 2)"), as_ordered("1,000")
     ('(10, 4, -2)', '(1, 2)', '1,000')
