@@ -261,6 +261,12 @@ def _summary_artifact(experiment: str, config: Config, work: Path, store: Mlflow
 
         image = "data:image/png;base64," + base64.b64encode(plot.read_bytes()).decode()
     lines = improvement(rows, config.bootstrap.difficulties)
+    health_plot = summary_dir(config, work) / "health.png"
+    health = None
+    if health_plot.exists():
+        import base64
+
+        health = "data:image/png;base64," + base64.b64encode(health_plot.read_bytes()).decode()
     mlflow_link = ""
     if store is not None and parent_run_id and store.uri.startswith("http"):
         from selfimprove.tracking import ui_url
@@ -268,7 +274,7 @@ def _summary_artifact(experiment: str, config: Config, work: Path, store: Mlflow
         mlflow_link = f"\n[MLflow run]({ui_url(store.uri, store.experiment_id, parent_run_id)})\n"
     create_markdown_artifact(
         key=_artifact_key(experiment, "summary"),
-        markdown=markdown_summary(experiment, config.loop.name, rows, lines, image) + mlflow_link,
+        markdown=markdown_summary(experiment, config.loop.name, rows, lines, image, health) + mlflow_link,
         description=f"Run {experiment}: accuracy per difficulty across rounds",
     )
 

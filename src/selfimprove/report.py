@@ -187,7 +187,7 @@ def _md_table(rows: list[dict[str, Any]]) -> str:
 
 
 def markdown_summary(experiment: str, loop: str, rounds: list[dict[str, Any]], lines: list[str],
-                     image: str | None = None) -> str:
+                     image: str | None = None, health_image: str | None = None) -> str:
     """The Prefect artifact of a whole run: two tables that fit the page, the plain-language lines, the plot."""
     tables = artifact_tables(rounds)
     out = [f"# Run `{experiment}` (loop '{loop}')", ""]
@@ -196,6 +196,8 @@ def markdown_summary(experiment: str, loop: str, rounds: list[dict[str, Any]], l
     out += [f"- {line}" for line in lines]
     if image:
         out += ["", f"![accuracy per difficulty across rounds]({image})"]
+    if health_image:
+        out += ["", f"![loop health across rounds: diversity, collapse, exploration, labels]({health_image})"]
     out += ["", f"Bring it into the workspace: `dvc exp apply {experiment}`; compare runs: `dvc exp show --only-changed`."]
     return "\n".join(out) + "\n"
 

@@ -172,6 +172,17 @@ def test_finetune_and_evaluate(round_outputs) -> None:
     assert csv[0].startswith("round,accuracy_d1,accuracy_d2,accuracy_d3,accuracy,acceptance_precision")
     assert [line.split(",")[0] for line in csv[1:]] == ["0", "1"]
     assert (proj / "runs" / "summary" / "accuracy.png").stat().st_size > 1000
+    # loop health: label-free metrics from validate, samples-vs-gold from evaluate, across rounds in the summary
+    for key in ("health/distinct_answers", "health/answer_entropy", "health/distinct_2", "health/repetition_rate",
+                "health/stop_rate", "health/mean_length", "health/pass_at_1", "health/pass_at_k",
+                "health/exploration", "health/proxy_agreement"):
+        assert key in m, key
+    assert m["health/pass_at_k"] >= m["health/pass_at_1"] and 1.0 <= m["health/distinct_answers"]
+    assert sum(v for k, v in m.items() if k.startswith("health/accepted/")) == m["validate/accepted"]
+    health = (proj / "runs" / "summary" / "health.csv").read_text().splitlines()
+    assert health[0].startswith("round,distinct_answers,answer_entropy,distinct_2,repetition_rate")
+    assert health[0].endswith(",acceptance_precision") and [line.split(",")[0] for line in health[1:]] == ["0", "1"]
+    assert (proj / "runs" / "summary" / "health.png").stat().st_size > 1000
 
 
 def test_validate_gate_failure_stops_the_round(round_outputs, tmp_path: Path) -> None:

@@ -453,3 +453,26 @@ def test_gold_code_solutions_pass_the_sandboxed_verifier():
     finally:
         verifier.close()
     assert len(verdicts) == 1565 and [v.problem_id for v in verdicts if not v.passed] == []
+
+
+def test_train_and_eval_splits_from_params(tmp_path):
+    """``problems.train_split`` / ``problems.eval_split`` choose the splits rounds sample and evaluate reads."""
+    from selfimprove.config import load_config
+    from selfimprove.stages.common import eval_problems, problem_set
+
+    f = _write(
+        tmp_path / "p.jsonl",
+        [{"id": i, "prompt": i, "answer": "1", "split": s}
+         for i, s in [("a", "train"), ("b", "dev"), ("c", "test"), ("d", "extra")]],
+    )
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        f"problems:\n  name: jsonl\n  jsonl:\n    path: {f}\n    split_field: split\n"
+        "  train_split: extra\n  eval_split: dev\n"
+    )
+    cfg = load_config(params)
+    ps = problem_set(cfg)
+    assert [p.id for p in eval_problems(cfg, ps)] == ["b"]
+    assert [p.id for p in ps.training_pool(0, None, 0, 1, split=cfg.problems.train_split)] == ["d"]
+    cfg = load_config(params, ["problems.eval_split=test"])
+    assert [p.id for p in eval_problems(cfg, problem_set(cfg))] == ["c"]

@@ -262,10 +262,12 @@ class ArithmeticProblems(ProblemSet):
             return self.labelled(self.default_per_difficulty, self.default_difficulties, 0)
         raise ValueError(f"arithmetic has splits 'train' and 'test', not {split!r}")
 
-    def training_pool(self, n: int, difficulties: list[int] | None, seed: int, round: int) -> list[Problem]:
+    def training_pool(
+        self, n: int, difficulties: list[int] | None, seed: int, round: int, split: str = "train"
+    ) -> list[Problem]:
         """``n`` fresh training-partition problems, split evenly over ``difficulties`` (earlier ones take the
         remainder), distinct within the call. ``answer`` is set for reporting; label-free filters ignore
-        it."""
+        it. ``split`` is ignored: a generator has one training partition."""
         diffs = list(difficulties or self.default_difficulties)
         out: list[Problem] = []
         for i, d in enumerate(diffs):
@@ -293,10 +295,11 @@ class ArithmeticProblems(ProblemSet):
         return out
 
     def eval_set(
-        self, per_difficulty: int | None, difficulties: list[int] | None, seed: int
+        self, per_difficulty: int | None, difficulties: list[int] | None, seed: int, split: str = "test"
     ) -> list[Problem]:
         """Held-out problems: up to ``per_difficulty`` distinct eval-partition problems per difficulty (all of
-        them for small difficulties; ``None`` means all when enumerable, else ``default_per_difficulty``)."""
+        them for small difficulties; ``None`` means all when enumerable, else ``default_per_difficulty``).
+        ``split`` is ignored: a generator keeps its own held-out partition, disjoint from what rounds sample."""
         out: list[Problem] = []
         for d in difficulties or self.default_difficulties:
             n = per_difficulty

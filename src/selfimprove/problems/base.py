@@ -41,11 +41,14 @@ class ProblemSet:
         """Whether ``answer`` to ``problem`` agrees with ``view_answer`` to its ``view`` (default: equal)."""
         return answer.strip() == view_answer.strip()
 
-    def training_pool(self, n: int, difficulties: list[int] | None, seed: int, round: int) -> list[Problem]:
-        """Problems to sample from in a round (default: the train split, subsampled deterministically)."""
+    def training_pool(
+        self, n: int, difficulties: list[int] | None, seed: int, round: int, split: str = "train"
+    ) -> list[Problem]:
+        """Problems to sample from in a round (default: ``split``, ``problems.train_split``, subsampled
+        deterministically)."""
         import random
 
-        pool = self.load("train")
+        pool = self.load(split)
         if difficulties:
             pool = [p for p in pool if p.difficulty in set(difficulties)]
         rng = random.Random(f"{seed}/{round}/{self.name}")
@@ -53,11 +56,14 @@ class ProblemSet:
             pool = rng.sample(pool, n)
         return pool
 
-    def eval_set(self, per_difficulty: int | None, difficulties: list[int] | None, seed: int) -> list[Problem]:
-        """Held-out problems for evaluation (default: the test split, optionally capped per difficulty)."""
+    def eval_set(
+        self, per_difficulty: int | None, difficulties: list[int] | None, seed: int, split: str = "test"
+    ) -> list[Problem]:
+        """Held-out problems for evaluation (default: ``split``, ``problems.eval_split``, optionally capped per
+        difficulty)."""
         import random
 
-        pool = self.load("test")
+        pool = self.load(split)
         if difficulties:
             pool = [p for p in pool if p.difficulty in set(difficulties)]
         if not per_difficulty:

@@ -127,7 +127,7 @@ def round_verifier(config: Config, model_dir: Path | None = None) -> Verifier:
 
 def eval_problems(config: Config, pset: ProblemSet) -> list[Problem]:
     ev = config.evaluate
-    return pset.eval_set(ev.problems_per_difficulty, ev.difficulties, ev.seed)
+    return pset.eval_set(ev.problems_per_difficulty, ev.difficulties, ev.seed, split=config.problems.eval_split)
 
 
 def normalize_prompt(text: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from selfimprove.config import Config
 from selfimprove.ensemble import members
@@ -43,6 +44,18 @@ def collect_stage_metrics(paths: RoundPaths) -> dict[str, float]:
         if rep is not None:
             out.update({k: v for k, v in rep.metrics.items() if not is_timing(k)})
     return out
+
+
+def _health(paths: RoundPaths, problems: dict[str, Problem], verifier: Any) -> dict[str, float]:
+    """pass@1, pass@k and exploration of the round's samples against gold (``selfimprove.health``)."""
+    from selfimprove.health import gold_health
+    from selfimprove.types import Completion
+    from selfimprove.verifiers.base import AnswerVerifier
+
+    samples_path = paths.sample / "samples.jsonl"
+    if not samples_path.exists() or not isinstance(verifier, AnswerVerifier):
+        return {}
+    return gold_health(read_verified_jsonl(samples_path, Completion), problems, verifier)
 
 
 def evaluate_model(config: Config, model_dir: Path | None, round: int, sampler: Any = None) -> tuple[dict[str, float], list[dict]]:
@@ -87,6 +100,7 @@ def run_evaluate(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRe
     sampled = {p.id: p for p in read_verified_jsonl(paths.sample / "problems.jsonl", Problem)}
     accepted = [r for r in read_verified_jsonl(paths.validate / "accepted.jsonl", TrainRow) if r.round == paths.round]
     precision, by_bucket = label_precision(accepted, sampled, verifier)
+    metrics.update(_health(paths, sampled, verifier))
     verifier.close()
     if precision is not None:
         metrics["acceptance_precision"] = precision

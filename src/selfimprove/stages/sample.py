@@ -40,7 +40,7 @@ def run_sample(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRepo
     n = rc.problems or config.sample.problems_per_round
     seed = config.seed * 100_003 + config.sample.seed * 101 + paths.round
     with timer() as t:
-        problems = pset.training_pool(n, rc.difficulties, seed, paths.round)
+        problems = pset.training_pool(n, rc.difficulties, seed, paths.round, split=config.problems.train_split)
         if not problems:
             raise ValueError(
                 f"problem set {config.problems.name!r} gave no problems for round {paths.key} "

@@ -1,7 +1,8 @@
 """``summary``: the loop across rounds, from every round's metrics file (``runs/metrics/rN.json``).
 
 Writes ``runs/summary/accuracy.csv`` (``dvc plots show``), ``accuracy.png`` (for people, MLflow and the Prefect
-artifact) and ``metrics.json`` (the headline numbers ``dvc exp show`` lists: the last round's accuracy per
+artifact), ``health.csv`` and ``health.png`` (the ``health/*`` metrics of ``selfimprove.health`` across rounds:
+diversity, collapse, exploration, accepted labels per difficulty, proxy vs precision) and ``metrics.json`` (the headline numbers ``dvc exp show`` lists: the last round's accuracy per
 difficulty, its label precision, the best round). A DVC stage of its own (``dvc.yaml: summary``), run after the
 last round; nothing in it depends on time, so the same rounds give the same bytes.
 """
@@ -71,16 +72,42 @@ def run_summary(config: Config, paths: RoundPaths, tracker: Tracker | None = Non
     with atomic_path(out_dir / "accuracy.csv") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     _plot(rounds, buckets, out_dir / "accuracy.png")
+    health_cols = health_columns(rounds)
+    with atomic_path(out_dir / "health.csv") as tmp:
+        tmp.write_text(health_csv(rounds, health_cols))
+    _plot_health(rounds, health_cols, out_dir / "health.png")
     head = headline(rounds)
     write_json(out_dir / "metrics.json", head)
     if tracker is not None:
         tracker.log_artifact(out_dir / "accuracy.png", "plots")
+        tracker.log_artifact(out_dir / "health.png", "plots")
     log.info("summary: %d round(s); last round accuracy %s; plot %s", len(rounds),
              f"{head.get('accuracy', float('nan')):.3f}", out_dir / "accuracy.png")
     return StageReport(stage="summary", round=int(rounds[-1]["round"]),
                        metrics={f"summary/{k}": float(v) for k, v in head.items() if not isinstance(v, dict)},
                        outputs={"csv": str(out_dir / "accuracy.csv"), "png": str(out_dir / "accuracy.png"),
+                                "health_csv": str(out_dir / "health.csv"), "health_png": str(out_dir / "health.png"),
                                 "metrics": str(out_dir / "metrics.json")})
+
+
+def health_columns(rounds: list[dict]) -> list[str]:
+    """The ``health/*`` metrics any round has, in a fixed order (then ``acceptance_precision``)."""
+    keys = {k for r in rounds for k in r if k.startswith("health/")}
+    fixed = [f"health/{k}" for k in ("distinct_answers", "answer_entropy", "distinct_2", "repetition_rate",
+                                      "mean_length", "stop_rate", "pass_at_1", "pass_at_k", "exploration",
+                                      "proxy_agreement")]
+    accepted = sorted((k for k in keys if k.startswith("health/accepted/")), key=lambda k: (len(k), k))
+    return [k for k in fixed if k in keys] + accepted + ["acceptance_precision"]
+
+
+def health_csv(rounds: list[dict], cols: list[str]) -> str:
+    """One row per round: ``round,<health metrics...>,acceptance_precision`` (empty where a round has none)."""
+    names = [c.removeprefix("health/").replace("/", "_") for c in cols]
+    lines = ["round," + ",".join(names)]
+    for r in rounds:
+        vals = [r.get(c, "") for c in cols]
+        lines.append(f"{int(r['round'])}," + ",".join("" if v == "" else f"{float(v):.4f}" for v in vals))
+    return "\n".join(lines) + "\n"
 
 
 def _plot(rounds: list[dict], buckets: list[str], path: Path) -> None:
@@ -107,4 +134,45 @@ def _plot(rounds: list[dict], buckets: list[str], path: Path) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", metadata={"Software": None})  # no version string: same rounds, same bytes
+    plt.close(fig)
+
+
+def _plot_health(rounds: list[dict], cols: list[str], path: Path) -> None:
+    """Four panels across rounds: diversity, collapse, exploration, and the accepted tail with label quality."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [int(r["round"]) for r in rounds]
+    panels = [
+        ("answer diversity", ["health/distinct_answers", "health/answer_entropy"]),
+        ("collapse", ["health/distinct_2", "health/repetition_rate", "health/stop_rate"]),
+        ("exploration (samples vs gold)", ["health/pass_at_1", "health/pass_at_k", "health/exploration"]),
+        ("labels", ["health/proxy_agreement", "acceptance_precision"]),
+    ]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.4), dpi=100)
+    for ax, (title, keys) in zip(axes.flat, panels, strict=True):
+        for k in keys:
+            pts = [(x, r[k]) for x, r in zip(xs, rounds, strict=True) if k in r]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=k.removeprefix("health/"))
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks(xs)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="best")
+    tail = [k for k in cols if k.startswith("health/accepted/")]
+    if tail:
+        twin = axes.flat[3].twinx()
+        for k in tail:
+            pts = [(x, r[k]) for x, r in zip(xs, rounds, strict=True) if k in r]
+            twin.plot([p[0] for p in pts], [p[1] for p in pts], linestyle=":", marker=".",
+                      label="accepted " + k.rsplit("/", 1)[1])
+        twin.set_ylabel("accepted labels", fontsize=8)
+        twin.legend(fontsize=6, loc="lower right")
+    fig.suptitle("Loop health across rounds (runs/summary/health.csv)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
     plt.close(fig)

@@ -14,6 +14,7 @@ import random
 
 from selfimprove.config import Config
 from selfimprove.filters import Candidate, FilterContext, run_filters
+from selfimprove.health import sample_health
 from selfimprove.io import read_verified_jsonl, staged_output, write_json, write_jsonl, write_manifest
 from selfimprove.paths import RoundPaths
 from selfimprove.quality import DataQualityError, check_round_data
@@ -116,6 +117,7 @@ def run_validate(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRe
     }
     for s in stats:
         metrics[f"validate/removed/{s.function}"] = s.removed
+    metrics.update(sample_health(completions, verdicts, problems, accepted_now))
     report = StageReport(
         stage="validate", round=paths.round, seconds=t["seconds"], metrics=metrics,
         outputs={"train": str(paths.validate / "train.jsonl")},

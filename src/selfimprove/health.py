@@ -1,0 +1,141 @@
+"""Loop health, every round: the signals that self-improvement is going wrong before accuracy shows it.
+
+What: ``sample_health`` (label-free, recorded by the ``validate`` stage) and ``gold_health`` (against the
+hidden gold, recorded by ``evaluate``) turn one round's samples, verdicts and accepted labels into
+``health/*`` metrics. They reach the round's metrics file (``runs/metrics/rN.json``), MLflow logs them with
+``step=round``, and the ``summary`` stage writes them across rounds to ``runs/summary/health.csv`` (a DVC
+plot) and ``health.png`` beside the accuracy plot.
+
+Why these (each guards against a failure mode reported for self-training):
+
+- ``distinct_answers``, ``answer_entropy``: answer diversity per problem; exploration decays over iterations
+  (B-STaR), and a loop that always agrees with itself has nothing left to learn from.
+- ``distinct_2``: distinct word bigrams over all completions (character bigrams for one-word completions);
+  ``repetition_rate``: share of completions that repeat a 3-gram three times or more; ``mean_length``,
+  ``stop_rate``: collapse into repetitive or runaway output (Collapse, SCSCL).
+- ``pass_at_k``, ``pass_at_1``, ``exploration`` (= pass@k - pass@1) on the round's sampled problems against
+  the hidden gold: "Self-Improvement Reversal", pass@1 rising while pass@k falls.
+- ``accepted/<bucket>``: accepted labels per difficulty; the hard tail vanishing (GSI's tail narrowing).
+- ``proxy_agreement`` (the label-free proxy the loop used: the mean vote share of the labels that passed)
+  beside ``acceptance_precision`` (accepted labels correct against gold, computed by ``evaluate``):
+  "consistent but wrong" (LRM-Self-Train, SRT), a proxy that rises while precision falls.
+
+How: pure functions over records; the gold verifier is the problem set's own (the one ``evaluate`` uses).
+Nothing here depends on time or order of dictionaries beyond the input's, so the same round gives the same
+numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+
+from selfimprove.types import Completion, Problem, TrainRow, Verdict
+from selfimprove.verifiers.base import AnswerVerifier
+
+
+def _tokens(text: str) -> list[str]:
+    words = text.split()
+    return words if len(words) >= 2 else list(text.strip())
+
+
+def distinct_n(texts: Sequence[str], n: int = 2) -> float | None:
+    """Distinct n-grams over all n-grams of the texts (word n-grams; characters for one-word texts).
+
+    >>> distinct_n(["a b c", "a b d"]), distinct_n(["12", "12"])
+    (0.75, 0.5)
+    """
+    grams: list[tuple[str, ...]] = []
+    for t in texts:
+        toks = _tokens(t)
+        grams += [tuple(toks[i : i + n]) for i in range(len(toks) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else None
+
+
+def repeats(text: str, n: int = 3, times: int = 3) -> bool:
+    """Does some n-gram occur ``times`` times or more (a loop)?
+
+    >>> repeats("the cat the cat the cat the cat"), repeats("one two three four five")
+    (True, False)
+    """
+    toks = _tokens(text)
+    counts = Counter(tuple(toks[i : i + n]) for i in range(len(toks) - n + 1))
+    return bool(counts) and max(counts.values()) >= times
+
+
+def entropy_bits(counts: Sequence[int]) -> float:
+    total = sum(counts)
+    return -sum(c / total * math.log2(c / total) for c in counts if c) if total else 0.0
+
+
+def sample_health(
+    samples: Sequence[Completion],
+    verdicts: Sequence[Verdict],
+    problems: dict[str, Problem],
+    accepted: Sequence[TrainRow],
+) -> dict[str, float]:
+    """The label-free ``health/*`` metrics of a round (the ``validate`` stage records them); no gold is read.
+
+    >>> from selfimprove.types import Completion, Problem
+    >>> cs = [Completion(id=f"p#{i}", problem_id="p", round=1, sample_idx=i, text=t) for i, t in enumerate(["12", "12", "13"])]
+    >>> vs = [Verdict(sample_id=c.id, problem_id="p", round=1, verifier="v", passed=True, score=1.0, answer=c.text) for c in cs]
+    >>> h = sample_health(cs, vs, {"p": Problem(id="p", prompt="", difficulty=2)}, [])
+    >>> h["health/distinct_answers"], round(h["health/answer_entropy"], 3), h["health/stop_rate"]
+    (2.0, 0.918, 1.0)
+    """
+    from selfimprove.stages.common import bucket
+
+    out: dict[str, float] = {}
+    drawn = [c for c in samples if not c.greedy] or list(samples)
+    if not drawn:
+        return out
+    verdict_of = {v.sample_id: v for v in verdicts}
+    by_problem: dict[str, list[Completion]] = defaultdict(list)
+    for c in drawn:
+        by_problem[c.problem_id].append(c)
+    distinct, entropies = [], []
+    for cs in by_problem.values():
+        answers = Counter((verdict_of[c.id].answer if c.id in verdict_of else None) for c in cs)
+        distinct.append(len(answers))
+        entropies.append(entropy_bits(list(answers.values())))
+    out["health/distinct_answers"] = sum(distinct) / len(distinct)
+    out["health/answer_entropy"] = sum(entropies) / len(entropies)
+    d2 = distinct_n([c.text for c in drawn], 2)
+    if d2 is not None:
+        out["health/distinct_2"] = d2
+    out["health/repetition_rate"] = sum(repeats(c.text) for c in drawn) / len(drawn)
+    out["health/mean_length"] = sum(c.n_tokens or len(c.text) for c in drawn) / len(drawn)
+    out["health/stop_rate"] = sum(c.finish_reason == "stop" for c in drawn) / len(drawn)
+    per_bucket = Counter(bucket(problems[r.problem_id]) for r in accepted if r.problem_id in problems)
+    for b, n in sorted(per_bucket.items()):
+        out[f"health/accepted/{b}"] = float(n)
+    agreements = [v.agreement for v in verdicts if v.passed and v.agreement is not None]
+    if agreements:
+        out["health/proxy_agreement"] = sum(agreements) / len(agreements)
+    return out
+
+
+def gold_health(samples: Sequence[Completion], problems: dict[str, Problem], gold: AnswerVerifier) -> dict[str, float]:
+    """pass@1, pass@k and their gap (exploration) of the round's samples against the hidden gold (the
+    ``evaluate`` stage records them; problems without gold are skipped)."""
+    by_problem: dict[str, list[Completion]] = defaultdict(list)
+    for c in samples:
+        if not c.greedy:
+            by_problem[c.problem_id].append(c)
+    pass1, passk = [], []
+    for pid, cs in by_problem.items():
+        p = problems.get(pid)
+        if p is None or p.answer is None:
+            continue
+        ok = []
+        for c in cs:
+            a = gold.extract(c.text, p)
+            ok.append(a is not None and gold.equivalent(a, p.answer))
+        pass1.append(sum(ok) / len(ok))
+        passk.append(float(any(ok)))
+    if not pass1:
+        return {}
+    out = {"health/pass_at_1": sum(pass1) / len(pass1), "health/pass_at_k": sum(passk) / len(passk)}
+    out["health/exploration"] = out["health/pass_at_k"] - out["health/pass_at_1"]
+    return out

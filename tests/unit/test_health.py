@@ -1,0 +1,61 @@
+"""Loop health metrics (``selfimprove.health``): each one moves the way its failure mode says it should."""
+
+from __future__ import annotations
+
+import pytest
+
+from selfimprove.health import distinct_n, entropy_bits, gold_health, repeats, sample_health
+from selfimprove.types import Completion, Problem, TrainRow, Verdict
+from selfimprove.verifiers.exact import ExactMatchVerifier
+
+PROBLEMS = {f"p{i}": Problem(id=f"p{i}", prompt="", answer=str(10 + i), difficulty=1 + i % 2) for i in range(4)}
+
+
+def _round(texts_per_problem: dict[str, list[str]], finish: str = "stop", agreement: float | None = None):
+    samples, verdicts = [], []
+    for pid, texts in texts_per_problem.items():
+        for i, t in enumerate(texts):
+            c = Completion(id=f"{pid}#{i}", problem_id=pid, round=1, sample_idx=i, text=t, finish_reason=finish)
+            samples.append(c)
+            verdicts.append(Verdict(sample_id=c.id, problem_id=pid, round=1, verifier="majority_vote", passed=True,
+                                    score=1.0, answer=t.split()[-1] if t.split() else None, agreement=agreement))
+    return samples, verdicts
+
+
+def test_diverse_round_vs_collapsed_round():
+    diverse, dv = _round({pid: [f"so it is {10 + j}" for j in range(4)] for pid in PROBLEMS})
+    collapsed, cv = _round({pid: ["it is it is it is it is 7"] * 4 for pid in PROBLEMS}, finish="length", agreement=1.0)
+    d = sample_health(diverse, dv, PROBLEMS, [])
+    c = sample_health(collapsed, cv, PROBLEMS, [])
+    assert d["health/distinct_answers"] == 4 and c["health/distinct_answers"] == 1
+    assert d["health/answer_entropy"] == pytest.approx(2.0) and c["health/answer_entropy"] == 0
+    assert d["health/distinct_2"] > c["health/distinct_2"]
+    assert (d["health/repetition_rate"], c["health/repetition_rate"]) == (0, 1)
+    assert (d["health/stop_rate"], c["health/stop_rate"]) == (1, 0)
+    assert "health/proxy_agreement" not in d and c["health/proxy_agreement"] == 1.0
+
+
+def test_accepted_labels_per_difficulty_show_the_tail():
+    samples, verdicts = _round({pid: ["x 1"] for pid in PROBLEMS})
+    accepted = [TrainRow(id=f"{pid}#0", prompt="", completion="1", problem_id=pid, origin="self", round=1)
+                for pid in ("p0", "p2", "p1")]
+    h = sample_health(samples, verdicts, PROBLEMS, accepted)
+    assert (h["health/accepted/d1"], h["health/accepted/d2"]) == (2.0, 1.0)
+
+
+def test_exploration_is_pass_at_k_minus_pass_at_1_against_gold():
+    # p0: 1 of 4 right, p1: 4 of 4, p2 and p3: none
+    texts = {"p0": ["10", "9", "9", "9"], "p1": ["11"] * 4, "p2": ["0"] * 4, "p3": ["0"] * 4}
+    samples, _ = _round(texts)
+    h = gold_health(samples, PROBLEMS, ExactMatchVerifier())
+    assert h["health/pass_at_1"] == pytest.approx((0.25 + 1) / 4)
+    assert h["health/pass_at_k"] == pytest.approx(0.5)
+    assert h["health/exploration"] == pytest.approx(0.5 - 1.25 / 4)
+    assert gold_health(samples, {k: p.model_copy(update={"answer": None}) for k, p in PROBLEMS.items()},
+                       ExactMatchVerifier()) == {}
+
+
+def test_helpers():
+    assert distinct_n([]) is None and entropy_bits([]) == 0 and entropy_bits([2, 2]) == 1.0
+    assert repeats("ab ab ab ab ab ab".replace(" ", "")) is True  # one word: character 3-grams
+    assert sample_health([], [], PROBLEMS, []) == {}
