@@ -52,7 +52,7 @@ from prefect.runtime import flow_run as current_flow_run  # noqa: E402
 
 import tasks  # noqa: E402
 from selfimprove import dvcstate, experiments  # noqa: E402
-from selfimprove.config import Config, ConfigError, load_config  # noqa: E402
+from selfimprove.config import Config, ConfigError, keep_rounds, load_config, plateau_stop  # noqa: E402
 from selfimprove.paths import RoundPaths, summary_dir  # noqa: E402
 from selfimprove.preflight import preflight  # noqa: E402
 from selfimprove.quality import DataQualityError  # noqa: E402
@@ -248,7 +248,7 @@ def _round(round_key: str, experiment: str, workdir: str, home: str, parent_run_
 
 
 def _summary_artifact(experiment: str, config: Config, work: Path, store: MlflowStore | None, parent_run_id: str | None,
-                      results: dict[str, Any]) -> None:
+                      results: dict[str, Any], stopped: str | None = None) -> None:
     # the metrics files hold no timings (DVC outputs must not vary between identical runs): this run's seconds and
     # stage states come from the round flows
     by_round = {int(r["round"]): r for r in results.values()}
@@ -261,6 +261,8 @@ def _summary_artifact(experiment: str, config: Config, work: Path, store: Mlflow
 
         image = "data:image/png;base64," + base64.b64encode(plot.read_bytes()).decode()
     lines = improvement(rows, config.bootstrap.difficulties)
+    if stopped:
+        lines = [*lines, f"The run {stopped} (loop.stop_on_plateau = {config.loop.stop_on_plateau})."]
     health_plot = summary_dir(config, work) / "health.png"
     health = None
     if health_plot.exists():
@@ -331,6 +333,7 @@ def _loop(overrides: list[str] | None, rounds: int | None, params: str, name: st
     logger.info("run %s: workspace %s, from %s%s; overrides: %s", exp_name, work, record.baseline[:7],
                 " (resumed)" if resume else "", ", ".join(record.overrides) or "none")
     results: dict[str, Any] = {}
+    stopped: str | None = None
     try:
         if config.tracking.enabled:
             store = MlflowStore(config, home)
@@ -338,15 +341,27 @@ def _loop(overrides: list[str] | None, rounds: int | None, params: str, name: st
             parent_run_id = store.open_loop(exp_name, baseline=record.baseline, overrides=record.overrides,
                                             extra_tags={"selfimprove.prefect_flow_run": str(current_flow_run.id or "")})
             experiments.mark(home, record, "running", mlflow_run_id=parent_run_id)
-        for key in ["r0", *config.round_keys()]:
+        keys = config.round_keys()
+        accuracies: list[float | None] = []
+        for key in ["r0", *keys]:
             results[key] = round_flow(key, experiment=exp_name, workdir=str(work), home=str(home), parent_run_id=parent_run_id)
+            accuracies.append(results[key]["metrics"].get("accuracy"))
+            reason = plateau_stop(accuracies, config.loop.stop_on_plateau, config.loop.plateau_tolerance)
+            if reason and key != keys[-1]:
+                stopped = f"stopped after {key}: {reason}"
+                logger.info("run %s %s; rounds %s are not run and leave the run's params.yaml", exp_name, stopped,
+                            ", ".join(k for k in keys if k not in results))
+                config = keep_rounds(work / experiments.PARAMS, [k for k in keys if k in results], reason)
+                if store is not None and parent_run_id:
+                    store.set_tags(parent_run_id, {"selfimprove.stop_reason": reason, "selfimprove.stopped_after": key})
+                break
         os.chdir(work)
         r0 = RoundPaths.for_round(config, "r0", ".")
         summary_tracker = store.tracker(parent_run_id, None, 0) if store is not None else NullTracker()
         run_stage("summary", config, r0, summary_tracker)
         if store is not None:
             summary_tracker.log_artifact(summary_dir(config, work) / "accuracy.png", "plots")
-        _summary_artifact(exp_name, config, work, store, parent_run_id, results)
+        _summary_artifact(exp_name, config, work, store, parent_run_id, results, stopped)
         rev = experiments.save(home, record)
     except BaseException as e:
         status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
@@ -370,7 +385,7 @@ def _loop(overrides: list[str] | None, rounds: int | None, params: str, name: st
     experiments.mark(home, record, "finished", applied=applied)
     experiments.discard(home, exp_name, keep_record=True)
     os.chdir(home)
-    return {"experiment": exp_name, "rev": rev, "applied": applied, "mlflow_run_id": parent_run_id,
+    return {"experiment": exp_name, "rev": rev, "applied": applied, "mlflow_run_id": parent_run_id, "stopped": stopped,
             "rounds": {k: {kk: v for kk, v in r.items() if kk != "metrics"} | {"accuracy": r["metrics"].get("accuracy")}
                        for k, r in results.items()},
             "ran": {k: r["ran"] for k, r in results.items()},

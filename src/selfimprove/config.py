@@ -23,6 +23,7 @@ import io
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -416,7 +417,12 @@ class TrackingConfig(Strict):
 class LoopConfig(Strict):
     name: str = Field("default", description="Loop name: the MLflow parent run and model-registry tags use it.")
     promote: Literal["best", "last"] = Field("best", description="Never promote a round that regresses ('best').")
-    stop_on_plateau: NonNegInt = Field(0, description="Stop after this many rounds without improvement (0 = never).")
+    stop_on_plateau: NonNegInt = Field(
+        0, description="Stop the run after this many rounds in a row without improving held-out accuracy beyond "
+        "the best earlier round by more than plateau_tolerance (0 = never). The rounds not run are removed from the "
+        "run's params, with the reason, so dvc repro reproduces exactly the rounds that ran.")
+    plateau_tolerance: float = Field(
+        0.0, ge=0, description="An improvement of held-out accuracy must exceed this to count (stop_on_plateau).")
 
 
 class RoundConfig(Strict):
@@ -780,6 +786,49 @@ def fill_declared(path: str | Path, keys: list[str]) -> list[str]:
         with atomic_path(path) as tmp:
             tmp.write_text(_dump_params(data), encoding="utf-8")
     return added
+
+
+def plateau_stop(accuracies: Sequence[float | None], patience: int, tolerance: float = 0.0) -> str | None:
+    """The reason to stop a run after its last round, or None: the last ``patience`` rounds did not improve
+    held-out accuracy beyond the best earlier round (round 0 included) by more than ``tolerance``.
+
+    >>> plateau_stop([0.5, 0.7, 0.69, 0.70], 2)
+    'plateau: rounds 2-3 did not improve accuracy beyond 0.700 (round 1) + 0'
+    >>> plateau_stop([0.5, 0.7, 0.75], 2), plateau_stop([0.5, 0.5], 0)
+    (None, None)
+    """
+    if patience <= 0 or len(accuracies) <= patience:
+        return None
+    accs = [float("-inf") if a is None else float(a) for a in accuracies]
+    before, last = accs[: len(accs) - patience], accs[len(accs) - patience :]
+    best = max(before)
+    if max(last) > best + tolerance:
+        return None
+    first = len(before)
+    span = f"round {first}" if patience == 1 else f"rounds {first}-{len(accs) - 1}"
+    return (f"plateau: {span} did not improve accuracy beyond {best:.3f} (round {before.index(best)}) "
+            f"+ {tolerance:g}")
+
+
+def keep_rounds(path: str | Path, keep: Sequence[str], note: str) -> Config:
+    """Remove every round not in ``keep`` from ``params.yaml`` (a run that stopped early) and say why in a
+    comment on the last kept round, so the params record exactly the rounds that ran and the reason."""
+    path = Path(path)
+    data = _load_for_edit(path)
+    rounds = data.get("rounds")
+    if not rounds or not keep:
+        raise ConfigError(f"{path}: no rounds to keep")
+    for key in list(rounds):
+        if key not in keep:
+            del rounds[key]
+    rounds.yaml_add_eol_comment(f"stopped after this round: {note}", list(rounds)[-1])
+    text = _dump_params(data)
+    config = Config.model_validate(_plain(_yaml().load(text)))
+    from selfimprove.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return config
 
 
 def set_rounds(path: str | Path, n: int, start_difficulty: int | None = None) -> Config:

@@ -312,6 +312,27 @@ def test_concurrent_runs_train_with_their_own_params_and_a_killed_one_resumes(ba
     assert "lr-a" in shown and "lr-b" in shown, shown
 
 
+def test_a_plateau_stops_the_run_and_its_params_keep_only_the_rounds_that_ran(base) -> None:
+    """loop.stop_on_plateau: a round that does not beat the best earlier round by more than the tolerance ends
+    the run; the rounds after it leave the run's params.yaml (with the reason), so the experiment is what ran."""
+    proj, _, params = base
+    result = run_loop(proj, name="plateau", rounds=3, apply="never",
+                      overrides=["loop.stop_on_plateau=1", "loop.plateau_tolerance=1.0"])
+    assert list(result["ran"]) == ["r0", "r1"]
+    assert result["stopped"].startswith("stopped after r1: plateau: round 1 did not improve accuracy beyond"), result
+    run_params = git(["show", f"{result['rev']}:params.yaml"], proj)
+    from selfimprove.config import Config, _plain, _yaml
+
+    cfg = Config.model_validate(_plain(_yaml().load(run_params)))
+    assert cfg.round_keys() == ["r1"] and sorted(cfg.eval_rounds) == ["r0", "r1"]
+    assert "stopped after this round: plateau" in run_params
+    assert (proj / "params.yaml").read_bytes() == params  # the workspace is untouched
+    loop_run = mlflow_runs(proj, "plateau")["plateau/plateau"]
+    assert loop_run.data.tags["selfimprove.stop_reason"].startswith("plateau: round 1")
+    assert loop_run.info.status == "FINISHED"
+    assert any(line.startswith("plateau,") for line in dvc_out(["exp", "show", "--no-pager", "--csv"], proj).splitlines())
+
+
 def test_dvc_reruns_exactly_the_stages_that_declare_a_changed_param(base) -> None:
     """Last in the module: it edits the workspace. evaluate.k is read by the evaluations only; validate declares
     just the evaluate keys that pick the held-out problems (decontamination), and bootstrap none."""
