@@ -331,6 +331,13 @@ def test_a_plateau_stops_the_run_and_its_params_keep_only_the_rounds_that_ran(ba
     assert loop_run.data.tags["selfimprove.stop_reason"].startswith("plateau: round 1")
     assert loop_run.info.status == "FINISHED"
     assert any(line.startswith("plateau,") for line in dvc_out(["exp", "show", "--no-pager", "--csv"], proj).splitlines())
+    # brought into the workspace, the stopped run is exactly what dvc repro reproduces; then back to 'base'
+    dvc_out(["exp", "apply", "plateau"], proj)
+    assert "stopped after this round" in (proj / "params.yaml").read_text()
+    assert "up to date" in dvc_out(["status"], proj)
+    assert "Running stage" not in dvc_out(["repro"], proj)
+    dvc_out(["exp", "apply", "base"], proj)
+    assert (proj / "params.yaml").read_bytes() == params and "up to date" in dvc_out(["status"], proj)
 
 
 def test_dvc_reruns_exactly_the_stages_that_declare_a_changed_param(base) -> None:
