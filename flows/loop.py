@@ -163,6 +163,35 @@ def _round_params(config: Config, key: str, paths: RoundPaths) -> dict[str, Any]
             "lr": f.train.lr, "lora": f.train.lora.enabled, "seed": config.seed}
 
 
+def _health_check(config: Config, round_key: str) -> dict[str, Any] | None:
+    """The health gates (``loop.health``) on rounds r0..round_key of this run; None if there are none."""
+    if not config.loop.health or round_key == "r0":
+        return None
+    from selfimprove.health import check_health
+
+    keys = ["r0", *config.round_keys()]
+    keys = keys[: keys.index(round_key) + 1]
+    rounds = []
+    for k in keys:
+        path = RoundPaths.for_round(config, k, ".").metrics
+        if path.exists():
+            rounds.append(json.loads(path.read_text()))
+    return check_health(rounds, config.loop.health, name=f"health@{round_key}")
+
+
+def _health_markdown(experiment: str, round_key: str, health: dict[str, Any]) -> str:
+    from selfimprove.health import describe_failure
+
+    cols = list(health["table"][0]) if health["table"] else []
+    table = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    table += ["| " + " | ".join("" if row[c] is None else (f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]))
+                                for c in cols) + " |" for row in health["table"]]
+    failures = "\n".join(f"- {describe_failure(f)}" for f in health["failures"])
+    return (f"# {experiment} / {round_key}: a health gate failed\n\n{failures}\n\nThe round's model is not "
+            f"promoted and the run stops; it rolls back to the best earlier round.\n\n**Health table** "
+            f"(checked by Great Expectations)\n\n" + "\n".join(table) + "\n")
+
+
 @flow(name="selfimprove-round", flow_run_name="{experiment}/round-{round_key}", log_prints=False)
 def round_flow(round_key: str, experiment: str, workdir: str, home: str, parent_run_id: str | None = None) -> dict[str, Any]:
     """One round of a run: its stages as tasks, each recorded in DVC; then the round's model is registered.
@@ -214,14 +243,29 @@ def _round(round_key: str, experiment: str, workdir: str, home: str, parent_run_
             if states[stage] == "ran":
                 seconds[f"{stage}/seconds"] = time.perf_counter() - t0
         metrics = json.loads(paths.metrics.read_text())
+        health = _health_check(config, round_key)
+        veto = None
+        if health is not None and not health["success"]:
+            from selfimprove.health import describe_failure
+
+            veto = "health gate failed: " + "; ".join(describe_failure(f) for f in health["failures"])
+            logger.warning("%s/%s: %s", experiment, round_key, veto)
+            create_markdown_artifact(
+                key=_artifact_key(experiment, round_key, "health-failed"),
+                markdown=_health_markdown(experiment, round_key, health),
+                description=f"Health gates (loop.health) failed after {round_key} of {experiment}",
+            )
         info: dict[str, Any] = {}
         if store is not None:
             tracker.log_metrics(metrics, step=paths.round, parent=True)  # the DVC metrics file is the truth
             if reopened or "ran" in states.values():
                 from selfimprove.registration import model_dir_md5
 
-                info = tasks.register(store, config, paths, run_id, experiment, model_dir_md5(paths))
+                info = tasks.register(store, config, paths, run_id, experiment, model_dir_md5(paths), veto)
             store.set_tags(run_id, {"selfimprove.stages": json.dumps(states)})
+            if health is not None:
+                store.set_tags(run_id, {"selfimprove.health": "passed" if health["success"] else "failed"}
+                               | ({"selfimprove.health_failures": json.dumps(health["failures"])[:4900]} if veto else {}))
     except BaseException as e:
         if store is not None and reopened:  # a finished round none of whose stages ran stays FINISHED
             store.close(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", error=e)
@@ -244,7 +288,8 @@ def _round(round_key: str, experiment: str, workdir: str, home: str, parent_run_
         )
     logger.info("round %s: %s; accuracy %.3f", round_key, ", ".join(f"{s} {st}" for s, st in states.items()),
                 metrics.get("accuracy", float("nan")))
-    return {"round": paths.round, "ran": ran, "states": states, "metrics": metrics, "seconds": seconds, **info}
+    return {"round": paths.round, "ran": ran, "states": states, "metrics": metrics, "seconds": seconds,
+            "health": health, **info}
 
 
 def _summary_artifact(experiment: str, config: Config, work: Path, store: MlflowStore | None, parent_run_id: str | None,
@@ -346,14 +391,28 @@ def _loop(overrides: list[str] | None, rounds: int | None, params: str, name: st
         for key in ["r0", *keys]:
             results[key] = round_flow(key, experiment=exp_name, workdir=str(work), home=str(home), parent_run_id=parent_run_id)
             accuracies.append(results[key]["metrics"].get("accuracy"))
-            reason = plateau_stop(accuracies, config.loop.stop_on_plateau, config.loop.plateau_tolerance)
-            if reason and key != keys[-1]:
+            health = results[key].get("health")
+            reason = tags = None
+            if health is not None and not health["success"]:
+                from selfimprove.health import describe_failure
+
+                earlier = [(a if a is not None else float("-inf"), -i) for i, a in enumerate(accuracies[:-1])]
+                back = ["r0", *keys][-max(earlier)[1]]
+                reason = (f"health gate failed: {'; '.join(describe_failure(f) for f in health['failures'])}; "
+                          f"rolled back to {back}")
+                tags = {"selfimprove.rolled_back_to": back}
+                experiments.mark(home, record, "running", health=health)
+            elif key != keys[-1]:
+                reason = plateau_stop(accuracies, config.loop.stop_on_plateau, config.loop.plateau_tolerance)
+            if reason:
                 stopped = f"stopped after {key}: {reason}"
-                logger.info("run %s %s; rounds %s are not run and leave the run's params.yaml", exp_name, stopped,
-                            ", ".join(k for k in keys if k not in results))
+                logger.warning("run %s %s; the rounds after it are not run and leave the run's params.yaml",
+                               exp_name, stopped)
                 config = keep_rounds(work / experiments.PARAMS, [k for k in keys if k in results], reason)
+                experiments.mark(home, record, "running", stopped=stopped)
                 if store is not None and parent_run_id:
-                    store.set_tags(parent_run_id, {"selfimprove.stop_reason": reason, "selfimprove.stopped_after": key})
+                    store.set_tags(parent_run_id, {"selfimprove.stop_reason": reason, "selfimprove.stopped_after": key}
+                                   | (tags or {}))
                 break
         os.chdir(work)
         r0 = RoundPaths.for_round(config, "r0", ".")

@@ -414,6 +414,30 @@ class TrackingConfig(Strict):
 # ------------------------------------------------------------------------------------------------- rounds
 
 
+class HealthGate(Strict):
+    """One health gate on a round metric (``loop.health``), checked by Great Expectations after every round.
+
+    ``metric`` is a key of the round's metrics file, e.g. ``acceptance_precision``, ``health/repetition_rate``,
+    ``health/answer_entropy`` (see ``selfimprove.health``)."""
+
+    metric: str = Field(description="A round metric, e.g. 'acceptance_precision' or 'health/answer_entropy'.")
+    min: float | None = Field(None, description="Every round's value must be at least this.")
+    max: float | None = Field(None, description="Every round's value must be at most this.")
+    min_fraction_of_first: float | None = Field(
+        None, gt=0, description="Every round's value must be at least this fraction of the first round's that has it "
+        "(e.g. diversity not below half of round 1's).")
+    not_falling_while: str | None = Field(
+        None, description="This metric must not fall from one round to the next while the named metric rises "
+        "(e.g. precision falling while the label-free proxy 'health/proxy_agreement' rises).")
+
+    @model_validator(mode="after")
+    def _one_condition(self) -> HealthGate:
+        if all(v is None for v in (self.min, self.max, self.min_fraction_of_first, self.not_falling_while)):
+            raise ValueError(f"health gate on {self.metric!r} sets no condition: give min, max, "
+                             "min_fraction_of_first or not_falling_while")
+        return self
+
+
 class LoopConfig(Strict):
     name: str = Field("default", description="Loop name: the MLflow parent run and model-registry tags use it.")
     promote: Literal["best", "last"] = Field("best", description="Never promote a round that regresses ('best').")
@@ -423,6 +447,9 @@ class LoopConfig(Strict):
         "run's params, with the reason, so dvc repro reproduces exactly the rounds that ran.")
     plateau_tolerance: float = Field(
         0.0, ge=0, description="An improvement of held-out accuracy must exceed this to count (stop_on_plateau).")
+    health: list[HealthGate] = Field(
+        default_factory=list, description="Health gates checked by Great Expectations after every round; a failed "
+        "gate stops the run, the failing round's model is not promoted, and the run rolls back to the best earlier round.")
 
 
 class RoundConfig(Strict):

@@ -74,6 +74,8 @@ class RunRecord(BaseModel):
     same_params_as_workspace: bool = False
     mlflow_run_id: str | None = None
     prefect_flow_run_id: str | None = None
+    stopped: str | None = Field(None, description="why the run ended before its last round (plateau, health gate)")
+    health: dict[str, Any] | None = Field(None, description="the failed health check: gates, values across rounds")
 
 
 # ------------------------------------------------------------------------------------------------- git

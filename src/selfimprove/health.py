@@ -139,3 +139,86 @@ def gold_health(samples: Sequence[Completion], problems: dict[str, Problem], gol
     out = {"health/pass_at_1": sum(pass1) / len(pass1), "health/pass_at_k": sum(passk) / len(passk)}
     out["health/exploration"] = out["health/pass_at_k"] - out["health/pass_at_1"]
     return out
+
+
+# ------------------------------------------------------------------------------------------------ health gates
+
+
+def health_table(rounds: Sequence[dict], gates: Sequence) -> tuple[object, dict[str, str]]:
+    """The health table GX checks: one row per round, a column per gated metric, plus a derived column per
+    relative gate; and, per column, the gate it checks (for the report)."""
+    import pandas as pd
+
+    df = pd.DataFrame({"round": [int(r["round"]) for r in rounds]})
+    checks: dict[str, str] = {}
+    for g in gates:
+        values = [r.get(g.metric) for r in rounds]
+        df[g.metric] = pd.Series([float("nan") if v is None else float(v) for v in values], dtype="float64")
+        if g.min is not None or g.max is not None:
+            checks[g.metric] = g.metric
+        if g.min_fraction_of_first is not None:
+            first = next((v for v in values if v is not None), None)
+            col = f"{g.metric} / first"
+            df[col] = [float("nan") if v is None or not first else float(v) / float(first) for v in values]
+            checks[col] = g.metric
+        if g.not_falling_while is not None:
+            other = [r.get(g.not_falling_while) for r in rounds]
+            col = f"{g.metric} falls while {g.not_falling_while} rises"
+            flags = [0]
+            for i in range(1, len(rounds)):
+                a0, a1, b0, b1 = values[i - 1], values[i], other[i - 1], other[i]
+                flags.append(int(None not in (a0, a1, b0, b1) and a1 < a0 and b1 > b0))
+            df[col] = flags
+            df[g.not_falling_while] = [float("nan") if v is None else float(v) for v in other]
+            checks[col] = g.metric
+    return df, checks
+
+
+def check_health(rounds: Sequence[dict], gates: Sequence, name: str = "health") -> dict:
+    """Check the gates on the rounds so far with Great Expectations; ``{"success", "failures", "table"}``.
+
+    Each failure names the gate's metric, the expectation, its values across rounds and the rounds that failed.
+    """
+    import great_expectations.expectations as gxe
+
+    from selfimprove.quality import validate_frame
+
+    df, checks = health_table(rounds, gates)
+    expectations = []
+    for g in gates:
+        if g.min is not None or g.max is not None:
+            expectations.append(gxe.ExpectColumnValuesToBeBetween(column=g.metric, min_value=g.min, max_value=g.max))
+        if g.min_fraction_of_first is not None:
+            expectations.append(gxe.ExpectColumnValuesToBeBetween(column=f"{g.metric} / first",
+                                                                   min_value=g.min_fraction_of_first))
+        if g.not_falling_while is not None:
+            expectations.append(gxe.ExpectColumnValuesToBeInSet(
+                column=f"{g.metric} falls while {g.not_falling_while} rises", value_set=[0]))
+    report = validate_frame(df, expectations, name)
+    failures = []
+    for f in report.failures:
+        column = f["column"]
+        metric = checks.get(column, column)
+        bad_rounds = [int(df.loc[i, "round"]) for i in f.get("unexpected_index_list") or []]
+        failures.append({
+            "metric": metric, "check": column, "expectation": f["expectation"],
+            "bounds": {k: v for k, v in f["kwargs"].items() if k in ("min_value", "max_value", "value_set")},
+            "values": {int(r): (None if v != v else round(float(v), 4)) for r, v in zip(df["round"], df[column])},
+            "failed_rounds": bad_rounds,
+        })
+    table = [{k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
+             for row in df.to_dict(orient="records")]
+    return {"success": report.success, "failures": failures, "table": table}
+
+
+def describe_failure(failure: dict) -> str:
+    """One line: the metric, the check and its values across rounds.
+
+    >>> describe_failure({"metric": "acceptance_precision", "check": "acceptance_precision", "bounds": {"min_value": 0.9},
+    ...                   "values": {1: 0.95, 2: 0.7}, "failed_rounds": [2]})
+    'acceptance_precision (acceptance_precision, min_value 0.9) failed in round 2; across rounds: r1 0.95, r2 0.7'
+    """
+    bounds = ", ".join(f"{k} {v}" for k, v in failure["bounds"].items())
+    values = ", ".join(f"r{r} {v}" for r, v in failure["values"].items())
+    rounds = ", ".join(str(r) for r in failure["failed_rounds"])
+    return f"{failure['metric']} ({failure['check']}, {bounds}) failed in round {rounds}; across rounds: {values}"

@@ -132,6 +132,32 @@ def _suite_specs(cfg: ExpectationsConfig, eval_prompts: list[str], columns: list
     }
 
 
+def validate_frame(df: Any, expectations: list[Any], name: str) -> QualityReport:
+    """Run GX expectations on one DataFrame; failures carry the failing row indices (``unexpected_index_list``)."""
+    import great_expectations as gx
+
+    ctx = _context()
+    uid = f"{name}-{id(df)}"
+    bd = ctx.data_sources.add_pandas(f"src-{uid}").add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
+    suite = ctx.suites.add(gx.ExpectationSuite(name=f"suite-{uid}"))
+    for e in expectations:
+        suite.add_expectation(e)
+    vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=f"vd-{uid}", data=bd, suite=suite))
+    res = vd.run(batch_parameters={"dataframe": df}, result_format="COMPLETE")
+    report = QualityReport(success=bool(res.success))
+    report.suites[name] = res.to_json_dict()
+    for r in res.results:
+        if r.success:
+            continue
+        kwargs = {k: v for k, v in r.expectation_config.kwargs.items() if k not in ("batch_id",)}
+        report.failures.append({
+            "batch": name, "expectation": r.expectation_config.type, "column": kwargs.get("column"), "kwargs": kwargs,
+            "observed_value": _plain((r.result or {}).get("observed_value")),
+            "unexpected_index_list": list((r.result or {}).get("unexpected_index_list") or []),
+        })
+    return report
+
+
 def check_round_data(
     frames: dict[str, Any],
     cfg: ExpectationsConfig,

@@ -7,6 +7,7 @@ from DVC's run cache gets the existing version instead of a new one.
 
 Promotion (``loop.promote``): ``best`` moves the alias only to a round whose ``tracking.best_metric`` is at
 least the round it started from (it did not regress) and at least the current ``best``; ``last`` always moves it.
+A round that failed a health gate (``loop.health``) is never promoted.
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ def description(experiment: str, paths: RoundPaths, metrics: dict[str, Any], con
 
 
 def register_round(store: Any, config: Config, paths: RoundPaths, run_id: str, experiment: str,
-                   model_md5: str | None) -> dict[str, Any]:
-    """Register the round's model (once per distinct model) and move ``best`` if the round earned it."""
+                   model_md5: str | None, veto: str | None = None) -> dict[str, Any]:
+    """Register the round's model (once per distinct model) and move ``best`` if the round earned it.
+
+    ``veto``: why the round may not be promoted whatever its metrics (a failed health gate)."""
     metrics = json.loads(paths.metrics.read_text()) if paths.metrics.exists() else {}
     key = config.tracking.best_metric
     version = store.register(run_id, paths.model, model_md5, description(experiment, paths, metrics, config),
@@ -57,7 +60,9 @@ def register_round(store: Any, config: Config, paths: RoundPaths, run_id: str, e
         prev_value = json.loads(prev.read_text()).get(key) if prev.exists() else None
     current = store.alias_version("best")
     best_value = store.version_metric(current, key) if current is not None else None
-    if config.loop.promote == "last":
+    if veto is not None:
+        promote, reason = False, veto
+    elif config.loop.promote == "last":
         promote, reason = True, "loop.promote is 'last'"
     elif value is None:
         promote, reason = False, f"no {key} metric"

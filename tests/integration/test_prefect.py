@@ -340,6 +340,39 @@ def test_a_plateau_stops_the_run_and_its_params_keep_only_the_rounds_that_ran(ba
     assert (proj / "params.yaml").read_bytes() == params and "up to date" in dvc_out(["status"], proj)
 
 
+def test_a_failed_health_gate_stops_the_run_and_rolls_back(base) -> None:
+    """loop.health: a gate that round 1 fails (label precision can never reach 2) stops the run after round 1; the
+    round's model is not promoted, the run names the metric, its values and the round it rolls back to, in
+    MLflow, in Prefect and on disk, and round 2 leaves the run's params."""
+    from mlflow import MlflowClient
+
+    proj, _, params = base
+    result = run_loop(proj, name="unhealthy", rounds=2, apply="never",
+                      overrides=["loop.health=[{metric: acceptance_precision, min: 2.0}]"])
+    assert list(result["ran"]) == ["r0", "r1"]
+    stopped = result["stopped"]
+    assert stopped.startswith("stopped after r1: health gate failed: acceptance_precision"), stopped
+    assert "failed in round 1" in stopped and stopped.endswith("rolled back to r0")
+    runs = mlflow_runs(proj, "unhealthy")
+    r1 = runs["unhealthy/round-1"]
+    assert r1.data.tags["selfimprove.health"] == "failed"
+    assert r1.data.tags["selfimprove.promoted"] == "false"
+    assert r1.data.tags["selfimprove.promotion"].startswith("health gate failed")
+    loop_run = runs["unhealthy/unhealthy"]
+    assert loop_run.data.tags["selfimprove.rolled_back_to"] == "r0" and loop_run.info.status == "FINISHED"
+    from selfimprove.config import load_config
+
+    model = load_config(proj / "params.yaml").tracking.registered_model
+    best = MlflowClient(tracking_uri=f"sqlite:///{proj / 'mlruns.db'}").get_model_version_by_alias(model, "best")
+    assert best.tags.get("selfimprove.experiment") != "unhealthy" or best.tags.get("selfimprove.round") != "1"
+    record = json.loads(run_cli(["runs", "--json"], proj).stdout)
+    rec = next(r for r in record if r["name"] == "unhealthy")
+    assert rec["stopped"] == stopped and rec["health"]["failures"][0]["values"]["1"] < 2.0
+    run_params = git(["show", f"{result['rev']}:params.yaml"], proj)
+    assert "r2:" not in run_params and "stopped after this round: health gate failed" in run_params
+    assert (proj / "params.yaml").read_bytes() == params
+
+
 def test_dvc_reruns_exactly_the_stages_that_declare_a_changed_param(base) -> None:
     """Last in the module: it edits the workspace. evaluate.k is read by the evaluations only; validate declares
     just the evaluate keys that pick the held-out problems (decontamination), and bootstrap none."""

@@ -59,3 +59,38 @@ def test_helpers():
     assert distinct_n([]) is None and entropy_bits([]) == 0 and entropy_bits([2, 2]) == 1.0
     assert repeats("ab ab ab ab ab ab".replace(" ", "")) is True  # one word: character 3-grams
     assert sample_health([], [], PROBLEMS, []) == {}
+
+
+def test_health_gates_are_checked_by_great_expectations():
+    from selfimprove.config import HealthGate
+    from selfimprove.health import check_health, describe_failure
+
+    rounds = [
+        {"round": 0, "accuracy": 0.5},
+        {"round": 1, "acceptance_precision": 0.95, "health/proxy_agreement": 0.80, "health/answer_entropy": 1.2},
+        {"round": 2, "acceptance_precision": 0.97, "health/proxy_agreement": 0.85, "health/answer_entropy": 1.0},
+        {"round": 3, "acceptance_precision": 0.70, "health/proxy_agreement": 0.95, "health/answer_entropy": 0.4},
+    ]
+    gates = [HealthGate(metric="acceptance_precision", min=0.9),
+             HealthGate(metric="health/answer_entropy", min_fraction_of_first=0.5),
+             HealthGate(metric="acceptance_precision", not_falling_while="health/proxy_agreement")]
+    ok = check_health(rounds[:3], gates)
+    assert ok["success"] is True and ok["failures"] == []
+    bad = check_health(rounds, gates)
+    assert bad["success"] is False
+    by_check = {f["check"]: f for f in bad["failures"]}
+    assert set(by_check) == {"acceptance_precision", "health/answer_entropy / first",
+                             "acceptance_precision falls while health/proxy_agreement rises"}
+    assert all(f["failed_rounds"] == [3] for f in bad["failures"])
+    assert by_check["acceptance_precision"]["values"] == {0: None, 1: 0.95, 2: 0.97, 3: 0.7}
+    assert "failed in round 3" in describe_failure(by_check["acceptance_precision"])
+    assert [row["round"] for row in bad["table"]] == [0, 1, 2, 3]
+
+
+def test_a_gate_without_a_condition_is_refused():
+    from pydantic import ValidationError
+
+    from selfimprove.config import HealthGate
+
+    with pytest.raises(ValidationError, match="sets no condition"):
+        HealthGate(metric="health/repetition_rate")
