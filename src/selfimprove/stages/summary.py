@@ -159,6 +159,9 @@ def _plot_health(rounds: list[dict], cols: list[str], path: Path) -> None:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=k.removeprefix("health/"))
         ax.set_title(title, fontsize=10)
         ax.set_xticks(xs)
+        ax.set_xlim(min(xs) - 0.3, max(xs) + 0.3)
+        if title != "answer diversity":
+            ax.set_ylim(-0.02, 1.02)  # shares
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="best")
