@@ -402,7 +402,7 @@ def _loop(overrides: list[str] | None, rounds: int | None, params: str, name: st
                           f"rolled back to {back}")
                 tags = {"selfimprove.rolled_back_to": back}
                 experiments.mark(home, record, "running", health=health)
-            elif key != keys[-1]:
+            elif keys and key != keys[-1]:
                 reason = plateau_stop(accuracies, config.loop.stop_on_plateau, config.loop.plateau_tolerance)
             if reason:
                 stopped = f"stopped after {key}: {reason}"
