@@ -120,9 +120,8 @@ def gold_health(samples: Sequence[Completion], problems: dict[str, Problem], gol
     """pass@1, pass@k and their gap (exploration) of the round's samples against the hidden gold (the
     ``evaluate`` stage records them; problems without gold are skipped)."""
     by_problem: dict[str, list[Completion]] = defaultdict(list)
-    for c in samples:
-        if not c.greedy:
-            by_problem[c.problem_id].append(c)
+    for c in [c for c in samples if not c.greedy] or list(samples):  # a greedy-only round: its samples
+        by_problem[c.problem_id].append(c)
     pass1, passk = [], []
     for pid, cs in by_problem.items():
         p = problems.get(pid)

@@ -94,3 +94,10 @@ def test_a_gate_without_a_condition_is_refused():
 
     with pytest.raises(ValidationError, match="sets no condition"):
         HealthGate(metric="health/repetition_rate")
+
+
+def test_a_greedy_only_round_still_gets_its_gold_metrics():
+    samples, _ = _round({"p0": ["10"], "p1": ["0"]})
+    samples = [c.model_copy(update={"greedy": True}) for c in samples]
+    h = gold_health(samples, PROBLEMS, ExactMatchVerifier())
+    assert (h["health/pass_at_1"], h["health/pass_at_k"]) == (0.5, 0.5)
