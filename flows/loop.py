@@ -292,6 +292,15 @@ def _round(round_key: str, experiment: str, workdir: str, home: str, parent_run_
             "health": health, **info}
 
 
+def _data_uri(png: Path) -> str | None:
+    """A PNG inlined for a Prefect markdown artifact (None if the plot was not written)."""
+    if not png.exists():
+        return None
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
+
+
 def _summary_artifact(experiment: str, config: Config, work: Path, store: MlflowStore | None, parent_run_id: str | None,
                       results: dict[str, Any], stopped: str | None = None) -> None:
     # the metrics files hold no timings (DVC outputs must not vary between identical runs): this run's seconds and
@@ -299,21 +308,11 @@ def _summary_artifact(experiment: str, config: Config, work: Path, store: Mlflow
     by_round = {int(r["round"]): r for r in results.values()}
     rows = [{"round": int(m["round"]), "metrics": m | by_round.get(int(m["round"]), {}).get("seconds", {}),
              "stages": by_round.get(int(m["round"]), {}).get("states", {})} for m in load_round_metrics(config, work)]
-    plot = summary_dir(config, work) / "accuracy.png"
-    image = None
-    if plot.exists():
-        import base64
-
-        image = "data:image/png;base64," + base64.b64encode(plot.read_bytes()).decode()
+    image = _data_uri(summary_dir(config, work) / "accuracy.png")
+    health = _data_uri(summary_dir(config, work) / "health.png")
     lines = improvement(rows, config.bootstrap.difficulties)
     if stopped:
-        lines = [*lines, f"The run {stopped} (loop.stop_on_plateau = {config.loop.stop_on_plateau})."]
-    health_plot = summary_dir(config, work) / "health.png"
-    health = None
-    if health_plot.exists():
-        import base64
-
-        health = "data:image/png;base64," + base64.b64encode(health_plot.read_bytes()).decode()
+        lines = [*lines, f"The run {stopped}."]
     mlflow_link = ""
     if store is not None and parent_run_id and store.uri.startswith("http"):
         from selfimprove.tracking import ui_url

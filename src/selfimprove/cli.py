@@ -249,8 +249,8 @@ def _print_result(home: Path, config: Any, exp_name: str, result: dict[str, Any]
     except TrackingError as e:
         console.print(f"[yellow]could not read MLflow:[/] {e}")
     if result.get("stopped"):
-        wide.print(f"[bold]The run {result['stopped']}[/] (loop.stop_on_plateau); the rounds after it are not in "
-                   "its params.yaml, so dvc repro reproduces what ran.", highlight=False)
+        wide.print(f"[bold]The run {result['stopped']}[/]; the rounds after it are not in its params.yaml, so "
+                   "dvc repro reproduces what ran (docs/health.md).", highlight=False)
     applied = result.get("applied")
     from selfimprove.tracking import experiment_id, ui_url
 

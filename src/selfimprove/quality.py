@@ -132,18 +132,22 @@ def _suite_specs(cfg: ExpectationsConfig, eval_prompts: list[str], columns: list
     }
 
 
-def validate_frame(df: Any, expectations: list[Any], name: str) -> QualityReport:
-    """Run GX expectations on one DataFrame; failures carry the failing row indices (``unexpected_index_list``)."""
+def _run_suite(df: Any, expectations: list[Any], asset: str, uid: str) -> Any:
+    """Validate one DataFrame against a fresh suite of ``expectations`` in the ephemeral context (GX's result)."""
     import great_expectations as gx
 
     ctx = _context()
-    uid = f"{name}-{id(df)}"
-    bd = ctx.data_sources.add_pandas(f"src-{uid}").add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
+    bd = ctx.data_sources.add_pandas(f"src-{uid}").add_dataframe_asset(asset).add_batch_definition_whole_dataframe("all")
     suite = ctx.suites.add(gx.ExpectationSuite(name=f"suite-{uid}"))
     for e in expectations:
         suite.add_expectation(e)
     vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=f"vd-{uid}", data=bd, suite=suite))
-    res = vd.run(batch_parameters={"dataframe": df}, result_format="COMPLETE")
+    return vd.run(batch_parameters={"dataframe": df}, result_format="COMPLETE")
+
+
+def validate_frame(df: Any, expectations: list[Any], name: str) -> QualityReport:
+    """Run GX expectations on one DataFrame; failures carry the failing row indices (``unexpected_index_list``)."""
+    res = _run_suite(df, expectations, name, f"{name}-{id(df)}")
     report = QualityReport(success=bool(res.success))
     report.suites[name] = res.to_json_dict()
     for r in res.results:
@@ -171,21 +175,12 @@ def check_round_data(
     ``train`` must carry a ``prompt_normalized`` column (whitespace-normalised prompt) for the
     decontamination expectation. Raises ``DataQualityError`` on any failure unless told not to.
     """
-    import great_expectations as gx
-
-    ctx = _context()
     columns = (PAIR_COLUMNS if pairs else TRAIN_COLUMNS) + ["prompt_normalized"]
     specs = _suite_specs(cfg, eval_prompts, columns, "chosen" if pairs else "completion")
     report = QualityReport(success=True)
     for batch, expectations in specs.items():
         df = frames[batch]
-        uid = f"{name}-{batch}-{id(df)}"
-        bd = ctx.data_sources.add_pandas(f"src-{uid}").add_dataframe_asset(batch).add_batch_definition_whole_dataframe("all")
-        suite = ctx.suites.add(gx.ExpectationSuite(name=f"suite-{uid}"))
-        for e in expectations:
-            suite.add_expectation(e)
-        vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=f"vd-{uid}", data=bd, suite=suite))
-        res = vd.run(batch_parameters={"dataframe": df}, result_format="COMPLETE")
+        res = _run_suite(df, expectations, batch, f"{name}-{batch}-{id(df)}")
         result = res.to_json_dict()
         result["suite_name"] = f"{name}/{batch}"  # the GX object names carry a per-process id; reports must not
         report.suites[batch] = result

@@ -93,12 +93,19 @@ def _alt(g: str) -> str | None:
     return None
 
 
-def math_cases(rows: list[dict]) -> list[dict]:
-    out: list[dict] = []
+def _adder(out: list[dict], verifier: str, prefix: str):
+    """``add(kind, i, gold, completion, expect, note)`` appending one record ``<prefix>-<i>-<kind>`` to ``out``."""
 
     def add(kind: str, i: int, gold: str, completion: str, expect: str, note: str) -> None:
-        out.append({"id": f"math500-{i}-{kind}", "verifier": "math_equiv", "gold": gold, "completion": completion,
+        out.append({"id": f"{prefix}-{i}-{kind}", "verifier": verifier, "gold": gold, "completion": completion,
                     "expect": expect, "note": note})
+
+    return add
+
+
+def math_cases(rows: list[dict]) -> list[dict]:
+    out: list[dict] = []
+    add = _adder(out, "math_equiv", "math500")
 
     for i, row in enumerate(rows):
         g = row["answer"]
@@ -147,10 +154,7 @@ def math_cases(rows: list[dict]) -> list[dict]:
 
 def gsm8k_cases(rows: list[dict]) -> list[dict]:
     out: list[dict] = []
-
-    def add(kind: str, i: int, gold: str, completion: str, expect: str, note: str) -> None:
-        out.append({"id": f"gsm8k-{i}-{kind}", "verifier": "gsm8k", "gold": gold, "completion": completion,
-                    "expect": expect, "note": note})
+    add = _adder(out, "gsm8k", "gsm8k")
 
     for i, row in enumerate(rows):
         if i % 22:

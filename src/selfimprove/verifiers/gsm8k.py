@@ -225,6 +225,11 @@ def read_clause(text: str, policy: GradingPolicy, source: Source, whole: bool = 
     """
     s = text.strip()
     rules: list[str] = []
+
+    def refuse(why: str) -> Reading:
+        return Reading(source, text.strip(), None, rules=tuple(rules), refusal=why)
+
+    expression = f"{text.strip()!r} is an expression, not a number: a number inside it is not the answer"
     s, approx = drop_approximation(s)
     if approx:
         rules.append("approximation")
@@ -240,39 +245,31 @@ def read_clause(text: str, policy: GradingPolicy, source: Source, whole: bool = 
             first = readings[0]
             return Reading(source, text.strip(), first.value, first.percent, (*rules, *first.rules, "hedge_same"))
         if sum(v is not None for v in values) >= 2:
-            return Reading(
-                source, text.strip(), None, rules=tuple(rules),
-                refusal=f"hedged: the answer names {len(parts)} different numbers "
-                f"({'; '.join(repr(p) for p in parts)}) where one is expected (rule: hedge)",
-            )
+            return refuse(f"hedged: the answer names {len(parts)} different numbers "
+                          f"({'; '.join(repr(p) for p in parts)}) where one is expected (rule: hedge)")
     if policy.mixed_numbers:
         s, changed = mixed_to_fraction(s)
         if changed:
             rules.append("mixed_numbers")
     elif has_mixed_number(s):
-        return Reading(source, text.strip(), None, rules=tuple(rules),
-                       refusal="a mixed number is not read as its value (policy.mixed_numbers: false)")
+        return refuse("a mixed number is not read as its value (policy.mixed_numbers: false)")
     if policy.digit_groups:
         s, changed = join_digit_groups(s)
         if changed:
             rules.append("digit_groups")
     elif has_digit_groups(s):
-        return Reading(source, text.strip(), None, rules=tuple(rules),
-                       refusal="digit groups separated by spaces are not one number (policy.digit_groups: false)")
+        return refuse("digit groups separated by spaces are not one number (policy.digit_groups: false)")
     if policy.number_words:
         s, changed = read_number_words(s)
         if changed:
             rules.append("number_words")
     lead = _LEAD.match(s)
     start = lead.end() if lead else 0
-    comma = _DECIMAL_COMMA.match(s, start) if not whole or True else None
+    comma = _DECIMAL_COMMA.match(s, start)
     if comma is not None:
         if not policy.decimal_comma:
-            return Reading(
-                source, text.strip(), None, rules=tuple(rules),
-                refusal=f"decimal comma: {comma.group(0)!r} is not a number with a decimal point "
-                "(policy.decimal_comma: false)",
-            )
+            return refuse(f"decimal comma: {comma.group(0)!r} is not a number with a decimal point "
+                          "(policy.decimal_comma: false)")
         s = s[: comma.start()] + comma.group(0).replace(",", ".") + s[comma.end() :]
         rules.append("decimal_comma")
     found = _number_span(s, start)
@@ -287,28 +284,23 @@ def read_clause(text: str, policy: GradingPolicy, source: Source, whole: bool = 
         if _NEGATION.search(prefix) or len(prefix.split()) > 5:
             return Reading(source, None, None)
         if _EXPR_BEFORE.search(prefix) or re.search(r"(?<![A-Za-z])[a-z]\s*$", prefix):
-            return Reading(source, text.strip(), None, rules=tuple(rules),
-                           refusal=f"{text.strip()!r} is an expression, not a number: a number inside it is not the answer")
+            return refuse(expression)
         found = _number_span(s, m.start())
         if found is None:
             return Reading(source, None, None)
     value, end = found
     rest = s[end:]
     if _EXPR_AFTER.match(rest):
-        return Reading(source, text.strip(), None, rules=tuple(rules),
-                       refusal=f"{text.strip()!r} is an expression, not a number: a number inside it is not the answer")
+        return refuse(expression)
     if not policy.number_words and _SCALE_AFTER.match(rest):
-        return Reading(source, text.strip(), None, rules=tuple(rules),
-                       refusal="number words are not numbers (policy.number_words: false)")
+        return refuse("number words are not numbers (policy.number_words: false)")
     pct = _PERCENT_AFTER.match(rest) is not None
     return Reading(source, text.strip(), value, pct, tuple(rules))
 
 
 def _last_number_reading(text: str, policy: GradingPolicy) -> Reading:
     """The last number of the text, unless it is part of an expression or of a hedge."""
-    last = None
-    for last in _LOOSE_NUMBER_RE.finditer(text):
-        pass
+    last = _last_number_match(text)
     if last is None:
         return Reading("none")
     start = max(0, last.start() - 80)  # room for digit groups, number words and 'x or' before it
@@ -377,10 +369,15 @@ def last_number(text: str) -> Fraction | None:
     >>> last_number("3 apples and 4.50 dollars, so 12.")
     Fraction(12, 1)
     """
+    last = _last_number_match(text)
+    return None if last is None else number_at(text, last.start())
+
+
+def _last_number_match(text: str) -> re.Match[str] | None:
     last = None
     for last in _LOOSE_NUMBER_RE.finditer(text):
         pass
-    return None if last is None else number_at(text, last.start())
+    return last
 
 
 def parse_gold(reference: str, policy: GradingPolicy | None = None) -> Reading:

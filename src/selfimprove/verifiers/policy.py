@@ -72,7 +72,6 @@ _GROUP_SEP = r"(?:\\,|\\;|\\:|\\ |\\!|\{,\}|[ \u2009\u202f\u00a0])"
 _DIGIT_GROUPS = re.compile(rf"(?<![\d.,])(\d{{1,3}})((?:{_GROUP_SEP}\d{{3}})+)(?![\d])")
 _SEP_ONLY = re.compile(_GROUP_SEP)
 _DECIMAL_COMMA = re.compile(r"(?<![\d,.])(-?(?:0|\d+(?=,(?:\d{1,2}|\d{4,})(?![\d,])))),(\d+)(?![\d,])")
-_PERCENT = re.compile(r"\s*(?:\\%|%|\\text\{\s*percent\s*\}|\s?percent\b)")
 _NUMBER_BEFORE_PERCENT = re.compile(
     r"(?P<num>-?(?:\d+(?:\.\d*)?|\.\d+|\\frac\{[^{}]*\}\{[^{}]*\}))(?P<pct>\s*(?:\\%|%|\\text\{\s*percent\s*\}|\s?percent\b))"
 )
