@@ -52,7 +52,7 @@ from prefect.runtime import flow_run as current_flow_run  # noqa: E402
 
 import tasks  # noqa: E402
 from selfimprove import dvcstate, experiments  # noqa: E402
-from selfimprove.config import Config, ConfigError, keep_rounds, load_config, plateau_stop  # noqa: E402
+from selfimprove.config import Config, ConfigError, keep_rounds, load_config  # noqa: E402
 from selfimprove.paths import RoundPaths, summary_dir  # noqa: E402
 from selfimprove.preflight import preflight  # noqa: E402
 from selfimprove.quality import DataQualityError  # noqa: E402
@@ -160,19 +160,20 @@ def _round_params(config: Config, key: str, paths: RoundPaths) -> dict[str, Any]
             "verifier": config.verify.verifier,
             "filters": [st.function for st in config.validate_cfg.filters], "accumulate": config.validate_cfg.accumulate,
             "mix_real": config.validate_cfg.mix_real, "trainer": f.trainer, "init": f.init, "steps": f.train.steps,
-            "lr": f.train.lr, "lora": f.train.lora.enabled, "seed": config.seed}
+            "lr": f.train.lr, "lora": f.train.lora.enabled, "seed": config.seed,
+            "eval_difficulties": rc.eval_difficulties or config.evaluate.difficulties, "policy": config.loop.policy}
 
 
 def _health_check(config: Config, round_key: str) -> dict[str, Any] | None:
-    """The health gates (``loop.health``) on rounds r0..round_key of this run; None if there are none."""
+    """The health gates (``loop.health``) on the rounds that led to round_key (r0 first); None if there are none."""
     if not config.loop.health or round_key == "r0":
         return None
     from selfimprove.health import check_health
 
-    keys = ["r0", *config.round_keys()]
-    keys = keys[: keys.index(round_key) + 1]
+    from selfimprove.curriculum import lineage
+
     rounds = []
-    for k in keys:
+    for k in lineage(config, round_key):  # the rounds that built this round's model (a rolled-back one is not)
         path = RoundPaths.for_round(config, k, ".").metrics
         if path.exists():
             rounds.append(json.loads(path.read_text()))
@@ -226,6 +227,9 @@ def _round(round_key: str, experiment: str, workdir: str, home: str, parent_run_
         tracker = store.tracker(run_id, parent_run_id, paths.round)
         if prev_status != "FINISHED":
             store.reopen(run_id)
+        why = config.rounds[round_key].why if round_key != "r0" else None
+        if why:
+            store.set_tags(run_id, {"selfimprove.decision": why[:4900]})
     reopened = prev_status != "FINISHED"
 
     def reopen() -> None:  # a finished round run only becomes RUNNING again if one of its stages has to run
@@ -301,8 +305,76 @@ def _data_uri(png: Path) -> str | None:
     return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
 
 
+def _run_rounds(config: Config, exp_name: str, work: Path, home: Path, parent_run_id: str | None,
+                store: MlflowStore | None, record: Any, results: dict[str, Any]) -> tuple[str | None, list[str]]:
+    """Round 0, then round after round until the policy stops (``selfimprove.curriculum``); returns why the run
+    stopped early (None: it ran every round of a fixed list) and the decision lines for the summary artifact."""
+    from selfimprove.curriculum import best_round, decide, outcomes, stop_reason
+    from selfimprove.health import describe_failure
+
+    logger = get_run_logger()
+    healthy: dict[str, bool] = {}
+    decisions: list[str] = []
+    params_file = work / experiments.PARAMS
+    offered: list[int] | None = None
+    key: str | None = "r0"
+    while key is not None:
+        results[key] = round_flow(key, experiment=exp_name, workdir=str(work), home=str(home), parent_run_id=parent_run_id)
+        health = results[key].get("health")
+        healthy[key] = health is None or bool(health["success"])
+        history = outcomes(config, work, healthy)
+        keys = config.round_keys()
+        tags: dict[str, str] = {}
+        if not healthy[key]:
+            back, _ = best_round(history, config.loop.target.metric)
+            tags["selfimprove.rolled_back_to"] = back.key
+            failure = "; ".join(describe_failure(f) for f in health["failures"])
+            experiments.mark(home, record, "running", health=health)
+            logger.warning("run %s: health gate failed after %s: %s; rolled back to %s", exp_name, key, failure, back.key)
+        written = ["r0", *keys]
+        if key != written[-1]:  # the next round is in the params already (a fixed list, or a resumed run)
+            nxt = written[written.index(key) + 1]
+            reason = stop_reason(config, history) if config.loop.policy == "fixed" or not healthy[key] else None
+        elif config.loop.policy == "fixed":
+            nxt = None
+            reason = stop_reason(config, history) if not healthy[key] else None
+        else:
+            if offered is None:
+                from selfimprove.stages.common import problem_set
+
+                offered = problem_set(config).difficulties(config.problems.train_split)
+            decision = decide(config, history, offered)
+            reason, nxt = decision.stop, decision.key
+            if nxt is not None:
+                from selfimprove.curriculum import add_round
+
+                config = add_round(params_file, nxt, decision.entry)
+                line = f"{nxt}: {decision.entry['why']}"
+                decisions.append(line)
+                logger.info("run %s: next round %s (written into the run's params.yaml)", exp_name, line)
+                if store is not None and parent_run_id:
+                    store.set_tags(parent_run_id, {f"selfimprove.decision.{nxt}": decision.entry["why"][:4900]})
+        if reason == "a health gate failed":
+            reason = f"health gate failed: {failure}; rolled back to {tags['selfimprove.rolled_back_to']}"
+        if reason:
+            stopped = f"stopped after {key}: {reason}"
+            logger.warning("run %s %s; no later round runs or stays in the run's params.yaml", exp_name, stopped)
+            ran = [k for k in config.round_keys() if k in results]
+            if ran:
+                config = keep_rounds(params_file, ran, reason)
+            experiments.mark(home, record, "running", stopped=stopped)
+            if store is not None and parent_run_id:
+                store.set_tags(parent_run_id, {"selfimprove.stop_reason": reason[:4900], "selfimprove.stopped_after": key}
+                               | tags)
+            return stopped, decisions
+        if tags and store is not None and parent_run_id:
+            store.set_tags(parent_run_id, tags)
+        key = nxt
+    return None, decisions
+
+
 def _summary_artifact(experiment: str, config: Config, work: Path, store: MlflowStore | None, parent_run_id: str | None,
-                      results: dict[str, Any], stopped: str | None = None) -> None:
+                      results: dict[str, Any], stopped: str | None = None, decisions: list[str] | None = None) -> None:
     # the metrics files hold no timings (DVC outputs must not vary between identical runs): this run's seconds and
     # stage states come from the round flows
     by_round = {int(r["round"]): r for r in results.values()}
@@ -311,6 +383,9 @@ def _summary_artifact(experiment: str, config: Config, work: Path, store: Mlflow
     image = _data_uri(summary_dir(config, work) / "accuracy.png")
     health = _data_uri(summary_dir(config, work) / "health.png")
     lines = improvement(rows, config.bootstrap.difficulties)
+    if decisions:
+        lines = [*lines, "Rounds decided by the curriculum (loop.policy), each written into the run's params.yaml "
+                 "before it ran:", *[f"- {d}" for d in decisions]]
     if stopped:
         lines = [*lines, f"The run {stopped}."]
     mlflow_link = ""
@@ -362,7 +437,10 @@ def _loop(overrides: list[str] | None, rounds: int | None, params: str, name: st
             raise ConfigError("--resume continues a run with the params it started with: drop the overrides and rounds")
         record = experiments.resume(home, resume)
     else:
-        load_config(home / params, list(overrides or []))  # a bad override fails here, before anything is written
+        asked = load_config(home / params, list(overrides or []))  # a bad override fails here, before anything is written
+        if rounds is not None and asked.loop.policy == "curriculum":
+            raise ConfigError("loop.policy is curriculum: the loop decides its rounds; bound them with "
+                              f"-S loop.max_rounds={rounds} instead of --rounds")
         record = experiments.create(home, exp_name, overrides=list(overrides or []), rounds=rounds, params_file=params,
                                     from_workspace=from_workspace)
     work = Path(record.workdir)
@@ -385,41 +463,21 @@ def _loop(overrides: list[str] | None, rounds: int | None, params: str, name: st
             parent_run_id = store.open_loop(exp_name, baseline=record.baseline, overrides=record.overrides,
                                             extra_tags={"selfimprove.prefect_flow_run": str(current_flow_run.id or "")})
             experiments.mark(home, record, "running", mlflow_run_id=parent_run_id)
-        keys = config.round_keys()
-        accuracies: list[float | None] = []
-        for key in ["r0", *keys]:
-            results[key] = round_flow(key, experiment=exp_name, workdir=str(work), home=str(home), parent_run_id=parent_run_id)
-            accuracies.append(results[key]["metrics"].get("accuracy"))
-            health = results[key].get("health")
-            reason = tags = None
-            if health is not None and not health["success"]:
-                from selfimprove.health import describe_failure
+        if config.loop.policy == "curriculum" and not resume and config.round_keys():
+            from selfimprove.curriculum import clear_rounds
 
-                earlier = [(a if a is not None else float("-inf"), -i) for i, a in enumerate(accuracies[:-1])]
-                back = ["r0", *keys][-max(earlier)[1]]
-                reason = (f"health gate failed: {'; '.join(describe_failure(f) for f in health['failures'])}; "
-                          f"rolled back to {back}")
-                tags = {"selfimprove.rolled_back_to": back}
-                experiments.mark(home, record, "running", health=health)
-            elif keys and key != keys[-1]:
-                reason = plateau_stop(accuracies, config.loop.stop_on_plateau, config.loop.plateau_tolerance)
-            if reason:
-                stopped = f"stopped after {key}: {reason}"
-                logger.warning("run %s %s; the rounds after it are not run and leave the run's params.yaml",
-                               exp_name, stopped)
-                config = keep_rounds(work / experiments.PARAMS, [k for k in keys if k in results], reason)
-                experiments.mark(home, record, "running", stopped=stopped)
-                if store is not None and parent_run_id:
-                    store.set_tags(parent_run_id, {"selfimprove.stop_reason": reason, "selfimprove.stopped_after": key}
-                                   | (tags or {}))
-                break
+            config = clear_rounds(work / experiments.PARAMS)
+            logger.info("run %s: loop.policy is curriculum: the rounds in the params file are dropped; the loop "
+                        "decides each round and writes it into the run's params.yaml before it runs", exp_name)
+        stopped, decisions = _run_rounds(config, exp_name, work, home, parent_run_id, store, record, results)
+        config = load_config(work / experiments.PARAMS)
         os.chdir(work)
         r0 = RoundPaths.for_round(config, "r0", ".")
         summary_tracker = store.tracker(parent_run_id, None, 0) if store is not None else NullTracker()
         run_stage("summary", config, r0, summary_tracker)
         if store is not None:
             summary_tracker.log_artifact(summary_dir(config, work) / "accuracy.png", "plots")
-        _summary_artifact(exp_name, config, work, store, parent_run_id, results, stopped)
+        _summary_artifact(exp_name, config, work, store, parent_run_id, results, stopped, decisions)
         rev = experiments.save(home, record)
     except BaseException as e:
         status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"

@@ -438,24 +438,73 @@ class HealthGate(Strict):
         return self
 
 
+class CurriculumConfig(Strict):
+    """How ``loop.policy: curriculum`` picks each next round (``selfimprove.curriculum``)."""
+
+    solved: Prob = Field(0.95, description="A difficulty counts as solved when the start model's held-out greedy "
+                         "accuracy on it is at least this.")
+    width: PosInt = Field(1, description="Unsolved difficulties to sample, the easiest first (the frontier).")
+    ahead: NonNegInt = Field(1, description="Difficulties beyond the frontier to sample as well.")
+    eval_ahead: NonNegInt = Field(1, description="Evaluate this many difficulties beyond the hardest one sampled.")
+    problems_per_difficulty: PosInt | None = Field(
+        None, description="Problems to sample per difficulty of a round (None = sample.problems_per_round per round).")
+    band: tuple[Prob, Prob] | None = Field(
+        None, description="For problem sets without a difficulty knob (MBPP, HumanEval, jsonl without 'difficulty'): "
+        "keep only problems whose label agreement (the majority's vote share) lies in [low, high], e.g. [0.3, 0.9]: "
+        "neither solved by every sample nor hopeless. Written into each round as rounds.rN.band.")
+
+
+class TargetConfig(Strict):
+    metric: str = Field("accuracy", description="The round metric the loop improves (higher is better): plateau "
+                        "detection, the start model of the next round, the goal. E.g. 'accuracy', 'solved_up_to', "
+                        "'accuracy/d6'.")
+    goal: float | None = Field(None, description="Stop once a round reaches this value of the metric (None = never).")
+
+
 class LoopConfig(Strict):
     name: str = Field("default", description="Loop name: the MLflow parent run and model-registry tags use it.")
+    policy: Literal["fixed", "curriculum"] = Field(
+        "fixed", description="fixed: the rounds written in 'rounds'. curriculum: after each round the flow decides "
+        "the next one (difficulties, start model, whether to stop) and writes it into the run's params.yaml with "
+        "its reason (docs/health.md).")
+    max_rounds: PosInt | None = Field(
+        None, description="Stop after this many rounds (round 0 not counted). curriculum: required upper bound "
+        "(None = 10); fixed: None = every round in 'rounds'.")
+    target: TargetConfig = TargetConfig()
+    curriculum: CurriculumConfig = CurriculumConfig()
     promote: Literal["best", "last"] = Field("best", description="Never promote a round that regresses ('best').")
     stop_on_plateau: NonNegInt = Field(
-        0, description="Stop the run after this many rounds in a row without improving held-out accuracy beyond "
+        0, description="Stop the run after this many rounds in a row without improving loop.target.metric beyond "
         "the best earlier round by more than plateau_tolerance (0 = never). The rounds not run are removed from the "
         "run's params, with the reason, so dvc repro reproduces exactly the rounds that ran.")
     plateau_tolerance: float = Field(
-        0.0, ge=0, description="An improvement of held-out accuracy must exceed this to count (stop_on_plateau).")
+        0.0, ge=0, description="An improvement of loop.target.metric must exceed this to count (stop_on_plateau).")
     health: list[HealthGate] = Field(
         default_factory=list, description="Health gates checked by Great Expectations after every round; a failed "
-        "gate stops the run, the failing round's model is not promoted, and the run rolls back to the best earlier round.")
+        "gate vetoes the round's promotion and rolls back to the best earlier round (on_health_failure says "
+        "whether the run then stops).")
+    on_health_failure: Literal["stop", "rollback"] = Field(
+        "stop", description="stop: a failed health gate ends the run. rollback (curriculum only): the failed round "
+        "never starts another one; the next round starts from the best earlier round, and the run goes on.")
+
+    @model_validator(mode="after")
+    def _rollback_needs_curriculum(self) -> LoopConfig:
+        if self.on_health_failure == "rollback" and self.policy != "curriculum":
+            raise ValueError("loop.on_health_failure: rollback needs loop.policy: curriculum (a fixed list of "
+                             "rounds cannot change its start models)")
+        return self
 
 
 class RoundConfig(Strict):
-    prev: str = Field(description="Round this one starts from: r0 (bootstrap) or the previous round's key.")
+    prev: str = Field(description="Round this one starts from: r0 (bootstrap) or an earlier round's key "
+                      "(the curriculum rolls back past a regressed or unhealthy round).")
     difficulties: list[int] | None = Field(None, description="Difficulties to sample this round (None = all).")
     problems: PosInt | None = Field(None, description="Override sample.problems_per_round for this round.")
+    eval_difficulties: list[int] | None = Field(
+        None, description="Difficulties evaluate@rN reports (None = evaluate.difficulties).")
+    band: tuple[Prob, Prob] | None = Field(
+        None, description="Keep only problems whose label agreement lies in [low, high] (loop.curriculum.band).")
+    why: str | None = Field(None, description="Why this round exists (written by loop.policy: curriculum).")
 
 
 ROUND_KEY = re.compile(r"^r([1-9][0-9]*)$")
@@ -485,13 +534,12 @@ class Config(Strict):
     @field_validator("rounds")
     @classmethod
     def _round_chain(cls, rounds: dict[str, RoundConfig]) -> dict[str, RoundConfig]:
-        expected_prev = "r0"
         for i, (key, rc) in enumerate(rounds.items(), start=1):
             if key != f"r{i}":
                 raise ValueError(f"round keys must be r1, r2, ... in order; got {key!r} at position {i} (expected 'r{i}')")
-            if rc.prev != expected_prev:
-                raise ValueError(f"rounds.{key}.prev must be {expected_prev!r} (the round before it), got {rc.prev!r}")
-            expected_prev = key
+            earlier = [f"r{j}" for j in range(i)]
+            if rc.prev not in earlier:
+                raise ValueError(f"rounds.{key}.prev must be an earlier round ({', '.join(earlier)}), got {rc.prev!r}")
         return rounds
 
     @model_validator(mode="after")
@@ -815,7 +863,8 @@ def fill_declared(path: str | Path, keys: list[str]) -> list[str]:
     return added
 
 
-def plateau_stop(accuracies: Sequence[float | None], patience: int, tolerance: float = 0.0) -> str | None:
+def plateau_stop(accuracies: Sequence[float | None], patience: int, tolerance: float = 0.0,
+                 metric: str = "accuracy") -> str | None:
     """The reason to stop a run after its last round, or None: the last ``patience`` rounds did not improve
     held-out accuracy beyond the best earlier round (round 0 included) by more than ``tolerance``.
 
@@ -833,7 +882,7 @@ def plateau_stop(accuracies: Sequence[float | None], patience: int, tolerance: f
         return None
     first = len(before)
     span = f"round {first}" if patience == 1 else f"rounds {first}-{len(accs) - 1}"
-    return (f"plateau: {span} did not improve accuracy beyond {best:.3f} (round {before.index(best)}) "
+    return (f"plateau: {span} did not improve {metric} beyond {best:.3f} (round {before.index(best)}) "
             f"+ {tolerance:g}")
 
 

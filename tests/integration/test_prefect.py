@@ -373,6 +373,74 @@ def test_a_failed_health_gate_stops_the_run_and_rolls_back(base) -> None:
     assert (proj / "params.yaml").read_bytes() == params
 
 
+def _run_params(proj: Path, rev: str) -> tuple[str, Any]:
+    from selfimprove.config import Config, _plain, _yaml
+
+    text = git(["show", f"{rev}:params.yaml"], proj)
+    return text, Config.model_validate(_plain(_yaml().load(text)))
+
+
+def test_a_curriculum_run_writes_each_decided_round_into_its_params_and_reproduces(base) -> None:
+    """loop.policy: curriculum: the params file's rounds are dropped, each next round is decided after the last
+    evaluation (frontier = the easiest unsolved difficulty, one ahead, evaluated one further) and written, with its
+    reason, into the run's params before it runs; MLflow and the run's result carry the decisions; the saved
+    experiment reproduces with nothing to do."""
+    proj, _, params = base
+    result = run_loop(proj, name="curri", apply="never",
+                      overrides=["loop.policy=curriculum", "loop.max_rounds=2",
+                                 "loop.curriculum.problems_per_difficulty=8"])
+    assert list(result["ran"]) == ["r0", "r1", "r2"]
+    assert result["stopped"] == "stopped after r2: max_rounds: 2 rounds ran (loop.max_rounds)"
+    text, cfg = _run_params(proj, result["rev"])
+    r0 = json.loads(git(["show", f"{result['rev']}:runs/metrics/r0.json"], proj))
+    unsolved = min(d for d in (1, 2, 3) if r0[f"accuracy/d{d}"] < 0.95)
+    r1 = cfg.rounds["r1"]
+    assert r1.prev == "r0" and r1.difficulties == [unsolved, unsolved + 1] and r1.problems == 16
+    assert r1.eval_difficulties == sorted({1, 2, 3} | set(range(1, unsolved + 3)))
+    assert r1.why.startswith("curriculum: start from r0 (accuracy") and f"frontier d{unsolved}" in r1.why
+    assert cfg.rounds["r2"].prev in ("r0", "r1") and cfg.rounds["r2"].why
+    assert "stopped after this round: max_rounds" in text and sorted(cfg.eval_rounds) == ["r0", "r1", "r2"]
+    r1_metrics = json.loads(git(["show", f"{result['rev']}:runs/metrics/r1.json"], proj))
+    assert {f"accuracy/d{d}" for d in r1.eval_difficulties} <= set(r1_metrics)
+    assert "solved_up_to" in r1_metrics and "health/pool_gap" in r1_metrics
+    runs = mlflow_runs(proj, "curri")
+    assert runs["curri/round-1"].data.tags["selfimprove.decision"] == r1.why
+    assert runs["curri/curri"].data.tags["selfimprove.decision.r2"] == cfg.rounds["r2"].why
+    assert (proj / "params.yaml").read_bytes() == params
+    dvc_out(["exp", "apply", "curri"], proj)
+    assert "up to date" in dvc_out(["status"], proj)
+    assert "Running stage" not in dvc_out(["repro"], proj)
+    assert "solved_up_to" in (proj / "runs" / "summary" / "metrics.json").read_text()
+    dvc_out(["exp", "apply", "base"], proj)
+    (proj / "runs" / "metrics" / "r2.json").unlink()  # dvc exp apply leaves files the applied experiment lacks
+    assert (proj / "params.yaml").read_bytes() == params and "up to date" in dvc_out(["status"], proj)
+
+
+def test_a_curriculum_rolls_back_past_an_unhealthy_round_and_never_promotes_it(base) -> None:
+    """loop.on_health_failure: rollback: round 1 fails its gate, so round 2 starts from round 0 (the best healthy
+    round), not from round 1; neither failed round gets the 'best' alias; the reasons say so."""
+    from mlflow import MlflowClient
+
+    proj, _, _ = base
+    client = MlflowClient(tracking_uri=f"sqlite:///{proj / 'mlruns.db'}")
+    result = run_loop(proj, name="rollback", apply="never",
+                      overrides=["loop.policy=curriculum", "loop.max_rounds=2", "loop.on_health_failure=rollback",
+                                 "loop.curriculum.problems_per_difficulty=8",
+                                 "loop.health=[{metric: acceptance_precision, min: 2.0}]"])
+    assert list(result["ran"]) == ["r0", "r1", "r2"]
+    _, cfg = _run_params(proj, result["rev"])
+    assert cfg.rounds["r1"].prev == "r0"
+    assert cfg.rounds["r2"].prev == "r0", "the unhealthy round 1 never starts another round"
+    assert "rolled back past r1 (failed a health gate)" in cfg.rounds["r2"].why
+    runs = mlflow_runs(proj, "rollback")
+    for k in ("round-1", "round-2"):
+        assert runs[f"rollback/{k}"].data.tags["selfimprove.health"] == "failed"
+        assert runs[f"rollback/{k}"].data.tags["selfimprove.promoted"] == "false"
+    failed = {runs[f"rollback/{k}"].data.tags["selfimprove.model_version"] for k in ("round-1", "round-2")}
+    assert str(client.get_model_version_by_alias("test-tiny", "best").version) not in failed
+    assert runs["rollback/rollback"].data.tags["selfimprove.rolled_back_to"] == "r0"
+
+
 def test_dvc_reruns_exactly_the_stages_that_declare_a_changed_param(base) -> None:
     """Last in the module: it edits the workspace. evaluate.k is read by the evaluations only; validate declares
     just the evaluate keys that pick the held-out problems (decontamination), and bootstrap none."""

@@ -3,7 +3,8 @@
 | name | keeps |
 |---|---|
 | ``keep_correct`` | completions a gold verifier passed |
-| ``agreement`` | completions in the (label-free) majority whose agreement share is >= ``min`` |
+| ``agreement`` | completions in the (label-free) majority whose agreement share is in [``min``, ``max``] (a pass-rate band) |
+| ``pass_rate_band`` | rows of problems whose pass rate (or majority vote share) is in [``min``, ``max``] |
 | ``min_score`` | completions whose verdict score is >= ``min`` (judges, partial credit) |
 | ``format`` | completions that stopped on their own and whose answer matches the problem's ``answer_regex`` |
 | ``length`` | completions within ``min_chars``..``max_chars`` (and ``max_tokens``) |
@@ -71,10 +72,29 @@ def keep_correct(rows: list[Candidate], ctx: FilterContext) -> list[Candidate]:
 
 
 @FILTERS.register("agreement")
-def agreement(rows: list[Candidate], ctx: FilterContext, min: float = 0.5) -> list[Candidate]:  # noqa: A002
-    if not 0.0 <= min <= 1.0:
-        raise ValueError(f"agreement.min must be within [0, 1], got {min}")
-    return [r for r in rows if r.verdict.passed and (r.verdict.agreement or 0.0) >= min - 1e-12]
+def agreement(rows: list[Candidate], ctx: FilterContext, min: float = 0.5, max: float = 1.0) -> list[Candidate]:  # noqa: A002
+    if not 0.0 <= min <= max <= 1.0:
+        raise ValueError(f"agreement needs 0 <= min <= max <= 1, got min {min}, max {max}")
+    return [r for r in rows if r.verdict.passed and min - 1e-12 <= (r.verdict.agreement or 0.0) <= max + 1e-12]
+
+
+@FILTERS.register("pass_rate_band")
+def pass_rate_band(rows: list[Candidate], ctx: FilterContext, min: float = 0.0, max: float = 1.0) -> list[Candidate]:  # noqa: A002
+    """Rows of problems whose pass rate lies in [min, max]: the share of the problem's samples that passed the
+    round's verifier, or, for a label-free vote, the vote share of its majority answer. Put it first: it must
+    see every sample of a problem (``loop.curriculum.band`` does)."""
+    if not 0.0 <= min <= max <= 1.0:
+        raise ValueError(f"pass_rate_band needs 0 <= min <= max <= 1, got min {min}, max {max}")
+    by_problem: dict[str, list[Candidate]] = defaultdict(list)
+    for r in rows:
+        by_problem[r.problem.id].append(r)
+    keep = set()
+    for pid, rs in by_problem.items():
+        shares = [r.verdict.agreement for r in rs if r.verdict.agreement is not None]
+        rate = shares[0] if shares else sum(r.verdict.passed for r in rs) / len(rs)
+        if min - 1e-12 <= rate <= max + 1e-12:
+            keep.add(pid)
+    return [r for r in rows if r.problem.id in keep]
 
 
 @FILTERS.register("min_score")

@@ -41,6 +41,8 @@ from selfimprove.types import Problem
 logger = logging.getLogger(__name__)
 
 AnswerWidth = Literal["fixed", "natural"]
+#: The longest additions a curriculum is offered (``difficulties``); longer ones need a longer max_new_tokens.
+MAX_CURRICULUM_DIGITS = 20
 #: Enumerate a difficulty's partition when it has at most this many ordered pairs; sample otherwise.
 _ENUMERATE_MAX = 20_000
 
@@ -277,6 +279,10 @@ class ArithmeticProblems(ProblemSet):
                 logger.info("difficulty %d has only %d training problems; asked for %d", d, len(pairs), k)
             out.extend(self.make_problem(a, b, d, "train") for a, b in pairs)
         return out
+
+    def difficulties(self, split: str = "train") -> list[int]:
+        """Every length up to ``MAX_CURRICULUM_DIGITS``: the set makes problems of any length."""
+        return list(range(1, MAX_CURRICULUM_DIGITS + 1))
 
     def labelled(self, n_per_difficulty: int, difficulties: list[int] | None, seed: int) -> list[Problem]:
         """Bootstrap data: ``n_per_difficulty`` training problems per difficulty with ``solution`` = the gold

@@ -41,6 +41,11 @@ class ProblemSet:
         """Whether ``answer`` to ``problem`` agrees with ``view_answer`` to its ``view`` (default: equal)."""
         return answer.strip() == view_answer.strip()
 
+    def difficulties(self, split: str = "train") -> list[int]:
+        """The numeric difficulties ``split`` offers, easiest first ([] = no difficulty knob): what the
+        curriculum (``loop.policy: curriculum``) moves along."""
+        return sorted({p.difficulty for p in self.load(split) if p.difficulty is not None})
+
     def training_pool(
         self, n: int, difficulties: list[int] | None, seed: int, round: int, split: str = "train"
     ) -> list[Problem]:

@@ -125,9 +125,18 @@ def round_verifier(config: Config, model_dir: Path | None = None) -> Verifier:
     return cls(**options)
 
 
-def eval_problems(config: Config, pset: ProblemSet) -> list[Problem]:
+def eval_difficulties(config: Config, key: str | None = None) -> list[int] | None:
+    """The difficulties a round is evaluated on: its own ``eval_difficulties`` (the curriculum widens them as it
+    goes), else ``evaluate.difficulties``."""
+    if key is not None and key != "r0" and key in config.rounds and config.rounds[key].eval_difficulties:
+        return config.rounds[key].eval_difficulties
+    return config.evaluate.difficulties
+
+
+def eval_problems(config: Config, pset: ProblemSet, key: str | None = None) -> list[Problem]:
     ev = config.evaluate
-    return pset.eval_set(ev.problems_per_difficulty, ev.difficulties, ev.seed, split=config.problems.eval_split)
+    return pset.eval_set(ev.problems_per_difficulty, eval_difficulties(config, key), ev.seed,
+                         split=config.problems.eval_split)
 
 
 def normalize_prompt(text: str) -> str:

@@ -1,5 +1,7 @@
-"""``evaluate``: held-out accuracy per difficulty (greedy, maj@k, pass@k) and the precision of the round's
-accepted self-labels against the hidden gold, for every round including round 0 (``evaluate@r0``).
+"""``evaluate``: held-out accuracy per difficulty (greedy, maj@k, pass@k), ``solved_up_to`` (the largest
+difficulty up to which every difficulty reaches ``loop.curriculum.solved``), the gap between accuracy on the
+round's training-pool problems and on held-out ones, and the precision of the round's accepted self-labels
+against the hidden gold, for every round including round 0 (``evaluate@r0``).
 
 It gathers the round's stage reports into ``runs/metrics/rN.json`` (the DVC metrics file) and logs the metrics to
 MLflow (the round run and, with ``step=round``, the loop run). Registering the model, moving the ``best`` alias and
@@ -58,8 +60,36 @@ def _health(paths: RoundPaths, problems: dict[str, Problem], verifier: Any) -> d
     return gold_health(read_verified_jsonl(samples_path, Completion), problems, verifier)
 
 
-def evaluate_model(config: Config, model_dir: Path | None, round: int, sampler: Any = None) -> tuple[dict[str, float], list[dict]]:
-    """Score a round's model on the held-out problems.
+def pool_problems(config: Config, sampled: dict[str, Problem]) -> list[Problem]:
+    """The training-pool problems the round sampled (views left out), up to ``evaluate.problems_per_difficulty``
+    per difficulty, first in file order: what the model saw, to compare with the held-out problems."""
+    cap = config.evaluate.problems_per_difficulty
+    by: dict[Any, list[Problem]] = {}
+    for p in sampled.values():
+        if p.answer is not None and not p.meta.get("view_of"):
+            by.setdefault(p.difficulty, []).append(p)
+    return [p for ps in by.values() for p in (ps[:cap] if cap else ps)]
+
+
+def pool_gap(metrics: dict[str, float], pool_metrics: dict[str, float]) -> dict[str, float]:
+    """``health/pool_accuracy`` (greedy, on training-pool problems), ``health/heldout_accuracy`` (the held-out
+    accuracy on the same difficulties) and ``health/pool_gap`` (their difference: memorising, not learning).
+
+    >>> pool_gap({"accuracy/d4": 0.5, "accuracy/d5": 0.2}, {"accuracy/d4": 0.9})
+    {'health/pool_accuracy': 0.9, 'health/heldout_accuracy': 0.5, 'health/pool_gap': 0.4}
+    """
+    buckets = [k for k in pool_metrics if k.startswith("accuracy/") and k.count("/") == 1 and k in metrics]
+    if not buckets:
+        return {}
+    pool = sum(pool_metrics[k] for k in buckets) / len(buckets)
+    held = sum(metrics[k] for k in buckets) / len(buckets)
+    return {"health/pool_accuracy": pool, "health/heldout_accuracy": held, "health/pool_gap": pool - held}
+
+
+def evaluate_model(config: Config, model_dir: Path | None, round: int, sampler: Any = None, key: str | None = None,
+                   pool: list[Problem] | None = None) -> tuple[dict[str, float], list[dict]]:
+    """Score a round's model on the held-out problems (the round's ``eval_difficulties``, else
+    ``evaluate.difficulties``), and greedily on ``pool`` (training-pool problems) for the pool-vs-held-out gap.
 
     For an ensemble, member ``m0`` is the product (the model the registry holds and a user deploys): the headline
     metrics (greedy accuracy, maj@k, pass@k) are its own. The other members, which only help label, get a greedy
@@ -67,18 +97,21 @@ def evaluate_model(config: Config, model_dir: Path | None, round: int, sampler: 
     from dataclasses import replace
 
     pset = problem_set(config)
-    problems = eval_problems(config, pset)
+    problems = eval_problems(config, pset, key)
     verifier = gold_verifier(config, pset)
     params = sampling_params(config, evaluation=True)
+    greedy_only = replace(params, k=0, greedy=True)
     try:
         if sampler is not None:
             return evaluate_with(sampler, problems, verifier, params, round)
         group = members(model_dir)
         with make_sampler(config, group[0]) as s:
             metrics, predictions = evaluate_with(s, problems, verifier, params, round)
+            if pool:
+                pm, _ = evaluate_with(s, pool, verifier, greedy_only, round)
+                metrics.update(pool_gap(metrics, pm))
         if len(group) == 1:
             return metrics, predictions
-        greedy_only = replace(params, k=0, greedy=True)
         metrics.update({f"members/{group[0].name}/{k}": v for k, v in metrics.items() if k.startswith("accuracy")})
         for m in group[1:]:
             with make_sampler(config, m) as s:
@@ -93,11 +126,16 @@ def run_evaluate(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRe
     setup_runtime(config)
     for m in members(paths.model):
         resolve_model(m)
+    sampled = {p.id: p for p in read_verified_jsonl(paths.sample / "problems.jsonl", Problem)}
     with timer() as t:
-        metrics, predictions = evaluate_model(config, paths.model, paths.round)
+        metrics, predictions = evaluate_model(config, paths.model, paths.round, key=paths.key,
+                                              pool=pool_problems(config, sampled))
+    if any(k.startswith("accuracy/d") for k in metrics):
+        from selfimprove.curriculum import solved_up_to
+
+        metrics["solved_up_to"] = solved_up_to(metrics, config.loop.curriculum.solved)
     pset = problem_set(config)
     verifier = gold_verifier(config, pset)
-    sampled = {p.id: p for p in read_verified_jsonl(paths.sample / "problems.jsonl", Problem)}
     accepted = [r for r in read_verified_jsonl(paths.validate / "accepted.jsonl", TrainRow) if r.round == paths.round]
     precision, by_bucket = label_precision(accepted, sampled, verifier)
     metrics.update(_health(paths, sampled, verifier))
@@ -121,4 +159,4 @@ def run_evaluate(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRe
     return report
 
 
-__all__ = ["TransformersSampler", "collect_stage_metrics", "evaluate_model", "run_evaluate"]
+__all__ = ["TransformersSampler", "collect_stage_metrics", "evaluate_model", "pool_gap", "pool_problems", "run_evaluate"]

@@ -33,8 +33,9 @@ def load_round_metrics(config: Config, project: str | Path = ".") -> list[dict]:
     return rows
 
 
-def headline(rounds: list[dict]) -> dict[str, Any]:
-    """The numbers ``dvc exp show`` compares runs by: the last round's, plus the best round."""
+def headline(rounds: list[dict], target: str = "accuracy") -> dict[str, Any]:
+    """The numbers ``dvc exp show`` compares runs by: the last round's, plus the best round by ``target``
+    (``loop.target.metric``)."""
     if not rounds:
         return {}
     last = rounds[-1]
@@ -47,9 +48,14 @@ def headline(rounds: list[dict]) -> dict[str, Any]:
     precs = [r["acceptance_precision"] for r in rounds if "acceptance_precision" in r]
     if precs:
         out["label_precision_min"] = min(precs)
-    best = max(rounds, key=lambda r: (r.get("accuracy", float("-inf")), -int(r["round"])))
+    best = max(rounds, key=lambda r: (r.get(target, float("-inf")), -int(r["round"])))
     out["best_round"] = int(best["round"])
     out["best_accuracy"] = best.get("accuracy")
+    if target != "accuracy":
+        out[f"best_{target.replace('/', '_')}"] = best.get(target)
+    if "solved_up_to" in last:
+        out["solved_up_to"] = last["solved_up_to"]
+        out["solved_up_to_max"] = max(r.get("solved_up_to", 0) for r in rounds)
     out["accepted_total"] = int(last.get("validate/accepted_total", 0))
     out["round_accuracy"] = {f"r{int(r['round'])}": r["accuracy"] for r in rounds if "accuracy" in r}
     return {k: v for k, v in out.items() if v is not None}
@@ -76,7 +82,7 @@ def run_summary(config: Config, paths: RoundPaths, tracker: Tracker | None = Non
     with atomic_path(out_dir / "health.csv") as tmp:
         tmp.write_text(health_csv(rounds, health_cols))
     _plot_health(rounds, health_cols, out_dir / "health.png")
-    head = headline(rounds)
+    head = headline(rounds, config.loop.target.metric)
     write_json(out_dir / "metrics.json", head)
     if tracker is not None:
         tracker.log_artifact(out_dir / "accuracy.png", "plots")
@@ -95,7 +101,7 @@ def health_columns(rounds: list[dict]) -> list[str]:
     keys = {k for r in rounds for k in r if k.startswith("health/")}
     fixed = [f"health/{k}" for k in ("distinct_answers", "answer_entropy", "distinct_2", "repetition_rate",
                                       "mean_length", "stop_rate", "pass_at_1", "pass_at_k", "exploration",
-                                      "proxy_agreement")]
+                                      "proxy_agreement", "pool_accuracy", "heldout_accuracy", "pool_gap")]
     accepted = sorted((k for k in keys if k.startswith("health/accepted/")), key=lambda k: (len(k), k))
     return [k for k in fixed if k in keys] + accepted + ["acceptance_precision"]
 
@@ -148,7 +154,8 @@ def _plot_health(rounds: list[dict], cols: list[str], path: Path) -> None:
     panels = [
         ("answer diversity", ["health/distinct_answers", "health/answer_entropy"]),
         ("collapse", ["health/distinct_2", "health/repetition_rate", "health/stop_rate"]),
-        ("exploration (samples vs gold)", ["health/pass_at_1", "health/pass_at_k", "health/exploration"]),
+        ("exploration and generalisation", ["health/pass_at_1", "health/pass_at_k", "health/exploration",
+                                            "health/pool_accuracy", "health/heldout_accuracy", "health/pool_gap"]),
         ("labels", ["health/proxy_agreement", "acceptance_precision"]),
     ]
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.4), dpi=100)

@@ -71,10 +71,14 @@ def run_validate(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRe
         raise ValueError(f"{paths.verify / 'verdicts.jsonl'}: no verdict for {len(missing)} completion(s), e.g. {missing[:3]}")
     candidates = [Candidate(problems[c.problem_id], c, vmap[c.id]) for c in completions]
     pset = problem_set(config)
-    eval_prompts = sorted({normalize_prompt(p.prompt) for p in eval_problems(config, pset)})
+    eval_prompts = sorted({normalize_prompt(p.prompt) for p in eval_problems(config, pset, paths.key)})
     ctx = FilterContext(eval_prompts=frozenset(eval_prompts), problem_set=pset)
     with timer() as t:
-        kept, stats = run_filters(candidates, [(s.function, s.kwargs) for s in vc.filters], ctx)
+        steps = [(s.function, s.kwargs) for s in vc.filters]
+        band = config.round_config(paths.key).band
+        if band is not None:  # the curriculum's pass-rate band (loop.curriculum.band)
+            steps.insert(0, ("pass_rate_band", {"min": band[0], "max": band[1]}))
+        kept, stats = run_filters(candidates, steps, ctx)
         kept = [c for c in kept if not c.problem.meta.get("view_of")]  # views are checks, never training data
         accepted_now = [_row(c, paths.round) for c in kept]
         accepted_problems = {c.problem.id for c in kept}

@@ -1,0 +1,266 @@
+"""The loop decides: which round comes next, from which model, and whether to stop (``loop.policy``).
+
+What: after each round's evaluation the Prefect flow asks :func:`decide` what to do next, given every round this
+run has run so far (its metrics file and whether it passed its health gates). The answer is a :class:`Decision`:
+stop (with the reason), or the next round's entry for ``params.yaml`` (``prev``, ``difficulties``, ``problems``,
+``eval_difficulties``, ``band``, ``why``). The flow writes that entry into the run's own ``params.yaml`` *before*
+the round runs (:func:`add_round`), so the finished run's params list exactly the rounds that ran and why each
+exists: ``dvc repro`` of the saved experiment reproduces them and finds nothing to do, and ``dvc exp show`` shows
+the reasons.
+
+Policies:
+
+- ``fixed``: the rounds written in ``params.yaml``; the loop only decides to stop early (``loop.max_rounds``,
+  the goal ``loop.target.goal``, a plateau of ``loop.target.metric``, a failed health gate).
+- ``curriculum``: the next round starts from the *best healthy round* (highest ``loop.target.metric`` among the
+  rounds that passed their health gates and did not regress against the round they started from; round 0
+  always qualifies), so a regressed or unhealthy round is rolled back: its model never starts another round and
+  (``selfimprove.registration``) never gets the ``best`` alias. It samples the *frontier*: the easiest
+  ``curriculum.width`` difficulties that the start model has not solved (held-out greedy accuracy below
+  ``curriculum.solved``; a difficulty never evaluated counts as unsolved) plus ``curriculum.ahead`` difficulties
+  beyond them, and evaluates every difficulty up to ``curriculum.eval_ahead`` past the hardest one sampled. For
+  a problem set without a difficulty knob the round samples all difficulties and keeps the problems whose
+  label agreement lies in ``curriculum.band`` (a pass-rate band).
+
+Why: difficulty should grow with solvability (SIT, SEC, ADCL), and a loop must not build on a round that went
+wrong (LRM-Self-Train's sudden collapse, SRT's "consistent but wrong").
+
+How: pure functions over metrics dicts and params files; the Prefect layer (``flows/loop.py``) calls them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from selfimprove.config import Config, ConfigError, RoundConfig, plateau_stop
+
+DEFAULT_MAX_ROUNDS = 10
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one finished round left: its key, the round it started from, its metrics, its health verdict."""
+
+    key: str
+    prev: str | None
+    metrics: dict[str, Any]
+    healthy: bool = True
+
+    @property
+    def index(self) -> int:
+        return int(self.key[1:])
+
+
+@dataclass
+class Decision:
+    stop: str | None = None  # why the run stops here (None = go on)
+    key: str | None = None  # the next round's key
+    entry: dict[str, Any] = field(default_factory=dict)  # the next round's params entry
+
+    @property
+    def why(self) -> str:
+        return self.stop or str(self.entry.get("why", ""))
+
+
+def value(metrics: dict[str, Any], metric: str) -> float | None:
+    v = metrics.get(metric)
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def difficulty_accuracy(metrics: dict[str, Any]) -> dict[int, float]:
+    """Held-out greedy accuracy per numeric difficulty (``accuracy/dN`` of the product model)."""
+    out = {}
+    for k, v in metrics.items():
+        if k.startswith("accuracy/d") and k.count("/") == 1 and k[len("accuracy/d"):].isdigit() and v is not None:
+            out[int(k[len("accuracy/d"):])] = float(v)
+    return dict(sorted(out.items()))
+
+
+def solved_up_to(metrics: dict[str, Any], solved: float) -> int:
+    """The largest difficulty d such that every evaluated difficulty up to d is solved (0 if the easiest is not).
+
+    >>> solved_up_to({"accuracy/d1": 1.0, "accuracy/d2": 0.97, "accuracy/d3": 0.5, "accuracy/d4": 0.99}, 0.95)
+    2
+    """
+    acc = difficulty_accuracy(metrics)
+    reached = 0
+    for d, a in acc.items():
+        if a < solved:
+            break
+        reached = d
+    return reached
+
+
+def regressed(outcome: Outcome, by_key: dict[str, Outcome], metric: str) -> bool:
+    """Did the round end below the round it started from on ``metric``?"""
+    if outcome.prev is None or outcome.prev not in by_key:
+        return False
+    now, before = value(outcome.metrics, metric), value(by_key[outcome.prev].metrics, metric)
+    return now is not None and before is not None and now < before
+
+
+def best_round(history: Sequence[Outcome], metric: str) -> tuple[Outcome, str]:
+    """The round the next one starts from: the best round that passed its health gates and did not regress
+    (ties go to the later round, which has seen more data); and a phrase saying why."""
+    by_key = {o.key: o for o in history}
+    eligible = [o for o in history if o.key == "r0" or (o.healthy and not regressed(o, by_key, metric))]
+    best = max(eligible, key=lambda o: (-math.inf if value(o.metrics, metric) is None else value(o.metrics, metric),
+                                        o.index))
+    skipped = [o.key + (" (failed a health gate)" if not o.healthy else " (regressed)")
+               for o in history if o not in eligible]
+    v = value(best.metrics, metric)
+    why = f"start from {best.key} ({metric} {v:.3f}" if v is not None else f"start from {best.key} ({metric} n/a"
+    why += ", the best healthy round" + (f"; rolled back past {', '.join(skipped)}" if skipped else "") + ")"
+    return best, why
+
+
+def _span(ds: Sequence[int]) -> str:
+    ds = sorted(ds)
+    if len(ds) > 2 and ds == list(range(ds[0], ds[-1] + 1)):
+        return f"d{ds[0]}-d{ds[-1]}"
+    return ", ".join(f"d{d}" for d in ds)
+
+
+def stop_reason(config: Config, history: Sequence[Outcome]) -> str | None:
+    """Why the run stops after its last round, or None (shared by both policies)."""
+    loop = config.loop
+    last = history[-1]
+    if not last.healthy and loop.on_health_failure == "stop":
+        return "a health gate failed"  # the flow words the failure itself (metric, values, round rolled back to)
+    goal = loop.target.goal
+    if goal is not None:
+        reached = [o for o in history if o.healthy and (value(o.metrics, loop.target.metric) or -math.inf) >= goal]
+        if reached:
+            return f"goal reached: {loop.target.metric} {value(reached[0].metrics, loop.target.metric):.3f} >= {goal:g} in {reached[0].key}"
+    plateau = plateau_stop([value(o.metrics, loop.target.metric) for o in history], loop.stop_on_plateau,
+                           loop.plateau_tolerance, loop.target.metric)
+    if plateau:
+        return plateau
+    limit = max_rounds(config)
+    if limit is not None and last.index >= limit:
+        return f"max_rounds: {limit} rounds ran (loop.max_rounds)"
+    return None
+
+
+def max_rounds(config: Config) -> int | None:
+    if config.loop.max_rounds is not None:
+        return config.loop.max_rounds
+    return DEFAULT_MAX_ROUNDS if config.loop.policy == "curriculum" else None
+
+
+def decide(config: Config, history: Sequence[Outcome], difficulties: Sequence[int] | None = None) -> Decision:
+    """The curriculum's next step after the last round of ``history`` (r0 first).
+
+    ``difficulties``: the numeric difficulties the problem set offers (None or empty: it has no difficulty
+    knob, and the round works on a pass-rate band instead)."""
+    reason = stop_reason(config, history)
+    if reason:
+        return Decision(stop=reason)
+    cur = config.loop.curriculum
+    start, why_start = best_round(history, config.loop.target.metric)
+    key = f"r{history[-1].index + 1}"
+    entry: dict[str, Any] = {"prev": start.key}
+    if difficulties:
+        offered = sorted(set(difficulties))
+        acc = difficulty_accuracy(start.metrics)
+        unsolved = [d for d in offered if acc.get(d, -1.0) < cur.solved]
+        if not unsolved:
+            return Decision(stop=f"every difficulty of the problem set is solved ({_span(offered)} >= {cur.solved:g})")
+        frontier = unsolved[: cur.width]
+        beyond = [d for d in offered if d > frontier[-1]][: cur.ahead]
+        chosen = frontier + beyond
+        top = max(chosen) + cur.eval_ahead
+        base = config.evaluate.difficulties or []
+        evals = sorted(set(base) | {d for d in offered if min([*base, *chosen]) <= d <= top})
+        per = cur.problems_per_difficulty
+        problems = per * len(chosen) if per else config.sample.problems_per_round
+        first = frontier[0]
+        seen = f"accuracy {acc[first]:.2f} < {cur.solved:g}" if first in acc else "not evaluated yet"
+        entry |= {"difficulties": chosen, "problems": problems, "eval_difficulties": evals}
+        why = (f"curriculum: {why_start}; frontier {_span(frontier)} ({_span([first])} {seen}), "
+               f"sample {_span(chosen)}, evaluate {_span(evals)}")
+    else:
+        band = cur.band or (0.0, 1.0)
+        entry |= {"band": list(band), "problems": cur.problems_per_difficulty or config.sample.problems_per_round}
+        why = f"curriculum: {why_start}; no difficulty knob: keep problems with label agreement in [{band[0]:g}, {band[1]:g}]"
+    entry["why"] = why
+    RoundConfig.model_validate(entry)  # never write an entry the loader would refuse
+    return Decision(key=key, entry=entry)
+
+
+def outcomes(config: Config, project: str | Path, healthy: dict[str, bool] | None = None) -> list[Outcome]:
+    """The rounds of the run's params whose metrics exist, r0 first."""
+    import json
+
+    from selfimprove.paths import RoundPaths
+
+    out = []
+    for key in ["r0", *config.round_keys()]:
+        path = RoundPaths.for_round(config, key, project).metrics
+        if not path.exists():
+            break
+        prev = None if key == "r0" else config.round_config(key).prev
+        out.append(Outcome(key, prev, json.loads(path.read_text()), (healthy or {}).get(key, True)))
+    return out
+
+
+def lineage(config: Config, key: str) -> list[str]:
+    """The chain of rounds that built ``key``'s model, r0 first (what its health gates look at)."""
+    chain = [key]
+    while chain[-1] != "r0":
+        chain.append(config.round_config(chain[-1]).prev)
+    return chain[::-1]
+
+
+def add_round(path: str | Path, key: str, entry: dict[str, Any]) -> Config:
+    """Append round ``key`` to the ``rounds`` of a params file (the run's own), keeping comments."""
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+    from selfimprove.config import _dump_params, _load_for_edit, _plain, _yaml
+    from selfimprove.io import atomic_path
+
+    path = Path(path)
+    data = _load_for_edit(path)
+    rounds = data.get("rounds")
+    if rounds is None or not isinstance(rounds, dict):
+        rounds = data["rounds"] = CommentedMap()
+    if key in rounds:
+        raise ConfigError(f"{path}: round {key} is already in rounds")
+    item = CommentedMap()
+    for k, v in entry.items():
+        if isinstance(v, list):
+            v = CommentedSeq(v)
+            v.fa.set_flow_style()
+        item[k] = v
+    item.fa.set_flow_style()
+    rounds[key] = item
+    text = _dump_params(data)
+    config = Config.model_validate(_plain(_yaml().load(text)))
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return config
+
+
+def clear_rounds(path: str | Path) -> Config:
+    """Remove every round from a params file: a curriculum run starts from round 0 and decides the rest."""
+    from ruamel.yaml.comments import CommentedMap
+
+    from selfimprove.config import _dump_params, _load_for_edit, _plain, _yaml
+    from selfimprove.io import atomic_path
+
+    path = Path(path)
+    data = _load_for_edit(path)
+    old = data.get("rounds")
+    new = CommentedMap()
+    if hasattr(old, "ca") and old is not None:
+        new.ca.comment = old.ca.comment
+    data["rounds"] = new
+    text = _dump_params(data)
+    config = Config.model_validate(_plain(_yaml().load(text)))
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return config
