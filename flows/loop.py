@@ -210,6 +210,7 @@ def round_flow(round_key: str, experiment: str, workdir: str, home: str, parent_
 
 def _round(round_key: str, experiment: str, workdir: str, home: str, parent_run_id: str | None) -> dict[str, Any]:
     logger = get_run_logger()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
     work, home_path = Path(workdir), Path(home)
     os.chdir(work)  # relative paths in params.yaml are relative to the run's workspace
     config = load_config(work / experiments.PARAMS)
@@ -247,6 +248,9 @@ def _round(round_key: str, experiment: str, workdir: str, home: str, parent_run_
             if states[stage] == "ran":
                 seconds[f"{stage}/seconds"] = time.perf_counter() - t0
         metrics = json.loads(paths.metrics.read_text())
+        # this process's CPU time for the round (stages, DVC, MLflow); timings stay out of the DVC metrics file
+        seconds |= {"round/cpu_seconds": time.process_time() - cpu0, "round/seconds": time.perf_counter() - wall0}
+        tracker.log_metrics({k: v for k, v in seconds.items() if k.startswith("round/")}, step=paths.round)
         health = _health_check(config, round_key)
         veto = None
         if health is not None and not health["success"]:

@@ -1,0 +1,200 @@
+"""Loop policies, measured by running the product: ``selfimprove run`` with overrides, one DVC experiment per run.
+
+Scenarios (each a set of ``-S`` overrides on the embedded default; ``--set`` adds more):
+
+- ``curriculum``: ``loop.policy=curriculum`` from the 1-3 digit bootstrap, goal ``solved_up_to >= 10`` (every
+  length up to 10 digits at >= 95% held-out greedy accuracy). Per round: the start model and sampled lengths the
+  loop chose, ``solved_up_to``, the largest length at >= 95%, the pool-vs-held-out gap, and cumulative CPU-minutes.
+- ``reward_hack``: one model voting with itself at temperature 1.5, no agreement or view filter (a loop built to
+  reward-hack), under two health gates: label precision against gold >= 0.9 and the label-free proxy (vote share
+  of the accepted labels) >= 0.6. Shows which gate stops it, in which round, with which values, and where it
+  rolls back to.
+- ``plateau``: the fixed default recipe extended with more rounds on the same lengths; ``loop.stop_on_plateau=2``.
+
+Every run happens in a clone of this repository's HEAD under ``--root`` (default ``/tmp/selfimprove-bench``), so
+the project's own experiments, MLflow store and DVC cache are untouched. CPU time: each run's whole process tree
+(``os.wait4``: the flow, Prefect's temporary server, DVC and git), and per round the flow process's CPU time
+(``round/cpu_seconds``, logged to MLflow by the round flow). Results: ``bench/results/loop_<scenario>.json`` and
+``.md``.
+
+    .venv/bin/python bench/loop_policies.py curriculum --seeds 0 1 2 --jobs 2
+    .venv/bin/python bench/loop_policies.py reward_hack --seeds 3
+    .venv/bin/python bench/loop_policies.py plateau --seeds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+SCENARIOS: dict[str, list[str]] = {
+    "curriculum": [
+        "loop.policy=curriculum",
+        "loop.max_rounds=10",
+        "loop.target.metric=solved_up_to",
+        "loop.target.goal=10",
+        "loop.stop_on_plateau=3",
+        "sample.max_new_tokens=14",  # 11 difficulties evaluated: a 12-digit answer and its end token
+        "evaluate.problems_per_difficulty=200",
+        "evaluate.k=0",
+    ],
+    "reward_hack": [
+        "loop.policy=curriculum",
+        "loop.max_rounds=4",
+        "model.ensemble=1",
+        "sample.greedy=false",
+        "sample.k=4",
+        "sample.temperature=1.5",
+        "sample.views=[]",
+        "validate.filters=[{function: format}, {function: decontaminate}, {function: dedup}, "
+        "{function: per_problem_cap, max: 1}]",
+        "loop.health=[{metric: acceptance_precision, min: 0.9}, {metric: health/proxy_agreement, min: 0.6}]",
+        "evaluate.k=0",
+    ],
+    "plateau": [
+        "rounds={r1: {prev: r0, difficulties: [4]}, r2: {prev: r1, difficulties: [4, 5], problems: 8000}, "
+        "r3: {prev: r2, difficulties: [4, 5], problems: 8000}, r4: {prev: r3, difficulties: [4, 5], problems: 8000}, "
+        "r5: {prev: r4, difficulties: [4, 5], problems: 8000}, r6: {prev: r5, difficulties: [4, 5], problems: 8000}}",
+        "loop.stop_on_plateau=2",
+        "loop.plateau_tolerance=0.01",
+        "evaluate.k=0",
+    ],
+}
+
+
+def clone(root: Path, name: str) -> Path:
+    dest = root / name
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(dest)], check=True)
+    return dest
+
+
+def env() -> dict[str, str]:
+    out = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    out.pop("PREFECT_API_URL", None)
+    return out
+
+
+def run_one(root: Path, scenario: str, seed: int, extra: list[str]) -> dict[str, Any]:
+    name = f"{scenario}-s{seed}"
+    proj = clone(root, name)
+    args = [str(Path(sys.executable).parent / "selfimprove"), "run", "--name", name, "--apply", "never",
+            "-S", f"seed={seed}"]
+    for o in SCENARIOS[scenario] + extra:
+        args += ["-S", o]
+    log = (root / f"{name}.log").open("w")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(args, cwd=proj, env=env(), stdout=log, stderr=subprocess.STDOUT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    log.close()
+    out: dict[str, Any] = {"scenario": scenario, "seed": seed, "name": name, "overrides": SCENARIOS[scenario] + extra,
+                           "exit": os.waitstatus_to_exitcode(status), "wall_s": round(wall, 1),
+                           "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "log": str(root / f"{name}.log")}
+    record_path = proj / ".selfimprove" / "runs" / f"{name}.json"
+    if not record_path.exists():
+        return out
+    record = json.loads(record_path.read_text())
+    out["stopped"] = record.get("stopped")
+    out["health"] = record.get("health")
+    rev = record.get("experiment_rev")
+    if not rev:
+        out["error"] = record.get("error")
+        return out
+    from selfimprove.config import Config, _plain, _yaml
+
+    params = subprocess.run(["git", "show", f"{rev}:params.yaml"], cwd=proj, capture_output=True, text=True).stdout
+    cfg = Config.model_validate(_plain(_yaml().load(params)))
+    report = json.loads(subprocess.run([str(Path(sys.executable).parent / "selfimprove"), "report", "--name", name,
+                                        "--json"], cwd=proj, env=env(), capture_output=True, text=True).stdout)
+    cum = 0.0
+    rounds = []
+    for r in report["rounds"]:
+        m = r["metrics"]
+        key = f"r{r['round']}"
+        metrics_file = subprocess.run(["git", "show", f"{rev}:runs/metrics/{key}.json"], cwd=proj,
+                                      capture_output=True, text=True).stdout
+        m = json.loads(metrics_file) | {k: v for k, v in m.items() if k.startswith("round/")} if metrics_file else m
+        cum += m.get("round/cpu_seconds", 0.0)
+        acc = {int(k[len("accuracy/d"):]): v for k, v in m.items()
+               if k.startswith("accuracy/d") and k.count("/") == 1}
+        rc = cfg.rounds.get(key)
+        rounds.append({
+            "round": key, "prev": rc.prev if rc else None, "sampled": rc.difficulties if rc else cfg.bootstrap.difficulties,
+            "why": rc.why if rc else "bootstrap", "solved_up_to": m.get("solved_up_to"),
+            "max_at_95": max([d for d, a in acc.items() if a >= 0.95], default=0),
+            "accuracy": {d: round(a, 3) for d, a in sorted(acc.items())},
+            "label_precision": m.get("acceptance_precision"), "proxy_agreement": m.get("health/proxy_agreement"),
+            "pool_gap": m.get("health/pool_gap"), "cpu_s": round(m.get("round/cpu_seconds", 0.0), 1),
+            "cum_cpu_min": round(cum / 60, 2),
+        })
+    out["rounds"] = rounds
+    return out
+
+
+def fmt(v: Any, nd: int = 2) -> str:
+    return "" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
+
+
+def markdown(scenario: str, results: list[dict[str, Any]], command: str) -> str:
+    lines = [f"# Loop policy benchmark: {scenario}", "",
+             f"Command: `{command}` (this repository's HEAD, cloned per run; 2-core machine, threads=1 per run).", "",
+             "Overrides: " + "; ".join(f"`{o}`" for o in SCENARIOS[scenario]), ""]
+    for r in results:
+        lines += [f"## seed {r['seed']} ({r['name']})", "",
+                  f"exit {r['exit']}; wall {r['wall_s'] / 60:.1f} min; CPU of the whole process tree "
+                  f"{r['cpu_s'] / 60:.1f} min. Stopped: {r.get('stopped') or 'no (ran every round)'}", ""]
+        if not r.get("rounds"):
+            lines += [f"no rounds read back: {r.get('error')}", ""]
+            continue
+        lines += ["| round | from | sampled | solved_up_to | largest at >=95% | label precision | proxy | pool gap "
+                  "| round CPU s | cum. CPU min | accuracy per length |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for x in r["rounds"]:
+            accs = " ".join(f"{d}:{a:.2f}" for d, a in x["accuracy"].items())
+            lines.append(f"| {x['round']} | {x['prev'] or ''} | {x['sampled']} | {fmt(x['solved_up_to'])} | "
+                         f"{x['max_at_95']} | {fmt(x['label_precision'])} | {fmt(x['proxy_agreement'])} | "
+                         f"{fmt(x['pool_gap'])} | {x['cpu_s']} | {x['cum_cpu_min']} | {accs} |")
+        lines.append("")
+        if r.get("health"):
+            from selfimprove.health import describe_failure
+
+            lines += ["Health gate failures:", ""] + [f"- {describe_failure(f)}" for f in r["health"]["failures"]] + [""]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("scenario", choices=sorted(SCENARIOS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--jobs", type=int, default=1, help="runs side by side (one thread each)")
+    ap.add_argument("--set", dest="extra", action="append", default=[], help="one more -S override")
+    ap.add_argument("--root", type=Path, default=Path("/tmp/selfimprove-bench"))
+    ap.add_argument("--tag", default="", help="suffix of the results files")
+    a = ap.parse_args()
+    command = "python bench/loop_policies.py " + " ".join(sys.argv[1:])
+    with ThreadPoolExecutor(a.jobs) as pool:
+        results = list(pool.map(lambda s: run_one(a.root, a.scenario, s, a.extra), a.seeds))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = f"loop_{a.scenario}{('_' + a.tag) if a.tag else ''}"
+    (RESULTS / f"{stem}.json").write_text(json.dumps({"command": command, "results": results}, indent=2) + "\n")
+    md = markdown(a.scenario, results, command)
+    (RESULTS / f"{stem}.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
