@@ -38,7 +38,7 @@ def test_default_params_are_valid(params: Path) -> None:
         (("  verifier: majority_vote", "  verifier: majority"), ["unknown verifier 'majority'", "majority_vote"]),
         (("{function: agreement, min: 1.0}", "{function: agreement, minimum: 1.0}"), ["filter 'agreement' does not take minimum", "it takes: min"]),
         (("{function: dedup}", "{function: dedupe}"), ["unknown filter 'dedupe'", "did you mean 'dedup'"]),
-        (("r2: {prev: r1,", "r2: {prev: r0,"), ["rounds.r2.prev must be 'r1'"]),
+        (("r2: {prev: r1,", "r2: {prev: r3,"), ["rounds.r2.prev must be an earlier round (r0, r1)"]),
         (("  source: tiny ", "  source: path "), ["model.path is required"]),
     ],
 )

@@ -36,6 +36,15 @@ CASES = [
                                       cand("b", 0, "3", lp=-2.0), cand("b", 1, "4", lp=-1.0)], ["a#1", "b#1"]),
     ("decontaminate", {}, [cand("a", 0, "1", prompt="eval  prob="), cand("b", 0, "1", prompt="train=")], ["b#0"]),
     ("min_score", {"min": 0.5}, [cand("a", 0, "1", passed=True), cand("b", 0, "1", passed=False)], ["a#0"]),
+    ("agreement", {"min": 0.5, "max": 0.9}, [cand("a", 0, "1230", agreement=0.6), cand("b", 0, "1230", agreement=1.0),
+                                             cand("c", 0, "1230", agreement=0.4)], ["a#0"]),
+    # a pass-rate band: gold verdicts (no vote share) -> share of the problem's samples that passed
+    ("pass_rate_band", {"min": 0.3, "max": 0.8},
+     [cand("a", 0, "1", agreement=None), cand("a", 1, "2", agreement=None, passed=False),   # 1/2 -> kept
+      cand("b", 0, "1", agreement=None), cand("b", 1, "1", agreement=None),                 # 2/2 -> solved, dropped
+      cand("c", 0, "1", agreement=None, passed=False), cand("c", 1, "2", agreement=None, passed=False),  # 0/2
+      cand("d", 0, "1", agreement=0.5), cand("d", 1, "2", agreement=0.5, passed=False)],    # vote share 0.5 -> kept
+     ["a#0", "a#1", "d#0", "d#1"]),
 ]
 
 
@@ -55,7 +64,7 @@ def test_pipeline_reports_each_step() -> None:
 def test_bad_filter_arguments_are_named() -> None:
     with pytest.raises(ValueError, match="filter 'dedup' does not take max"):
         run_filters([], [("dedup", {"max": 1})], CTX)
-    with pytest.raises(ValueError, match="agreement.min must be within"):
+    with pytest.raises(ValueError, match="agreement needs 0 <= min <= max <= 1"):
         FILTERS.get("agreement")([], CTX, min=2.0)
 
 
