@@ -10,6 +10,8 @@ Scenarios (each a set of ``-S`` overrides on the embedded default; ``--set`` add
   of the accepted labels) >= 0.6. Shows which gate stops it, in which round, with which values, and where it
   rolls back to.
 - ``plateau``: the fixed default recipe extended with more rounds on the same lengths; ``loop.stop_on_plateau=2``.
+- ``recipe``: no overrides but ``--set``: a recipe variant of the default loop across seeds, through the product's
+  own stages (this replaces the old standalone ``bench/recipe_search.py``, which had its own trainer and labeller).
 
 Every run happens in a clone of this repository's HEAD under ``--root`` (default ``/tmp/selfimprove-bench``), so
 the project's own experiments, MLflow store and DVC cache are untouched. CPU time: each run's whole process tree
@@ -20,6 +22,7 @@ the project's own experiments, MLflow store and DVC cache are untouched. CPU tim
     .venv/bin/python bench/loop_policies.py curriculum --seeds 0 1 2 --jobs 2
     .venv/bin/python bench/loop_policies.py reward_hack --seeds 3
     .venv/bin/python bench/loop_policies.py plateau --seeds 3
+    .venv/bin/python bench/loop_policies.py recipe --seeds 0 1 2 --tag single --set model.ensemble=1 --set sample.k=4
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ SCENARIOS: dict[str, list[str]] = {
         "loop.plateau_tolerance=0.01",
         "evaluate.k=0",
     ],
+    "recipe": [],
 }
 
 
@@ -152,7 +156,7 @@ def fmt(v: Any, nd: int = 2) -> str:
 def markdown(scenario: str, results: list[dict[str, Any]], command: str) -> str:
     lines = [f"# Loop policy benchmark: {scenario}", "",
              f"Command: `{command}` (this repository's HEAD, cloned per run; 2-core machine, threads=1 per run).", "",
-             "Overrides: " + "; ".join(f"`{o}`" for o in SCENARIOS[scenario]), ""]
+             "Overrides: " + ("; ".join(f"`{o}`" for o in SCENARIOS[scenario]) or "none but the command's --set"), ""]
     for r in results:
         lines += [f"## seed {r['seed']} ({r['name']})", "",
                   f"exit {r['exit']}; wall {r['wall_s'] / 60:.1f} min; CPU of the whole process tree "

@@ -323,7 +323,13 @@ def _run_rounds(config: Config, exp_name: str, work: Path, home: Path, parent_ru
     offered: list[int] | None = None
     key: str | None = "r0"
     while key is not None:
-        results[key] = round_flow(key, experiment=exp_name, workdir=str(work), home=str(home), parent_run_id=parent_run_id)
+        try:
+            results[key] = round_flow(key, experiment=exp_name, workdir=str(work), home=str(home),
+                                      parent_run_id=parent_run_id)
+        except DataQualityError as e:
+            if config.loop.policy != "curriculum" or key == "r0":
+                raise
+            return _drop_round(config, key, e, exp_name, work, home, store, parent_run_id, record, results), decisions
         health = results[key].get("health")
         healthy[key] = health is None or bool(health["success"])
         history = outcomes(config, work, healthy)
@@ -375,6 +381,34 @@ def _run_rounds(config: Config, exp_name: str, work: Path, home: Path, parent_ru
             store.set_tags(parent_run_id, tags)
         key = nxt
     return None, decisions
+
+
+def _drop_round(config: Config, key: str, error: DataQualityError, exp_name: str, work: Path, home: Path,
+                store: MlflowStore | None, parent_run_id: str | None, record: Any, results: dict[str, Any]) -> str:
+    """A round the curriculum chose made no dataset that passes the gate (too few labels at the frontier): the
+    run ends after the round before it. The failed round leaves the run's params, dvc.lock and workspace (its
+    Prefect round run and MLflow run stay FAILED with the Great Expectations report), so the saved experiment is
+    the rounds that finished, and ``dvc repro`` reproduces them."""
+    from selfimprove.curriculum import clear_rounds
+
+    logger = get_run_logger()
+    ran = [k for k in config.round_keys() if k in results]
+    last = ran[-1] if ran else "r0"
+    failed = "; ".join(line.strip() for line in str(error).splitlines()[1:] if line.strip().startswith("- "))
+    reason = (f"{key} ({config.rounds[key].why or 'curriculum round'}) made no dataset that passes validation "
+              f"({failed or str(error).splitlines()[0]}); {key} left the run's params")
+    params_file = work / experiments.PARAMS
+    if ran:
+        keep_rounds(params_file, ran, reason)
+    else:
+        clear_rounds(params_file)
+    dvcstate.forget_round(work, key, config.workspace)
+    stopped = f"stopped after {last}: {reason}"
+    logger.warning("run %s %s", exp_name, stopped)
+    experiments.mark(home, record, "running", stopped=stopped)
+    if store is not None and parent_run_id:
+        store.set_tags(parent_run_id, {"selfimprove.stop_reason": reason[:4900], "selfimprove.stopped_after": last})
+    return stopped
 
 
 def _summary_artifact(experiment: str, config: Config, work: Path, store: MlflowStore | None, parent_run_id: str | None,

@@ -140,7 +140,10 @@ def _validate_run(home: Path, params: str, overrides: list[str], rounds: int | N
 
     if not (home / params).exists():
         raise FileNotFoundError(f"{home / params}: params file not found (run from the project folder or pass --project)")
-    load_config(home / params, overrides)  # errors name the user's file and line
+    asked = load_config(home / params, overrides)  # errors name the user's file and line
+    if rounds is not None and asked.loop.policy == "curriculum":
+        raise ValueError(f"loop.policy is curriculum: the loop decides its rounds; bound them with "
+                         f"-S loop.max_rounds={rounds} instead of --rounds")
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copyfile(home / params, Path(tmp) / "params.yaml")
         prepare_params(Path(tmp), home, "params.yaml", overrides, rounds)
@@ -339,7 +342,13 @@ def check(overrides: OverrideOpt = None, project: ProjectOpt = Path("."), params
         problems = preflight(config, project)
     if problems:
         _fail("preflight failed:\n  " + "\n  ".join(problems))
-    out.print(f"[green]ok[/]: {project / params} is valid; {len(config.rounds)} round(s): {', '.join(config.rounds)}")
+    if config.loop.policy == "curriculum":
+        from selfimprove.curriculum import max_rounds
+
+        out.print(f"[green]ok[/]: {project / params} is valid; loop.policy curriculum: the loop decides up to "
+                  f"{max_rounds(config)} round(s), each written into the run's params.yaml before it runs")
+    else:
+        out.print(f"[green]ok[/]: {project / params} is valid; {len(config.rounds)} round(s): {', '.join(config.rounds)}")
 
 
 @app.command("rounds")
@@ -349,6 +358,9 @@ def set_rounds_cmd(n: int, project: ProjectOpt = Path("."), params: ParamsOpt = 
 
     if n < 1:
         _fail("rounds must be >= 1")
+    if _load(project, params).loop.policy == "curriculum":
+        _fail(f"loop.policy is curriculum: the loop decides its rounds; bound them with loop.max_rounds instead "
+              f"(selfimprove run -S loop.max_rounds={n})")
     with guarded():
         config = set_rounds(project / params, n)
     out.print(", ".join(f"{k}: {v.difficulties}" for k, v in config.rounds.items()))

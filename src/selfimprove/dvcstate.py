@@ -133,3 +133,32 @@ def inputs_fingerprint(project: str | Path, stage_ids: Iterable[str]) -> tuple[s
             data[st.addressing] = {"cmd": st.cmd, "deps": deps}
     digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return digest, data
+
+
+def forget_round(project: str | Path, key: str, workspace: str = "runs") -> list[str]:
+    """Remove what a round that will not stay in the run left behind: its ``stage@key`` entries in dvc.lock, its
+    folder and its metrics file (a curriculum round whose dataset failed validation). Returns what was removed."""
+    import shutil
+
+    import yaml
+
+    project = Path(project)
+    removed = []
+    lock = project / "dvc.lock"
+    if lock.exists():
+        data = yaml.safe_load(lock.read_text()) or {}
+        stages = data.get("stages") or {}
+        gone = [s for s in stages if s.endswith(f"@{key}")]
+        for s in gone:
+            del stages[s]
+        if gone:
+            lock.write_text(yaml.safe_dump(data, sort_keys=False))
+            removed += [f"dvc.lock: {s}" for s in gone]
+    for path in (project / workspace / key, project / workspace / "metrics" / f"{key}.json"):
+        if path.is_dir():
+            shutil.rmtree(path)
+            removed.append(str(path))
+        elif path.exists():
+            path.unlink()
+            removed.append(str(path))
+    return removed

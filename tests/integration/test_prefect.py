@@ -441,6 +441,28 @@ def test_a_curriculum_rolls_back_past_an_unhealthy_round_and_never_promotes_it(b
     assert runs["rollback/rollback"].data.tags["selfimprove.rolled_back_to"] == "r0"
 
 
+def test_a_curriculum_round_without_a_valid_dataset_ends_the_run_cleanly(base) -> None:
+    """A frontier too hard to label (here: a gate no round can pass) ends a curriculum run after the last round
+    that finished, not with a failed run: the failed round leaves the params, dvc.lock and the workspace, the
+    experiment is saved, and it reproduces."""
+    proj, _, params = base
+    result = run_loop(proj, name="nolabels", apply="never",
+                      overrides=["loop.policy=curriculum", "loop.max_rounds=2", "validate.expectations.min_rows=1000"])
+    assert list(result["ran"]) == ["r0"]
+    assert result["stopped"].startswith("stopped after r0: r1 (curriculum: start from r0"), result["stopped"]
+    assert "made no dataset that passes validation" in result["stopped"] and "expect_" in result["stopped"]
+    text, cfg = _run_params(proj, result["rev"])
+    assert cfg.round_keys() == [] and "r1" not in git(["show", f"{result['rev']}:dvc.lock"], proj)
+    runs = mlflow_runs(proj, "nolabels")
+    assert runs["nolabels/round-1"].info.status == "FAILED" and runs["nolabels/nolabels"].info.status == "FINISHED"
+    dvc_out(["exp", "apply", "nolabels"], proj)
+    (proj / "runs" / "metrics" / "r1.json").unlink()  # dvc exp apply leaves files the applied experiment lacks
+    assert git(["ls-tree", "-r", "--name-only", result["rev"], "runs/metrics/"], proj).split() == ["runs/metrics/r0.json"]
+    assert "up to date" in dvc_out(["status"], proj)
+    dvc_out(["exp", "apply", "base"], proj)
+    assert (proj / "params.yaml").read_bytes() == params and "up to date" in dvc_out(["status"], proj)
+
+
 def test_dvc_reruns_exactly_the_stages_that_declare_a_changed_param(base) -> None:
     """Last in the module: it edits the workspace. evaluate.k is read by the evaluations only; validate declares
     just the evaluate keys that pick the held-out problems (decontamination), and bootstrap none."""
