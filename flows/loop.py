@@ -329,7 +329,25 @@ def _run_rounds(config: Config, exp_name: str, work: Path, home: Path, parent_ru
         except DataQualityError as e:
             if config.loop.policy != "curriculum" or key == "r0":
                 raise
-            return _drop_round(config, key, e, exp_name, work, home, store, parent_run_id, record, results), decisions
+            entry = config.rounds[key].model_dump(exclude_none=True)
+            factor = config.loop.curriculum.retry_factor
+            if factor <= 1 or "retried with" in entry.get("why", ""):
+                return _drop_round(config, key, e, exp_name, work, home, store, parent_run_id, record, results), decisions
+            from selfimprove.curriculum import add_round, clear_rounds
+
+            ran = [k for k in config.round_keys() if k in results]
+            if ran:
+                keep_rounds(params_file, ran, None)
+            else:
+                clear_rounds(params_file)
+            dvcstate.forget_round(work, key, config.workspace)
+            problems = (entry.get("problems") or config.sample.problems_per_round) * factor
+            entry |= {"problems": problems, "why": f"{entry.get('why', '')}; retried with {problems} problems: the "
+                      f"first try made no dataset that passes validation ({_gate_failures(e)})"}
+            config = add_round(params_file, key, entry)
+            decisions.append(f"{key}: {entry['why']}")
+            logger.warning("run %s: %s failed validation; retrying it with %d problems", exp_name, key, problems)
+            continue
         health = results[key].get("health")
         healthy[key] = health is None or bool(health["success"])
         history = outcomes(config, work, healthy)
@@ -383,6 +401,11 @@ def _run_rounds(config: Config, exp_name: str, work: Path, home: Path, parent_ru
     return None, decisions
 
 
+def _gate_failures(error: DataQualityError) -> str:
+    failed = "; ".join(line.strip()[2:] for line in str(error).splitlines()[1:] if line.strip().startswith("- "))
+    return failed or str(error).splitlines()[0]
+
+
 def _drop_round(config: Config, key: str, error: DataQualityError, exp_name: str, work: Path, home: Path,
                 store: MlflowStore | None, parent_run_id: str | None, record: Any, results: dict[str, Any]) -> str:
     """A round the curriculum chose made no dataset that passes the gate (too few labels at the frontier): the
@@ -394,9 +417,8 @@ def _drop_round(config: Config, key: str, error: DataQualityError, exp_name: str
     logger = get_run_logger()
     ran = [k for k in config.round_keys() if k in results]
     last = ran[-1] if ran else "r0"
-    failed = "; ".join(line.strip() for line in str(error).splitlines()[1:] if line.strip().startswith("- "))
     reason = (f"{key} ({config.rounds[key].why or 'curriculum round'}) made no dataset that passes validation "
-              f"({failed or str(error).splitlines()[0]}); {key} left the run's params")
+              f"({_gate_failures(error)}); {key} left the run's params")
     params_file = work / experiments.PARAMS
     if ran:
         keep_rounds(params_file, ran, reason)

@@ -448,6 +448,9 @@ class CurriculumConfig(Strict):
     eval_ahead: NonNegInt = Field(1, description="Evaluate this many difficulties beyond the hardest one sampled.")
     problems_per_difficulty: PosInt | None = Field(
         None, description="Problems to sample per difficulty of a round (None = sample.problems_per_round per round).")
+    retry_factor: PosInt = Field(
+        4, description="A round whose dataset fails validation (too few labels at the frontier) is tried once more "
+        "with this many times the problems; 1 = no retry (the run then ends after the last finished round).")
     band: tuple[Prob, Prob] | None = Field(
         None, description="For problem sets without a difficulty knob (MBPP, HumanEval, jsonl without 'difficulty'): "
         "keep only problems whose label agreement (the majority's vote share) lies in [low, high], e.g. [0.3, 0.9]: "
@@ -886,9 +889,10 @@ def plateau_stop(accuracies: Sequence[float | None], patience: int, tolerance: f
             f"+ {tolerance:g}")
 
 
-def keep_rounds(path: str | Path, keep: Sequence[str], note: str) -> Config:
+def keep_rounds(path: str | Path, keep: Sequence[str], note: str | None) -> Config:
     """Remove every round not in ``keep`` from ``params.yaml`` (a run that stopped early) and say why in a
-    comment on the last kept round, so the params record exactly the rounds that ran and the reason."""
+    comment on the last kept round (``note``; None = no comment), so the params record exactly the rounds that
+    ran and the reason."""
     path = Path(path)
     data = _load_for_edit(path)
     rounds = data.get("rounds")
@@ -897,7 +901,8 @@ def keep_rounds(path: str | Path, keep: Sequence[str], note: str) -> Config:
     for key in list(rounds):
         if key not in keep:
             del rounds[key]
-    rounds.yaml_add_eol_comment(f"stopped after this round: {note}", list(rounds)[-1])
+    if note:
+        rounds.yaml_add_eol_comment(f"stopped after this round: {note}", list(rounds)[-1])
     text = _dump_params(data)
     config = Config.model_validate(_plain(_yaml().load(text)))
     from selfimprove.io import atomic_path

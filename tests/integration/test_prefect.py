@@ -442,15 +442,17 @@ def test_a_curriculum_rolls_back_past_an_unhealthy_round_and_never_promotes_it(b
 
 
 def test_a_curriculum_round_without_a_valid_dataset_ends_the_run_cleanly(base) -> None:
-    """A frontier too hard to label (here: a gate no round can pass) ends a curriculum run after the last round
-    that finished, not with a failed run: the failed round leaves the params, dvc.lock and the workspace, the
+    """A frontier too hard to label (here: a gate no round can pass) is tried once more with retry_factor times
+    the problems, then ends a curriculum run after the last round that finished, not with a failed run: the failed round leaves the params, dvc.lock and the workspace, the
     experiment is saved, and it reproduces."""
     proj, _, params = base
     result = run_loop(proj, name="nolabels", apply="never",
-                      overrides=["loop.policy=curriculum", "loop.max_rounds=2", "validate.expectations.min_rows=1000"])
+                      overrides=["loop.policy=curriculum", "loop.max_rounds=2", "validate.expectations.min_rows=1000",
+                                 "loop.curriculum.problems_per_difficulty=4", "loop.curriculum.retry_factor=2"])
     assert list(result["ran"]) == ["r0"]
     assert result["stopped"].startswith("stopped after r0: r1 (curriculum: start from r0"), result["stopped"]
     assert "made no dataset that passes validation" in result["stopped"] and "expect_" in result["stopped"]
+    assert "; retried with 16 problems: the first try made no dataset" in result["stopped"], "tried twice"
     text, cfg = _run_params(proj, result["rev"])
     assert cfg.round_keys() == [] and "r1" not in git(["show", f"{result['rev']}:dvc.lock"], proj)
     runs = mlflow_runs(proj, "nolabels")
