@@ -160,7 +160,8 @@ def markdown(scenario: str, results: list[dict[str, Any]], command: str) -> str:
     for r in results:
         lines += [f"## seed {r['seed']} ({r['name']})", "",
                   f"exit {r['exit']}; wall {r['wall_s'] / 60:.1f} min; CPU of the whole process tree "
-                  f"{r['cpu_s'] / 60:.1f} min. Stopped: {r.get('stopped') or 'no (ran every round)'}", ""]
+                  f"{r['cpu_s'] / 60:.1f} min. Stopped: "
+                  + (r.get("stopped") or ("no (ran every round)" if r["exit"] == 0 else "the run failed")), ""]
         if not r.get("rounds"):
             lines += [f"no rounds read back: {r.get('error')}", ""]
             continue
