@@ -562,6 +562,7 @@ def _loop(overrides: list[str] | None, rounds: int | None, params: str, name: st
     experiments.discard(home, exp_name, keep_record=True)
     os.chdir(home)
     return {"experiment": exp_name, "rev": rev, "applied": applied, "mlflow_run_id": parent_run_id, "stopped": stopped,
+            "decisions": decisions,
             "rounds": {k: {kk: v for kk, v in r.items() if kk != "metrics"} | {"accuracy": r["metrics"].get("accuracy")}
                        for k, r in results.items()},
             "ran": {k: r["ran"] for k, r in results.items()},

@@ -251,6 +251,11 @@ def _print_result(home: Path, config: Any, exp_name: str, result: dict[str, Any]
             wide.print(f"  {line}")
     except TrackingError as e:
         console.print(f"[yellow]could not read MLflow:[/] {e}")
+    if result.get("decisions"):
+        wide.print("[bold]Rounds the curriculum decided[/] (each written into the run's params.yaml before it ran):",
+                   highlight=False)
+        for line in result["decisions"]:
+            wide.print(f"  {line}", highlight=False)
     if result.get("stopped"):
         wide.print(f"[bold]The run {result['stopped']}[/]; the rounds after it are not in its params.yaml, so "
                    "dvc repro reproduces what ran (docs/health.md).", highlight=False)

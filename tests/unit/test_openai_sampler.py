@@ -75,16 +75,16 @@ class FakeServer:
                     outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
                     script = outer.script[body["prompt"]]
                     status = script.pop(0) if script else 200
-                try:
-                    time.sleep(outer.delay_s.get(body["prompt"], 0.0))
-                    if status != 200:
-                        headers = {"Retry-After": "0"} if status == 429 else {}
-                        self._send(status, {"error": {"message": f"scripted {status}"}}, headers)
-                        return
-                    self._send(200, outer.completion(body))
-                finally:
-                    with outer.lock:
-                        outer.in_flight -= 1
+                time.sleep(outer.delay_s.get(body["prompt"], 0.0))
+                # the request stops counting as in flight *before* its response goes out: once the client has the
+                # response it may send the next request before this thread would run a later decrement
+                with outer.lock:
+                    outer.in_flight -= 1
+                if status != 200:
+                    headers = {"Retry-After": "0"} if status == 429 else {}
+                    self._send(status, {"error": {"message": f"scripted {status}"}}, headers)
+                    return
+                self._send(200, outer.completion(body))
 
         class Server(ThreadingHTTPServer):
             def handle_error(self, request: Any, client_address: Any) -> None:
