@@ -9,7 +9,9 @@ Scenarios (each a set of ``-S`` overrides on the embedded default; ``--set`` add
   reward-hack), under two health gates: label precision against gold >= 0.9 and the label-free proxy (vote share
   of the accepted labels) >= 0.6. Shows which gate stops it, in which round, with which values, and where it
   rolls back to.
-- ``plateau``: the fixed default recipe extended with more rounds on the same lengths; ``loop.stop_on_plateau=2``.
+- ``plateau``: six fixed rounds on 4 digits, target ``accuracy/d4`` (it saturates), ``loop.stop_on_plateau=2``.
+  (The first try, ``loop_plateau_mean``: rounds on 4-5 digits with the mean accuracy over 1-6 digits as target;
+  it never plateaued, as 6 digits kept rising without being trained on.)
 - ``recipe``: no overrides but ``--set``: a recipe variant of the default loop across seeds, through the product's
   own stages (this replaces the old standalone ``bench/recipe_search.py``, which had its own trainer and labeller).
 
@@ -66,11 +68,11 @@ SCENARIOS: dict[str, list[str]] = {
         "evaluate.k=0",
     ],
     "plateau": [
-        "rounds={r1: {prev: r0, difficulties: [4]}, r2: {prev: r1, difficulties: [4, 5], problems: 8000}, "
-        "r3: {prev: r2, difficulties: [4, 5], problems: 8000}, r4: {prev: r3, difficulties: [4, 5], problems: 8000}, "
-        "r5: {prev: r4, difficulties: [4, 5], problems: 8000}, r6: {prev: r5, difficulties: [4, 5], problems: 8000}}",
+        "rounds={r1: {prev: r0, difficulties: [4]}, r2: {prev: r1, difficulties: [4]}, r3: {prev: r2, difficulties: [4]}, "
+        "r4: {prev: r3, difficulties: [4]}, r5: {prev: r4, difficulties: [4]}, r6: {prev: r5, difficulties: [4]}}",
+        "loop.target.metric=accuracy/d4",
         "loop.stop_on_plateau=2",
-        "loop.plateau_tolerance=0.01",
+        "loop.plateau_tolerance=0.005",
         "evaluate.k=0",
     ],
     "recipe": [],
