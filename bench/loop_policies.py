@@ -110,6 +110,11 @@ def run_one(root: Path, scenario: str, seed: int, extra: list[str]) -> dict[str,
     out: dict[str, Any] = {"scenario": scenario, "seed": seed, "name": name, "overrides": SCENARIOS[scenario] + extra,
                            "exit": os.waitstatus_to_exitcode(status), "wall_s": round(wall, 1),
                            "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "log": str(root / f"{name}.log")}
+    return read_back(proj, name, out)
+
+
+def read_back(proj: Path, name: str, out: dict[str, Any]) -> dict[str, Any]:
+    """What a finished run left: its record, its params (the decisions) and per-round metrics."""
     record_path = proj / ".selfimprove" / "runs" / f"{name}.json"
     if not record_path.exists():
         return out
@@ -131,6 +136,8 @@ def run_one(root: Path, scenario: str, seed: int, extra: list[str]) -> dict[str,
     for r in report["rounds"]:
         m = r["metrics"]
         key = f"r{r['round']}"
+        if key != "r0" and key not in cfg.rounds:  # a round that failed and left the run's params
+            continue
         metrics_file = subprocess.run(["git", "show", f"{rev}:runs/metrics/{key}.json"], cwd=proj,
                                       capture_output=True, text=True).stdout
         m = json.loads(metrics_file) | {k: v for k, v in m.items() if k.startswith("round/")} if metrics_file else m
@@ -191,12 +198,19 @@ def main() -> None:
     ap.add_argument("--set", dest="extra", action="append", default=[], help="one more -S override")
     ap.add_argument("--root", type=Path, default=Path("/tmp/selfimprove-bench"))
     ap.add_argument("--tag", default="", help="suffix of the results files")
+    ap.add_argument("--reparse", action="store_true", help="rebuild the results files from the runs under --root")
     a = ap.parse_args()
-    command = "python bench/loop_policies.py " + " ".join(sys.argv[1:])
-    with ThreadPoolExecutor(a.jobs) as pool:
-        results = list(pool.map(lambda s: run_one(a.root, a.scenario, s, a.extra), a.seeds))
-    RESULTS.mkdir(parents=True, exist_ok=True)
     stem = f"loop_{a.scenario}{('_' + a.tag) if a.tag else ''}"
+    if a.reparse:  # read the finished runs under --root again (the timings come from the earlier results file)
+        old = json.loads((RESULTS / f"{stem}.json").read_text())
+        command = old["command"]
+        results = [read_back(a.root / r["name"], r["name"], {k: v for k, v in r.items() if k not in ("rounds",)})
+                   for r in old["results"]]
+    else:
+        command = "python bench/loop_policies.py " + " ".join(sys.argv[1:])
+        with ThreadPoolExecutor(a.jobs) as pool:
+            results = list(pool.map(lambda s: run_one(a.root, a.scenario, s, a.extra), a.seeds))
+    RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps({"command": command, "results": results}, indent=2) + "\n")
     md = markdown(a.scenario, results, command)
     (RESULTS / f"{stem}.md").write_text(md)
