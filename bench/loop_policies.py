@@ -47,12 +47,15 @@ SCENARIOS: dict[str, list[str]] = {
     "curriculum": [
         "loop.policy=curriculum",
         "loop.max_rounds=10",
-        "loop.target.metric=solved_up_to",
+        "loop.target.metric=solved_progress",
         "loop.target.goal=10",
         "loop.stop_on_plateau=3",
         "sample.max_new_tokens=14",  # 11 difficulties evaluated: a 12-digit answer and its end token
         "evaluate.problems_per_difficulty=200",
         "evaluate.k=0",
+        # at the frontier a few labels in 10^4 problems are all there is, and enough to climb on
+        "validate.expectations.min_rows=10",
+        "validate.expectations.acceptance_rate=[0.0001, 1.0]",
     ],
     "reward_hack": [
         "loop.policy=curriculum",

@@ -460,7 +460,7 @@ class CurriculumConfig(Strict):
 class TargetConfig(Strict):
     metric: str = Field("accuracy", description="The round metric the loop improves (higher is better): plateau "
                         "detection, the start model of the next round, the goal. E.g. 'accuracy', 'solved_up_to', "
-                        "'accuracy/d6'.")
+                        "'solved_progress' (solved_up_to + accuracy on the next difficulty), 'accuracy/d6'.")
     goal: float | None = Field(None, description="Stop once a round reaches this value of the metric (None = never).")
 
 

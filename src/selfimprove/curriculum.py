@@ -95,6 +95,18 @@ def solved_up_to(metrics: dict[str, Any], solved: float) -> int:
     return reached
 
 
+def solved_progress(metrics: dict[str, Any], solved: float) -> float:
+    """``solved_up_to`` plus the held-out accuracy on the next difficulty: a curriculum's progress that moves
+    while the frontier is being learned (5.61 = every length up to 5 solved, 6 digits at 0.61), not only when
+    it is solved. It reaches N exactly when ``solved_up_to`` does.
+
+    >>> solved_progress({"accuracy/d1": 1.0, "accuracy/d2": 0.61, "accuracy/d3": 0.2}, 0.95)
+    1.61
+    """
+    reached = solved_up_to(metrics, solved)
+    return reached + difficulty_accuracy(metrics).get(reached + 1, 0.0)
+
+
 def regressed(outcome: Outcome, by_key: dict[str, Outcome], metric: str) -> bool:
     """Did the round end below the round it started from on ``metric``?"""
     if outcome.prev is None or outcome.prev not in by_key:

@@ -131,9 +131,10 @@ def run_evaluate(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRe
         metrics, predictions = evaluate_model(config, paths.model, paths.round, key=paths.key,
                                               pool=pool_problems(config, sampled))
     if any(k.startswith("accuracy/d") for k in metrics):
-        from selfimprove.curriculum import solved_up_to
+        from selfimprove.curriculum import solved_progress, solved_up_to
 
         metrics["solved_up_to"] = solved_up_to(metrics, config.loop.curriculum.solved)
+        metrics["solved_progress"] = solved_progress(metrics, config.loop.curriculum.solved)
     pset = problem_set(config)
     verifier = gold_verifier(config, pset)
     accepted = [r for r in read_verified_jsonl(paths.validate / "accepted.jsonl", TrainRow) if r.round == paths.round]
