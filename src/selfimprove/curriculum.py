@@ -100,7 +100,7 @@ def solved_progress(metrics: dict[str, Any], solved: float) -> float:
     while the frontier is being learned (5.61 = every length up to 5 solved, 6 digits at 0.61), not only when
     it is solved. It reaches N exactly when ``solved_up_to`` does.
 
-    >>> solved_progress({"accuracy/d1": 1.0, "accuracy/d2": 0.61, "accuracy/d3": 0.2}, 0.95)
+    >>> round(solved_progress({"accuracy/d1": 1.0, "accuracy/d2": 0.61, "accuracy/d3": 0.2}, 0.95), 2)
     1.61
     """
     reached = solved_up_to(metrics, solved)
