@@ -354,7 +354,7 @@ def _run_rounds(config: Config, exp_name: str, work: Path, home: Path, parent_ru
         keys = config.round_keys()
         tags: dict[str, str] = {}
         if not healthy[key]:
-            back, _ = best_round(history, config.loop.target.metric)
+            back, _ = best_round(history, config.loop.target.metric, config.loop.curriculum.regress_tolerance)
             tags["selfimprove.rolled_back_to"] = back.key
             failure = "; ".join(describe_failure(f) for f in health["failures"])
             experiments.mark(home, record, "running", health=health)

@@ -448,6 +448,10 @@ class CurriculumConfig(Strict):
     eval_ahead: NonNegInt = Field(1, description="Evaluate this many difficulties beyond the hardest one sampled.")
     problems_per_difficulty: PosInt | None = Field(
         None, description="Problems to sample per difficulty of a round (None = sample.problems_per_round per round).")
+    regress_tolerance: float = Field(
+        0.0, ge=0, description="A round counts as regressed (rolled back: it never starts another round) when its "
+        "loop.target.metric falls more than this below the round it started from; set it to the evaluation's noise "
+        "(about 0.02 for 200 problems per difficulty) so that noise does not discard a round's labels.")
     retry_factor: PosInt = Field(
         4, description="A round whose dataset fails validation (too few labels at the frontier) is tried once more "
         "with this many times the problems; 1 = no retry (the run then ends after the last finished round).")

@@ -107,21 +107,26 @@ def solved_progress(metrics: dict[str, Any], solved: float) -> float:
     return reached + difficulty_accuracy(metrics).get(reached + 1, 0.0)
 
 
-def regressed(outcome: Outcome, by_key: dict[str, Outcome], metric: str) -> bool:
-    """Did the round end below the round it started from on ``metric``?"""
+def regressed(outcome: Outcome, by_key: dict[str, Outcome], metric: str, tolerance: float = 0.0) -> bool:
+    """Did the round end more than ``tolerance`` below the round it started from on ``metric``?"""
     if outcome.prev is None or outcome.prev not in by_key:
         return False
     now, before = value(outcome.metrics, metric), value(by_key[outcome.prev].metrics, metric)
-    return now is not None and before is not None and now < before
+    return now is not None and before is not None and now < before - tolerance
 
 
-def best_round(history: Sequence[Outcome], metric: str) -> tuple[Outcome, str]:
-    """The round the next one starts from: the best round that passed its health gates and did not regress
-    (ties go to the later round, which has seen more data); and a phrase saying why."""
+def best_round(history: Sequence[Outcome], metric: str, tolerance: float = 0.0) -> tuple[Outcome, str]:
+    """The round the next one starts from: the best round that passed its health gates and did not regress by
+    more than ``tolerance``; values within ``tolerance`` of the best count as ties, and ties go to the later
+    round, which has seen more data. And a phrase saying why."""
     by_key = {o.key: o for o in history}
-    eligible = [o for o in history if o.key == "r0" or (o.healthy and not regressed(o, by_key, metric))]
-    best = max(eligible, key=lambda o: (-math.inf if value(o.metrics, metric) is None else value(o.metrics, metric),
-                                        o.index))
+    eligible = [o for o in history if o.key == "r0" or (o.healthy and not regressed(o, by_key, metric, tolerance))]
+
+    def score(o: Outcome) -> float:
+        return -math.inf if value(o.metrics, metric) is None else float(value(o.metrics, metric))
+
+    top = max(score(o) for o in eligible)
+    best = max((o for o in eligible if score(o) >= top - tolerance), key=lambda o: o.index)
     skipped = [o.key + (" (failed a health gate)" if not o.healthy else " (regressed)")
                for o in history if o not in eligible]
     v = value(best.metrics, metric)
@@ -173,7 +178,7 @@ def decide(config: Config, history: Sequence[Outcome], difficulties: Sequence[in
     if reason:
         return Decision(stop=reason)
     cur = config.loop.curriculum
-    start, why_start = best_round(history, config.loop.target.metric)
+    start, why_start = best_round(history, config.loop.target.metric, cur.regress_tolerance)
     key = f"r{history[-1].index + 1}"
     entry: dict[str, Any] = {"prev": start.key}
     if difficulties:

@@ -136,3 +136,13 @@ def test_pool_gap_compares_the_same_difficulties():
     assert pool_gap({"accuracy/d4": 0.5, "accuracy/d5": 0.1}, {"accuracy/d4": 0.9, "accuracy/d5": 0.3}) == pytest.approx(
         {"health/pool_accuracy": 0.6, "health/heldout_accuracy": 0.3, "health/pool_gap": 0.3})
     assert pool_gap({"accuracy/d4": 0.5}, {}) == {}
+
+
+def test_a_regress_tolerance_keeps_noise_from_discarding_a_round(tmp_path):
+    r0 = Outcome("r0", None, {"solved_progress": 5.10})
+    r1 = Outcome("r1", "r0", {"solved_progress": 5.09})  # 0.01 lower: evaluation noise
+    assert best_round([r0, r1], "solved_progress")[0].key == "r0"
+    best, why = best_round([r0, r1], "solved_progress", tolerance=0.03)
+    assert best.key == "r1" and "rolled back" not in why
+    r2 = Outcome("r2", "r1", {"solved_progress": 5.00})  # 0.09 lower: a real regression
+    assert best_round([r0, r1, r2], "solved_progress", tolerance=0.03)[0].key == "r1"
