@@ -445,7 +445,7 @@ def _summary_artifact(experiment: str, config: Config, work: Path, store: Mlflow
     lines = improvement(rows, config.bootstrap.difficulties)
     if decisions:
         lines = [*lines, "Rounds decided by the curriculum (loop.policy), each written into the run's params.yaml "
-                 "before it ran:", *[f"- {d}" for d in decisions]]
+                 "before it ran:", *[f"**{d.split(':', 1)[0]}**:{d.split(':', 1)[1]}" for d in decisions]]
     if stopped:
         lines = [*lines, f"The run {stopped}."]
     mlflow_link = ""
