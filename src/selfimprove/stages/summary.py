@@ -167,8 +167,9 @@ def _plot_health(rounds: list[dict], cols: list[str], path: Path) -> None:
         ax.set_title(title, fontsize=10)
         ax.set_xticks(xs)
         ax.set_xlim(min(xs) - 0.3, max(xs) + 0.3)
-        if title != "answer diversity":
-            ax.set_ylim(-0.02, 1.02)  # shares
+        if title != "answer diversity":  # shares; the pool gap may be negative
+            low = min([0.0] + [float(r[k]) for r in rounds for k in keys if k in r])
+            ax.set_ylim(min(-0.02, low - 0.05), 1.02)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="best")
