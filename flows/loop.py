@@ -52,7 +52,7 @@ from prefect.runtime import flow_run as current_flow_run  # noqa: E402
 
 import tasks  # noqa: E402
 from selfimprove import dvcstate, experiments  # noqa: E402
-from selfimprove.config import Config, ConfigError, keep_rounds, load_config  # noqa: E402
+from selfimprove.config import Config, ConfigError, add_round, clear_rounds, keep_rounds, load_config  # noqa: E402
 from selfimprove.paths import RoundPaths, summary_dir  # noqa: E402
 from selfimprove.preflight import preflight  # noqa: E402
 from selfimprove.quality import DataQualityError  # noqa: E402
@@ -333,13 +333,7 @@ def _run_rounds(config: Config, exp_name: str, work: Path, home: Path, parent_ru
             factor = config.loop.curriculum.retry_factor
             if factor <= 1 or "retried with" in entry.get("why", ""):
                 return _drop_round(config, key, e, exp_name, work, home, store, parent_run_id, record, results), decisions
-            from selfimprove.curriculum import add_round, clear_rounds
-
-            ran = [k for k in config.round_keys() if k in results]
-            if ran:
-                keep_rounds(params_file, ran, None)
-            else:
-                clear_rounds(params_file)
+            _keep_ran(params_file, config, results, None)
             dvcstate.forget_round(work, key, config.workspace)
             problems = (entry.get("problems") or config.sample.problems_per_round) * factor
             entry |= {"problems": problems, "why": f"{entry.get('why', '')}; retried with {problems} problems: the "
@@ -374,8 +368,6 @@ def _run_rounds(config: Config, exp_name: str, work: Path, home: Path, parent_ru
             decision = decide(config, history, offered)
             reason, nxt = decision.stop, decision.key
             if nxt is not None:
-                from selfimprove.curriculum import add_round
-
                 config = add_round(params_file, nxt, decision.entry)
                 line = f"{nxt}: {decision.entry['why']}"
                 decisions.append(line)
@@ -401,6 +393,15 @@ def _run_rounds(config: Config, exp_name: str, work: Path, home: Path, parent_ru
     return None, decisions
 
 
+def _keep_ran(params_file: Path, config: Config, results: dict[str, Any], note: str | None) -> None:
+    """Only the rounds that finished stay in the run's params (none: the rounds section is emptied)."""
+    ran = [k for k in config.round_keys() if k in results]
+    if ran:
+        keep_rounds(params_file, ran, note)
+    else:
+        clear_rounds(params_file)
+
+
 def _gate_failures(error: DataQualityError) -> str:
     failed = "; ".join(line.strip()[2:] for line in str(error).splitlines()[1:] if line.strip().startswith("- "))
     return failed or str(error).splitlines()[0]
@@ -412,18 +413,12 @@ def _drop_round(config: Config, key: str, error: DataQualityError, exp_name: str
     run ends after the round before it. The failed round leaves the run's params, dvc.lock and workspace (its
     Prefect round run and MLflow run stay FAILED with the Great Expectations report), so the saved experiment is
     the rounds that finished, and ``dvc repro`` reproduces them."""
-    from selfimprove.curriculum import clear_rounds
-
     logger = get_run_logger()
     ran = [k for k in config.round_keys() if k in results]
     last = ran[-1] if ran else "r0"
     reason = (f"{key} ({config.rounds[key].why or 'curriculum round'}) made no dataset that passes validation "
               f"({_gate_failures(error)}); {key} left the run's params")
-    params_file = work / experiments.PARAMS
-    if ran:
-        keep_rounds(params_file, ran, reason)
-    else:
-        clear_rounds(params_file)
+    _keep_ran(work / experiments.PARAMS, config, results, reason)
     dvcstate.forget_round(work, key, config.workspace)
     stopped = f"stopped after {last}: {reason}"
     logger.warning("run %s %s", exp_name, stopped)
@@ -524,8 +519,6 @@ def _loop(overrides: list[str] | None, rounds: int | None, params: str, name: st
                                             extra_tags={"selfimprove.prefect_flow_run": str(current_flow_run.id or "")})
             experiments.mark(home, record, "running", mlflow_run_id=parent_run_id)
         if config.loop.policy == "curriculum" and not resume and config.round_keys():
-            from selfimprove.curriculum import clear_rounds
-
             config = clear_rounds(work / experiments.PARAMS)
             logger.info("run %s: loop.policy is curriculum: the rounds in the params file are dropped; the loop "
                         "decides each round and writes it into the run's params.yaml before it runs", exp_name)

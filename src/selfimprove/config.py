@@ -907,10 +907,52 @@ def keep_rounds(path: str | Path, keep: Sequence[str], note: str | None) -> Conf
             del rounds[key]
     if note:
         rounds.yaml_add_eol_comment(f"stopped after this round: {note}", list(rounds)[-1])
-    text = _dump_params(data)
-    config = Config.model_validate(_plain(_yaml().load(text)))
+    return _write_params(path, data)
+
+
+def add_round(path: str | Path, key: str, entry: dict[str, Any]) -> Config:
+    """Append round ``key`` to the ``rounds`` of a params file (a curriculum run's own), keeping comments."""
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+    path = Path(path)
+    data = _load_for_edit(path)
+    rounds = data.get("rounds")
+    if rounds is None or not isinstance(rounds, dict):
+        rounds = data["rounds"] = CommentedMap()
+    if key in rounds:
+        raise ConfigError(f"{path}: round {key} is already in rounds")
+    item = CommentedMap()
+    for k, v in entry.items():
+        if isinstance(v, list):
+            v = CommentedSeq(v)
+            v.fa.set_flow_style()
+        item[k] = v
+    item.fa.set_flow_style()
+    rounds[key] = item
+    return _write_params(path, data)
+
+
+def clear_rounds(path: str | Path) -> Config:
+    """Remove every round from a params file: a curriculum run starts from round 0 and decides the rest."""
+    from ruamel.yaml.comments import CommentedMap
+
+    path = Path(path)
+    data = _load_for_edit(path)
+    old = data.get("rounds")
+    new = CommentedMap()
+    if hasattr(old, "ca") and old is not None:
+        new.ca.comment = old.ca.comment
+    data["rounds"] = new
+    return _write_params(path, data)
+
+
+def _write_params(path: Path, data: Any) -> Config:
+    """Write an edited params document (comments kept, ``eval_rounds`` as the merge of ``rounds``) after
+    validating it: an edit that the loader would refuse never reaches the file."""
     from selfimprove.io import atomic_path
 
+    text = _dump_params(data)
+    config = Config.model_validate(_plain(_yaml().load(text)))
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return config
@@ -947,10 +989,4 @@ def set_rounds(path: str | Path, n: int, start_difficulty: int | None = None) ->
             last_diff = diffs
         new[key] = entry
     data["rounds"] = new
-    text = _dump_params(data)
-    config = Config.model_validate(_plain(_yaml().load(text)))
-    from selfimprove.io import atomic_path
-
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return config
+    return _write_params(path, data)

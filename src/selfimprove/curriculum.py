@@ -4,7 +4,7 @@ What: after each round's evaluation the Prefect flow asks :func:`decide` what to
 run has run so far (its metrics file and whether it passed its health gates). The answer is a :class:`Decision`:
 stop (with the reason), or the next round's entry for ``params.yaml`` (``prev``, ``difficulties``, ``problems``,
 ``eval_difficulties``, ``band``, ``why``). The flow writes that entry into the run's own ``params.yaml`` *before*
-the round runs (:func:`add_round`), so the finished run's params list exactly the rounds that ran and why each
+the round runs (``config.add_round``), so the finished run's params list exactly the rounds that ran and why each
 exists: ``dvc repro`` of the saved experiment reproduces them and finds nothing to do, and ``dvc exp show`` shows
 the reasons.
 
@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from selfimprove.config import Config, ConfigError, RoundConfig, plateau_stop
+from selfimprove.config import Config, RoundConfig, plateau_stop
 
 DEFAULT_MAX_ROUNDS = 10
 
@@ -231,53 +231,3 @@ def lineage(config: Config, key: str) -> list[str]:
     while chain[-1] != "r0":
         chain.append(config.round_config(chain[-1]).prev)
     return chain[::-1]
-
-
-def add_round(path: str | Path, key: str, entry: dict[str, Any]) -> Config:
-    """Append round ``key`` to the ``rounds`` of a params file (the run's own), keeping comments."""
-    from ruamel.yaml.comments import CommentedMap, CommentedSeq
-
-    from selfimprove.config import _dump_params, _load_for_edit, _plain, _yaml
-    from selfimprove.io import atomic_path
-
-    path = Path(path)
-    data = _load_for_edit(path)
-    rounds = data.get("rounds")
-    if rounds is None or not isinstance(rounds, dict):
-        rounds = data["rounds"] = CommentedMap()
-    if key in rounds:
-        raise ConfigError(f"{path}: round {key} is already in rounds")
-    item = CommentedMap()
-    for k, v in entry.items():
-        if isinstance(v, list):
-            v = CommentedSeq(v)
-            v.fa.set_flow_style()
-        item[k] = v
-    item.fa.set_flow_style()
-    rounds[key] = item
-    text = _dump_params(data)
-    config = Config.model_validate(_plain(_yaml().load(text)))
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return config
-
-
-def clear_rounds(path: str | Path) -> Config:
-    """Remove every round from a params file: a curriculum run starts from round 0 and decides the rest."""
-    from ruamel.yaml.comments import CommentedMap
-
-    from selfimprove.config import _dump_params, _load_for_edit, _plain, _yaml
-    from selfimprove.io import atomic_path
-
-    path = Path(path)
-    data = _load_for_edit(path)
-    old = data.get("rounds")
-    new = CommentedMap()
-    if hasattr(old, "ca") and old is not None:
-        new.ca.comment = old.ca.comment
-    data["rounds"] = new
-    text = _dump_params(data)
-    config = Config.model_validate(_plain(_yaml().load(text)))
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return config

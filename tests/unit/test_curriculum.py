@@ -7,12 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from selfimprove.config import ConfigError, load_config
+from selfimprove.config import ConfigError, add_round, clear_rounds, load_config
 from selfimprove.curriculum import (
     Outcome,
-    add_round,
     best_round,
-    clear_rounds,
     decide,
     lineage,
     solved_up_to,
