@@ -22,17 +22,23 @@ import copy
 import io
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from selfimprove.options import NonNegInt, PosInt, Prob, Strict
 from selfimprove.problems.gsm8k import GSM8KProblemsConfig
 from selfimprove.problems.humaneval import HumanEvalProblemsConfig
 from selfimprove.problems.jsonl import JsonlProblemsConfig
 from selfimprove.problems.math500 import Math500ProblemsConfig
 from selfimprove.problems.mbpp import MBPPProblemsConfig
 from selfimprove.registry import did_you_mean
+from selfimprove.samplers.hf import TransformersSamplerConfig
+from selfimprove.samplers.openai import OpenAISamplerConfig
+from selfimprove.samplers.vllm import VllmSamplerConfig
+from selfimprove.trainers.dpo import DPOConfig
+from selfimprove.trainers.grpo import GRPOOptions
 from selfimprove.verifiers.exact import ExactMatchConfig
 from selfimprove.verifiers.gsm8k import GSM8KVerifierConfig
 from selfimprove.verifiers.math_equiv import MathEquivConfig
@@ -40,15 +46,6 @@ from selfimprove.verifiers.math_equiv import MathEquivConfig
 
 class ConfigError(ValueError):
     """Invalid configuration; the message names file, line, key and what is allowed."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-PosInt = Annotated[int, Field(gt=0)]
-NonNegInt = Annotated[int, Field(ge=0)]
-Prob = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 # ----------------------------------------------------------------------------------------------- problems
@@ -111,6 +108,9 @@ class ModelConfig(Strict):
     revision: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     trust_remote_code: bool = False
+    chat: Literal["auto", "never", "always"] = Field(
+        "auto", description="Prompts through the tokenizer's chat template: auto = when it has one (instruct "
+        "models), never = raw text, always = required (selfimprove/chat.py).")
     ensemble: PosInt = Field(
         1,
         le=16,
@@ -175,31 +175,6 @@ class BootstrapConfig(Strict):
 
 
 # ------------------------------------------------------------------------------------------------ sampling
-
-
-class TransformersSamplerConfig(Strict):
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-
-
-class VllmSamplerConfig(Strict):
-    mode: Literal["auto", "inprocess", "server"] = "auto"
-    python: str | None = Field(None, description="Python of the separate vLLM environment (server mode).")
-    base_url: str | None = Field(None, description="Connect to a running 'vllm serve' instead of starting one.")
-    tensor_parallel_size: PosInt = 1
-    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
-    max_model_len: PosInt | None = None
-    dtype: str = "auto"
-    extra_args: list[str] = Field(default_factory=list)
-    startup_timeout_s: PosInt = 600
-
-
-class OpenAISamplerConfig(Strict):
-    base_url: str | None = Field(None, description="OpenAI-compatible base URL (or env OPENAI_BASE_URL).")
-    model: str | None = Field(None, description="Served model name (or env OPENAI_MODEL).")
-    api_key_env: str = "OPENAI_API_KEY"
-    concurrency: PosInt = 8
-    max_retries: NonNegInt = 5
-    timeout_s: float = Field(120.0, gt=0)
 
 
 class SampleConfig(Strict):
@@ -360,17 +335,12 @@ class ValidateConfig(Strict):
 # ----------------------------------------------------------------------------------------------- finetune
 
 
-class DPOConfig(Strict):
-    beta: float = Field(0.1, gt=0.0)
-    loss_type: str = "sigmoid"
-    pairs_per_problem: PosInt = 1
-
-
 class FinetuneConfig(Strict):
-    trainer: str = Field("sft", description="sft | weighted_sft | dpo")
+    trainer: str = Field("sft", description="sft | weighted_sft | dpo | grpo")
     init: Literal["continue", "base"] = Field("continue", description="Start from the previous round's model or from round 0's.")
     train: TrainConfig = TrainConfig()
     dpo: DPOConfig = DPOConfig()
+    grpo: GRPOOptions = GRPOOptions()
 
     @field_validator("trainer")
     @classmethod
@@ -380,6 +350,14 @@ class FinetuneConfig(Strict):
         if v not in TRAINERS:
             raise ValueError(f"unknown trainer {v!r}{did_you_mean(v, TRAINERS.names())} Known: {', '.join(TRAINERS.names())}")
         return v
+
+    @model_validator(mode="after")
+    def _grpo_batch(self) -> FinetuneConfig:
+        if self.trainer == "grpo" and self.train.batch_size % self.grpo.num_generations:
+            raise ValueError(f"finetune.train.batch_size ({self.train.batch_size}) counts completions per step with "
+                             f"trainer: grpo and must be a multiple of finetune.grpo.num_generations "
+                             f"({self.grpo.num_generations})")
+        return self
 
 
 # ----------------------------------------------------------------------------------------------- evaluate
@@ -559,6 +537,24 @@ class Config(Strict):
                 f"eval_rounds must list r0 and every round ({', '.join(expected)}), got {', '.join(self.eval_rounds)}: "
                 "write it as 'eval_rounds: {r0: {}, <<: *rounds}' with 'rounds: &rounds' (a YAML merge)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _grpo_prompts(self) -> Config:
+        """A GRPO round learns from groups with mixed rewards: refuse settings that can only produce none."""
+        if self.finetune.trainer != "grpo":
+            return self
+        lo, hi = self.finetune.grpo.prompt_band
+        per_problem = (self.sample.k + (1 if self.sample.greedy else 0)) * self.model.ensemble
+        if per_problem < 2 and lo > 0:
+            raise ValueError(f"finetune.trainer: grpo picks prompts by the pass rate of their samples, but each problem "
+                             f"gets {per_problem} sample: raise sample.k (or model.ensemble) so that a pass rate can "
+                             "fall inside finetune.grpo.prompt_band")
+        for i, step in enumerate(self.validate_.filters):
+            if step.function == "agreement" and float(step.kwargs.get("min", 0.0)) > hi:
+                raise ValueError(f"validate.filters.{i} (agreement, min {step.kwargs['min']}) keeps only problems "
+                                 f"whose samples agree more than finetune.grpo.prompt_band allows (<= {hi}): with "
+                                 "trainer: grpo no prompt would be left; drop that filter or lower its min")
         return self
 
     @property

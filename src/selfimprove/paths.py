@@ -8,9 +8,11 @@ Layout under the workspace (``runs/`` by default); every directory is one DVC ou
     runs/r0/model/      round-0 model (trained from scratch, or a pointer to a local/hub model)
     runs/rN/sample/     problems.jsonl (with hidden gold) + samples.jsonl (completions only)
     runs/rN/verify/     verdicts.jsonl
-    runs/rN/validate/   train.jsonl (what finetune trains on: TrainRows, or PreferencePairs for DPO),
+    runs/rN/validate/   train.jsonl (what finetune trains on: TrainRows; PreferencePairs for DPO; PromptRows for GRPO),
                         accepted.jsonl (accumulated self-labels), quality.json (Great Expectations results)
     runs/rN/model/      the round's fine-tuned model (HF format; an ensemble holds m0, m1, ...)
+    runs/rN/finetune/   rollouts.jsonl: every completion GRPO generated, with its rewards (trainer: grpo;
+                        other trainers leave only the manifest)
     runs/rN/evaluate/   predictions.jsonl
     runs/metrics/rN.json  per-round metrics written by evaluate@rN (DVC metrics file, not cached; no timings)
     runs/summary/       accuracy.csv + accuracy.png across rounds (DVC plots) and metrics.json (the headline
@@ -66,6 +68,11 @@ class RoundPaths:
     @property
     def model(self) -> Path:
         return self.dir / "model"
+
+    @property
+    def finetune(self) -> Path:
+        """What finetune records besides the model: GRPO's rollouts (rollouts.jsonl) and its manifest."""
+        return self.dir / "finetune"
 
     @property
     def evaluate(self) -> Path:

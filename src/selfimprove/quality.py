@@ -13,6 +13,11 @@ Four batches are validated, each against its own suite:
 | ``samples`` (every completion with its verdict) | answer parse rate >= ``min_parse_rate`` |
 | ``problems`` (one row per sampled problem) | acceptance rate within ``acceptance_rate`` |
 
+A GRPO round (``finetune.trainer: grpo``) trains on prompts: its ``train`` batch expects the prompt columns, unique
+problems, a pass rate inside ``finetune.grpo.prompt_band`` and no evaluation prompt. After training,
+``check_rollouts`` validates the rollouts GRPO generated: exact columns, unique ids, completions present, every
+reward finite and within the weighted sum's bounds, every group exactly ``num_generations`` completions.
+
 GX is imported lazily (its import takes ~5 s) and its progress bars are off.
 """
 
@@ -26,8 +31,12 @@ from selfimprove.config import ExpectationsConfig
 
 log = logging.getLogger(__name__)
 
-TRAIN_COLUMNS = ["id", "prompt", "completion", "problem_id", "origin", "round", "weight", "difficulty", "label", "agreement"]
-PAIR_COLUMNS = ["id", "prompt", "chosen", "rejected", "problem_id", "round", "difficulty", "origin"]
+TRAIN_COLUMNS = ["id", "prompt", "completion", "problem_id", "origin", "round", "weight", "difficulty", "label", "agreement",
+                 "messages"]
+PAIR_COLUMNS = ["id", "prompt", "chosen", "rejected", "problem_id", "round", "difficulty", "origin", "messages"]
+PROMPT_COLUMNS = ["id", "prompt", "problem_id", "round", "pass_rate", "difficulty", "origin", "messages"]
+ROLLOUT_COLUMNS = ["id", "problem_id", "round", "step", "member", "index", "completion", "reward", "rewards", "answer",
+                   "pseudo_label", "gold_passed"]
 
 
 VOLATILE = {"meta", "id", "batch_id", "validation_id", "run_id", "run_time", "validation_time", "ge_load_time",
@@ -106,10 +115,30 @@ def _context() -> Any:
     return _CTX
 
 
-def _suite_specs(cfg: ExpectationsConfig, eval_prompts: list[str], columns: list[str], text_col: str) -> dict[str, list[Any]]:
+def _suite_specs(cfg: ExpectationsConfig, eval_prompts: list[str], columns: list[str], text_col: str,
+                 band: tuple[float, float] | None = None) -> dict[str, list[Any]]:
     import great_expectations.expectations as gxe
 
     lo, hi = cfg.acceptance_rate
+    if text_col == "prompt":  # GRPO: prompts only, one per problem, each with some reward variance to learn from
+        train = [
+            gxe.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True),
+            gxe.ExpectColumnValuesToBeUnique(column="id"),
+            gxe.ExpectColumnValuesToBeUnique(column="problem_id"),
+            gxe.ExpectColumnValuesToNotBeNull(column="prompt"),
+            gxe.ExpectColumnValueLengthsToBeBetween(column="prompt", min_value=1, max_value=cfg.max_completion_chars),
+            gxe.ExpectColumnValuesToBeInSet(column="origin", value_set=["self", "real"]),
+        ]
+        if band is not None:
+            train.append(gxe.ExpectColumnValuesToBeBetween(column="pass_rate", min_value=band[0], max_value=band[1]))
+        if eval_prompts:
+            train.append(gxe.ExpectColumnValuesToNotBeInSet(column="prompt_normalized", value_set=eval_prompts))
+        return {
+            "train": train,
+            "accepted": [gxe.ExpectTableRowCountToBeBetween(min_value=cfg.min_rows)],
+            "samples": [gxe.ExpectColumnMeanToBeBetween(column="parsed", min_value=cfg.min_parse_rate, max_value=1.0)],
+            "problems": [gxe.ExpectColumnMeanToBeBetween(column="accepted", min_value=lo, max_value=hi)],
+        }
     train = [
         gxe.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True),
         gxe.ExpectColumnValuesToBeUnique(column="id"),
@@ -169,14 +198,43 @@ def check_round_data(
     name: str = "round",
     pairs: bool = False,
     raise_on_failure: bool = True,
+    prompts: bool = False,
+    band: tuple[float, float] | None = None,
 ) -> QualityReport:
     """Validate the round's frames (``train``, ``accepted``, ``samples``, ``problems``) with GX.
 
     ``train`` must carry a ``prompt_normalized`` column (whitespace-normalised prompt) for the
     decontamination expectation. Raises ``DataQualityError`` on any failure unless told not to.
     """
-    columns = (PAIR_COLUMNS if pairs else TRAIN_COLUMNS) + ["prompt_normalized"]
-    specs = _suite_specs(cfg, eval_prompts, columns, "chosen" if pairs else "completion")
+    columns = (PROMPT_COLUMNS if prompts else PAIR_COLUMNS if pairs else TRAIN_COLUMNS) + ["prompt_normalized"]
+    specs = _suite_specs(cfg, eval_prompts, columns, "prompt" if prompts else "chosen" if pairs else "completion", band)
+    return _check(frames, specs, name, raise_on_failure)
+
+
+def check_rollouts(df: Any, num_generations: int, reward_bounds: tuple[float, float], name: str = "rollouts",
+                   raise_on_failure: bool = True) -> QualityReport:
+    """Validate a GRPO round's rollouts (one row per generated completion) with GX; see the module table."""
+    import great_expectations.expectations as gxe
+    import pandas as pd
+
+    lo, hi = reward_bounds
+    rows = [
+        gxe.ExpectTableColumnsToMatchSet(column_set=ROLLOUT_COLUMNS, exact_match=True),
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+        gxe.ExpectColumnValuesToBeUnique(column="id"),
+        gxe.ExpectColumnValuesToNotBeNull(column="completion"),
+        gxe.ExpectColumnValuesToNotBeNull(column="reward"),
+        gxe.ExpectColumnValuesToBeBetween(column="reward", min_value=lo - 1e-9, max_value=hi + 1e-9),
+        gxe.ExpectColumnValuesToBeBetween(column="step", min_value=0),
+    ]
+    keys = ["member", "step", "problem_id"]
+    sizes = (df.fillna({"member": ""}).groupby(keys).size().reset_index(name="size") if len(df)
+             else pd.DataFrame({"size": []}))
+    groups = [gxe.ExpectColumnValuesToBeBetween(column="size", min_value=num_generations, max_value=num_generations)]
+    return _check({"rollouts": df, "groups": sizes}, {"rollouts": rows, "groups": groups}, name, raise_on_failure)
+
+
+def _check(frames: dict[str, Any], specs: dict[str, list[Any]], name: str, raise_on_failure: bool) -> QualityReport:
     report = QualityReport(success=True)
     for batch, expectations in specs.items():
         df = frames[batch]

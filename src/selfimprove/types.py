@@ -27,7 +27,10 @@ class Problem(Record):
     """
 
     id: str = Field(description="Stable, unique id within its problem set, e.g. 'gsm8k/test/17'.")
-    prompt: str = Field(description="Exactly the text the model continues.")
+    prompt: str = Field(description="Exactly the text the model continues (the raw-text path).")
+    messages: list[dict[str, str]] | None = Field(
+        default=None, description="The same problem as chat messages (system + user) for chat-format models; None = "
+        "one user message holding ``prompt`` (see selfimprove.chat).")
     answer: str | None = Field(default=None, description="Gold final answer, if known.")
     solution: str | None = Field(default=None, description="A gold worked solution / completion, if known.")
     tests: dict[str, Any] | None = Field(default=None, description="Executable tests for code problems.")
@@ -93,6 +96,7 @@ class TrainRow(Record):
     difficulty: int | None = None
     label: str | None = None
     agreement: float | None = None
+    messages: list[dict[str, str]] | None = Field(default=None, description="The prompt as chat messages, if any.")
 
 
 class PreferencePair(Record):
@@ -106,3 +110,39 @@ class PreferencePair(Record):
     round: int
     difficulty: int | None = None
     origin: Literal["self", "real"] = "self"
+    messages: list[dict[str, str]] | None = Field(default=None, description="The prompt as chat messages, if any.")
+
+
+class PromptRow(Record):
+    """One prompt an online-RL round (GRPO) trains on: chosen by validate from the round's samples."""
+
+    id: str
+    prompt: str
+    problem_id: str
+    round: int
+    pass_rate: float = Field(ge=0.0, le=1.0, description="Share of the round's samples of the problem the verifier "
+                             "passed (label-free vote: the majority's share): the group's expected reward.")
+    difficulty: int | None = None
+    origin: Literal["self", "real"] = "self"
+    messages: list[dict[str, str]] | None = Field(default=None, description="The prompt as chat messages, if any.")
+
+
+class Rollout(Record):
+    """One completion GRPO generated while training, with its rewards (a round's ``rollouts.jsonl``).
+
+    ``reward`` is the weighted sum the trainer optimised; ``rewards`` holds each reward function's value.
+    ``pseudo_label`` is the group's plurality answer (label-free rewards), ``gold_passed`` the gold verdict
+    where the problem has gold (health only: label-free rewards never read it)."""
+
+    id: str = Field(description="'<member>/<step>/<problem_id>#<index in group>'")
+    problem_id: str
+    round: int
+    step: int = Field(description="Optimizer step at which the group was generated.")
+    member: str | None = None
+    index: int = Field(description="Position of the completion within its group.")
+    completion: str
+    reward: float
+    rewards: dict[str, float] = Field(default_factory=dict)
+    answer: str | None = None
+    pseudo_label: str | None = None
+    gold_passed: bool | None = None

@@ -102,6 +102,67 @@ def test_dpo_round_scpo_pairs_and_weights_change(r0: Path, tmp_path: Path) -> No
     assert "accuracy" in json.loads(p.metrics.read_text())
 
 
+# ------------------------------------------------------------------------------------------------ GRPO
+
+
+def test_grpo_round_label_free_rollouts_versioned_validated_and_weights_change(r0: Path, tmp_path: Path) -> None:
+    """Online RL round: validate picks prompts by pass rate, GRPO trains with the label-free majority reward, and
+    every rollout lands in runs/r1/finetune/rollouts.jsonl with its reward, pseudo-label and gold verdict."""
+    from selfimprove.types import PromptRow, Rollout
+
+    cfg, proj = project_from(r0, tmp_path / "p", ["finetune.trainer=grpo", "finetune.grpo.num_generations=4",
+                                                  "finetune.train.batch_size=16", "finetune.grpo.beta=0.04",
+                                                  "finetune.grpo.prompt_band=[0.3, 0.7]"])
+    reports = run_round(cfg, proj)
+    p = RoundPaths.for_round(cfg, "r1", proj)
+    prompts = read_verified_jsonl(p.validate / "train.jsonl", PromptRow)
+    assert prompts and all(0.3 <= r.pass_rate <= 0.7 for r in prompts)
+    assert len({r.problem_id for r in prompts}) == len(prompts)
+    verdicts = read_verified_jsonl(p.verify / "verdicts.jsonl", Verdict)
+    shares = {v.problem_id: v.agreement for v in verdicts}
+    assert all(abs(shares[r.problem_id] - r.pass_rate) < 1e-6 for r in prompts)  # the vote share of the round
+    rollouts = read_verified_jsonl(p.finetune / "rollouts.jsonl", Rollout)
+    assert len(rollouts) == 5 * 16  # steps x completions per step
+    groups: dict[tuple[int, str], list[Rollout]] = {}
+    for r in rollouts:
+        groups.setdefault((r.step, r.problem_id), []).append(r)
+    assert {len(g) for g in groups.values()} == {4}
+    assert {r.problem_id for r in rollouts} <= {x.problem_id for x in prompts}
+    for g in groups.values():  # reward 1 exactly for the completions whose answer is the group's plurality answer
+        label = g[0].pseudo_label
+        assert all(r.pseudo_label == label for r in g)
+        assert all(r.reward == (1.0 if label is not None and r.answer == label else 0.0) for r in g)
+    assert all(r.gold_passed is not None for r in rollouts)  # arithmetic has gold: graded for health only
+    assert json.loads((p.finetune / "quality.json").read_text())["success"] is True
+    assert (p.finetune / "manifest.json").exists()
+    fm = reports["finetune"].metrics
+    for key in ("finetune/label_accuracy", "finetune/reward_accuracy", "finetune/gold_reward", "finetune/last_kl",
+                "finetune/last_entropy", "finetune/last_reward_std", "finetune/last_frac_reward_zero_std"):
+        assert key in fm, key
+    assert 0.0 <= fm["finetune/label_accuracy"] <= 1.0 and fm["finetune/rollouts"] == len(rollouts)
+    before, after = weights(RoundPaths.for_round(cfg, "r0", proj).model), weights(p.model)
+    assert changed(before, after), "GRPO should move the weights"
+    assert "finetune/reward_accuracy" in json.loads(p.metrics.read_text())
+
+
+def test_grpo_round_gold_and_weighted_rewards(r0: Path, tmp_path: Path) -> None:
+    """A weighted sum of a gold reward and the label-free vote: the rollout's reward is the sum TRL optimised."""
+    from selfimprove.types import Rollout
+
+    cfg, proj = project_from(r0, tmp_path / "p", [
+        "finetune.trainer=grpo", "finetune.grpo.num_generations=4", "finetune.train.batch_size=8",
+        "finetune.train.steps=2", "finetune.grpo.prompt_band=[0.0, 1.0]",
+        "finetune.grpo.rewards=[{verifier: exact_match, weight: 1.0}, {verifier: majority_vote, weight: 0.5}]"])
+    run_round(cfg, proj)
+    p = RoundPaths.for_round(cfg, "r1", proj)
+    rollouts = read_verified_jsonl(p.finetune / "rollouts.jsonl", Rollout)
+    assert len(rollouts) == 2 * 8
+    for r in rollouts:
+        assert set(r.rewards) == {"exact_match", "majority_vote"}
+        assert r.reward == pytest.approx(r.rewards["exact_match"] + 0.5 * r.rewards["majority_vote"], abs=1e-6)
+        assert r.rewards["exact_match"] == float(r.gold_passed)  # the gold reward is the gold verdict
+
+
 def test_dpo_goes_through_coupled_positions(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Regression: TRL's DPO collator passes no position_ids and its fused LM head calls the backbone directly;
     the tiny model's backbone must then compute coupled ids (they reset at BOS, '+' and '=')."""

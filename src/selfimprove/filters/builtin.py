@@ -85,16 +85,21 @@ def pass_rate_band(rows: list[Candidate], ctx: FilterContext, min: float = 0.0, 
     see every sample of a problem (``loop.curriculum.band`` does)."""
     if not 0.0 <= min <= max <= 1.0:
         raise ValueError(f"pass_rate_band needs 0 <= min <= max <= 1, got min {min}, max {max}")
+    keep = {pid for pid, rate in pass_rates(rows).items() if min - 1e-12 <= rate <= max + 1e-12}
+    return [r for r in rows if r.problem.id in keep]
+
+
+def pass_rates(rows: list[Candidate]) -> dict[str, float]:
+    """Per problem: the share of its samples that passed the round's verifier, or, for a label-free vote, the vote
+    share of its majority answer (the expected reward of a group of its samples)."""
     by_problem: dict[str, list[Candidate]] = defaultdict(list)
     for r in rows:
         by_problem[r.problem.id].append(r)
-    keep = set()
+    out = {}
     for pid, rs in by_problem.items():
         shares = [r.verdict.agreement for r in rs if r.verdict.agreement is not None]
-        rate = shares[0] if shares else sum(r.verdict.passed for r in rs) / len(rs)
-        if min - 1e-12 <= rate <= max + 1e-12:
-            keep.add(pid)
-    return [r for r in rows if r.problem.id in keep]
+        out[pid] = shares[0] if shares else sum(r.verdict.passed for r in rs) / len(rs)
+    return out
 
 
 @FILTERS.register("min_score")

@@ -24,7 +24,7 @@ Usage::
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from huggingface_hub.dataclasses import strict
@@ -135,6 +135,9 @@ class TinyLlamaConfig(LlamaConfig):
     """
 
     model_type = "selfimprove_llama"
+    # Registered in-process (no remote code): loaders that look for a remote-code class map (TRL builds GRPO's
+    # reference model that way) find none and fall back to AutoModelForCausalLM, which knows this class.
+    auto_map: ClassVar[dict[str, str]] = {}
 
     position_scheme: str = "coupled"
     position_reset_token_ids: list[int] | None = None

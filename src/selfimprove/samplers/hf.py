@@ -13,12 +13,19 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
+from selfimprove.options import Strict
 from selfimprove.samplers.base import Sampler, SamplingParams, completion_id
 from selfimprove.types import Completion, Problem
 
 log = logging.getLogger(__name__)
+
+
+class TransformersSamplerConfig(Strict):
+    """``sample.transformers``: where ``model.generate`` runs."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 def pick_device(device: str = "auto") -> str:

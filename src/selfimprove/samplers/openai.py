@@ -42,6 +42,21 @@ from urllib.parse import urlsplit
 from selfimprove.samplers.base import Sampler, SamplingParams, completion_id
 from selfimprove.types import Completion, Problem
 
+from pydantic import Field
+
+from selfimprove.options import NonNegInt, PosInt, Strict
+
+
+class OpenAISamplerConfig(Strict):
+    """``sample.openai``: the server, the model it serves, and how hard to push it."""
+
+    base_url: str | None = Field(None, description="OpenAI-compatible base URL (or env OPENAI_BASE_URL).")
+    model: str | None = Field(None, description="Served model name (or env OPENAI_MODEL).")
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: PosInt = 8
+    max_retries: NonNegInt = 5
+    timeout_s: float = Field(120.0, gt=0)
+
 log = logging.getLogger(__name__)
 
 #: Status codes worth retrying: rate limiting and server-side failures.

@@ -35,11 +35,29 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from selfimprove.samplers.base import Sampler, SamplingParams, completion_id
 from selfimprove.samplers.openai import OpenAISampler, SamplerServerError, request_seed
 from selfimprove.types import Completion, Problem
+
+from pydantic import Field
+
+from selfimprove.options import PosInt, Strict
+
+
+class VllmSamplerConfig(Strict):
+    """``sample.vllm``: in-process engine or ``vllm serve`` child, and the engine's own knobs."""
+
+    mode: Literal["auto", "inprocess", "server"] = "auto"
+    python: str | None = Field(None, description="Python of the separate vLLM environment (server mode).")
+    base_url: str | None = Field(None, description="Connect to a running 'vllm serve' instead of starting one.")
+    tensor_parallel_size: PosInt = 1
+    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
+    max_model_len: PosInt | None = None
+    dtype: str = "auto"
+    extra_args: list[str] = Field(default_factory=list)
+    startup_timeout_s: PosInt = 600
 
 log = logging.getLogger(__name__)
 

@@ -1,20 +1,102 @@
-"""``finetune``: train on the round's validated set, starting from the previous round (or round 0)."""
+"""``finetune``: train on the round's validated set, starting from the previous round (or round 0).
+
+The trainer (``finetune.trainer``) is looked up by name: ``sft``/``weighted_sft`` on rows, ``dpo`` on pairs, ``grpo``
+on prompts with the verifiers as rewards. GRPO's rollouts (every completion it generated, with its rewards and,
+where the problems have gold, the gold verdict) are written to ``runs/rN/finetune/rollouts.jsonl``, validated by
+Great Expectations (``quality.check_rollouts``) and logged to MLflow as the round's dataset; the folder exists for
+every trainer (a manifest only) so DVC can track it.
+"""
 
 from __future__ import annotations
 
 import logging
 
+import json
+from pathlib import Path
+from typing import Any
+
 from selfimprove.config import Config
 from selfimprove.ensemble import members, write_ensemble
-from selfimprove.io import read_verified_jsonl, staged_output, write_manifest
+from selfimprove.io import read_verified_jsonl, staged_output, write_json, write_jsonl, write_manifest
 from selfimprove.paths import RoundPaths
 from selfimprove.samplers.hf import resolve_model
-from selfimprove.stages.common import StageReport, setup_runtime, timer
+from selfimprove.stages.common import StageReport, gold_verifier, problem_set, setup_runtime, timer
 from selfimprove.tracking import Tracker
 from selfimprove.trainers import TRAINERS
-from selfimprove.types import PreferencePair, TrainRow
+from selfimprove.types import PreferencePair, Problem, PromptRow, Rollout, TrainRow
 
 log = logging.getLogger(__name__)
+
+
+def _chat(config: Config, model_dir: Path) -> bool:
+    """Whether this round trains in TRL's conversational format (``model.chat`` and the model's tokenizer)."""
+    from selfimprove.chat import folder_has_template, use_chat
+
+    return use_chat(config.model.chat, template=folder_has_template(resolve_model(model_dir)), where=str(model_dir))
+
+
+class _GRPORound:
+    """What a GRPO round needs besides the trainer: the reward functions per member and their rollouts."""
+
+    def __init__(self, config: Config, paths: RoundPaths, init: Path):
+        from selfimprove.stages.common import round_verifier
+        from selfimprove.verifiers import VERIFIERS
+
+        self.config, self.paths, self.g = config, paths, config.finetune.grpo
+        self.problems = {p.id: p for p in read_verified_jsonl(paths.sample / "problems.jsonl", Problem)}
+        self.init = init
+        self.rollouts: list[Rollout] = []
+
+        def make(name: str) -> Any:
+            if getattr(VERIFIERS.get(name), "needs_model", False):
+                return round_verifier(config.model_copy(update={"verify": config.verify.model_copy(
+                    update={"verifier": name})}), model_dir=init)
+            return VERIFIERS.get(name)(**config.verify.options(name))
+
+        self.make = make
+
+    def kwargs(self, member: str | None) -> dict[str, Any]:
+        from selfimprove.trainers.grpo import Rollouts, reward_functions
+
+        rec = Rollouts([s.verifier for s in self.g.rewards], [s.weight for s in self.g.rewards], member,
+                       self.paths.round)
+        self._recorders = getattr(self, "_recorders", []) + [rec]
+        funcs = reward_functions(self.g.rewards, self.make, self.problems, rec, self.paths.round)
+        return {"grpo": self.g, "rewards": funcs,
+                "max_completion_length": self.g.max_completion_length or self.config.sample.max_new_tokens}
+
+    def finish(self, out: Path, tracker: Tracker) -> dict[str, float]:
+        """Grade the rollouts against gold (health), validate them with GX, write them; return their metrics."""
+        import pandas as pd
+
+        from selfimprove.quality import check_rollouts
+        from selfimprove.trainers.grpo import grade_gold, label_reward_accuracy
+
+        rollouts = [r for rec in self._recorders for r in rec.records()]
+        gold_v = gold_verifier(self.config, problem_set(self.config))
+        try:
+            gold = grade_gold(rollouts, self.problems, gold_v)
+        finally:
+            gold_v.close()
+        rollouts = [r.model_copy(update={"gold_passed": gold.get(r.id)}) for r in rollouts]
+        weights = [s.weight for s in self.g.rewards]
+        bounds = (sum(min(w, 0.0) for w in weights), sum(max(w, 0.0) for w in weights))
+        frame = pd.DataFrame([r.model_dump() for r in rollouts])
+        quality = check_rollouts(frame, self.g.num_generations, bounds, name=f"finetune@{self.paths.key}/rollouts")
+        write_jsonl(out / "rollouts.jsonl", rollouts)
+        write_json(out / "quality.json", json.loads(json.dumps(quality.to_stable_dict(), default=str)))
+        health = label_reward_accuracy(rollouts, self.problems, gold_v)
+        metrics = {f"finetune/{k}": v for k, v in health.items()}
+        metrics["finetune/rollouts"] = len(rollouts)
+        metrics["finetune/mean_reward"] = sum(r.reward for r in rollouts) / max(len(rollouts), 1)
+        # per optimizer step, so MLflow shows how the label-free reward tracks gold during training
+        by_step: dict[int, list[Rollout]] = {}
+        for r in rollouts:
+            by_step.setdefault(r.step, []).append(r)
+        for step, rs in sorted(by_step.items()):
+            for k, v in label_reward_accuracy(rs, self.problems, gold_v).items():
+                tracker.log_metrics({f"finetune/step/{k}": v}, step=step)
+        return metrics
 
 
 def run_finetune(config: Config, paths: RoundPaths, tracker: Tracker) -> StageReport:
@@ -24,19 +106,28 @@ def run_finetune(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRe
     inits = members(init)
     for m in inits:
         resolve_model(m)
-    row_type = PreferencePair if fc.trainer == "dpo" else TrainRow
+    row_type = {"dpo": PreferencePair, "grpo": PromptRow}.get(fc.trainer, TrainRow)
     rows = read_verified_jsonl(paths.validate / "train.jsonl", row_type)
     train = TRAINERS.get(fc.trainer)
-    with timer() as t, staged_output(paths.model) as out:
-        kwargs = {"dpo": fc.dpo} if fc.trainer == "dpo" else {}
+    chat = _chat(config, inits[0])
+    grpo = _GRPORound(config, paths, init) if fc.trainer == "grpo" else None
+    extra: dict[str, float] = {}
+    with timer() as t, staged_output(paths.model) as out, staged_output(paths.finetune) as side:
         results = []
         for i, m in enumerate(inits):
             target = out / m.name if len(inits) > 1 else out
             cfg = fc.train.model_copy(update={"seed": fc.train.seed + i})
             prefix = "finetune" if len(inits) == 1 else f"finetune/{m.name}"
+            kwargs: dict[str, Any] = {"dpo": fc.dpo} if fc.trainer == "dpo" else {}
+            if grpo is not None:
+                kwargs = grpo.kwargs(m.name if len(inits) > 1 else None)
+            if chat:
+                kwargs["chat"] = True
             results.append(train(m, rows, target, cfg, tracker, prefix=prefix, **kwargs))
         if len(inits) > 1:
             write_ensemble(out, [m.name for m in inits])
+        if grpo is not None:
+            extra = grpo.finish(side, tracker)
         result = {
             "rows": results[0]["rows"],
             "steps": results[0]["steps"],
@@ -51,13 +142,23 @@ def run_finetune(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRe
             "finetune/final_loss": result["final_loss"],
             "finetune/seconds": result["seconds"],
         }
+        for key in ("reward", "reward_std", "frac_reward_zero_std", "kl", "entropy"):
+            vals = [r[key] for r in results if key in r]
+            if vals:
+                metrics[f"finetune/last_{key}"] = sum(vals) / len(vals)
+        metrics.update(extra)
         report = StageReport(stage="finetune", round=paths.round, seconds=result["seconds"], metrics=metrics,
-                             outputs={"model": str(paths.model)},
-                             details={"init": str(init), "trainer": fc.trainer, "init_policy": fc.init,
+                             outputs={"model": str(paths.model)} | ({"rollouts": str(paths.finetune / "rollouts.jsonl")}
+                                                                   if grpo else {}),
+                             details={"init": str(init), "trainer": fc.trainer, "init_policy": fc.init, "chat": chat,
                                       "members": results})
         report.write(out)
+        report.write(side)
         write_manifest(out, producer=f"finetune@{paths.key}")
+        write_manifest(side, producer=f"finetune@{paths.key}")
     tracker.log_metrics(metrics, step=paths.round)
+    if grpo is not None:
+        tracker.log_dataset(paths.finetune / "rollouts.jsonl", name=f"{paths.key}/rollouts", context="rollouts")
     log.info("finetune@%s: %s from %s, %d steps at lr %g in %.1fs", paths.key, fc.trainer, init, result["steps"],
              results[0].get("learning_rate", fc.train.lr), result["seconds"])
     return report

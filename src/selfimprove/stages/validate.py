@@ -4,6 +4,10 @@ Steps: join problems, completions and verdicts; run the filter pipeline (``valid
 accepted self-labels across rounds (``validate.accumulate``); mix in labelled data (``validate.mix_real``);
 run the Great Expectations suite. A failed suite raises ``DataQualityError``: the round stops, nothing is
 written to the stage's output, and the readable report lands in ``runs/rN/validate.failed.json``.
+
+With ``finetune.trainer: grpo`` the training set is prompts, not completions: the problems whose pass rate lies in
+``finetune.grpo.prompt_band`` (run before the configured filters) and that survive the filters, one ``PromptRow``
+each; no labelled data is mixed in, and the accumulated self-labels are carried over unchanged.
 """
 
 from __future__ import annotations
@@ -14,13 +18,14 @@ import random
 
 from selfimprove.config import Config
 from selfimprove.filters import Candidate, FilterContext, run_filters
+from selfimprove.filters.builtin import pass_rates
 from selfimprove.health import sample_health
 from selfimprove.io import read_verified_jsonl, staged_output, write_json, write_jsonl, write_manifest
 from selfimprove.paths import RoundPaths
 from selfimprove.quality import DataQualityError, check_round_data
 from selfimprove.stages.common import StageReport, eval_problems, normalize_prompt, problem_set, setup_runtime, timer
 from selfimprove.tracking import Tracker
-from selfimprove.types import Completion, PreferencePair, Problem, TrainRow, Verdict
+from selfimprove.types import Completion, PreferencePair, Problem, PromptRow, TrainRow, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +42,27 @@ def _row(c: Candidate, key_round: int) -> TrainRow:
         difficulty=c.problem.difficulty,
         label=c.verdict.label,
         agreement=c.verdict.agreement,
+        messages=c.problem.messages,
     )
 
 
-def _frames(train: list, accepted_now: list[TrainRow], verdicts: list[Verdict], problems: dict[str, Problem],
-            accepted_problems: set[str], pairs: bool):
+def _prompt_rows(kept: list[Candidate], rates: dict[str, float], key_round: int) -> list[PromptRow]:
+    """One GRPO prompt per kept problem, in problem order (the training order is shuffled after)."""
+    problems = {c.problem.id: c.problem for c in kept}
+    return [PromptRow(id=f"r{key_round}/{pid}", prompt=p.prompt, problem_id=pid, round=key_round,
+                      pass_rate=round(rates[pid], 6), difficulty=p.difficulty, messages=p.messages)
+            for pid, p in sorted(problems.items())]
+
+
+def _frames(train: list, accepted_now: list, verdicts: list[Verdict], problems: dict[str, Problem],
+            accepted_problems: set[str], pairs: bool, prompts: bool = False):
     import pandas as pd
 
     tdf = pd.DataFrame([r.model_dump() for r in train])
     if tdf.empty:
-        from selfimprove.quality import PAIR_COLUMNS, TRAIN_COLUMNS
+        from selfimprove.quality import PAIR_COLUMNS, PROMPT_COLUMNS, TRAIN_COLUMNS
 
-        tdf = pd.DataFrame(columns=PAIR_COLUMNS if pairs else TRAIN_COLUMNS)
+        tdf = pd.DataFrame(columns=PROMPT_COLUMNS if prompts else PAIR_COLUMNS if pairs else TRAIN_COLUMNS)
     tdf["prompt_normalized"] = [normalize_prompt(p) for p in tdf["prompt"]] if len(tdf) else []
     return {
         "train": tdf,
@@ -78,9 +92,14 @@ def run_validate(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRe
         band = config.round_config(paths.key).band
         if band is not None:  # the curriculum's pass-rate band (loop.curriculum.band)
             steps.insert(0, ("pass_rate_band", {"min": band[0], "max": band[1]}))
+        grpo = config.finetune.trainer == "grpo"
+        if grpo:  # online RL: only groups with some reward variance teach anything
+            lo, hi = config.finetune.grpo.prompt_band
+            steps.insert(0, ("pass_rate_band", {"min": lo, "max": hi}))
         kept, stats = run_filters(candidates, steps, ctx)
         kept = [c for c in kept if not c.problem.meta.get("view_of")]  # views are checks, never training data
-        accepted_now = [_row(c, paths.round) for c in kept]
+        prompt_rows = _prompt_rows(kept, pass_rates(candidates), paths.round) if grpo else []
+        accepted_now = [] if grpo else [_row(c, paths.round) for c in kept]
         accepted_problems = {c.problem.id for c in kept}
         prev_accepted: list[TrainRow] = []
         if vc.accumulate and paths.prev_paths.key != "r0":
@@ -89,7 +108,7 @@ def run_validate(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRe
         real_pool = [r for r in read_verified_jsonl(paths.base.validate / "train.jsonl", TrainRow) if r.origin == "real"]
         rng = random.Random(config.seed * 7919 + paths.round)
         n_real = 0
-        if vc.mix_real > 0 and real_pool and accepted_all:
+        if vc.mix_real > 0 and real_pool and accepted_all and not grpo:
             n_real = min(len(real_pool), round(len(accepted_all) * vc.mix_real / (1 - vc.mix_real)))
         real_rows = rng.sample(real_pool, n_real) if n_real else []
         pairs: list[PreferencePair] = []
@@ -98,12 +117,14 @@ def run_validate(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRe
             from selfimprove.trainers.dpo import build_pairs
 
             pairs = build_pairs(candidates, kept, config, paths.round)
-        train: list = pairs if dpo else accepted_all + real_rows
+        train: list = prompt_rows if grpo else pairs if dpo else accepted_all + real_rows
         rng.shuffle(train)
-        frames = _frames(train, accepted_now if not dpo else pairs, verdicts, problems, accepted_problems, dpo)
+        frames = _frames(train, prompt_rows if grpo else pairs if dpo else accepted_now, verdicts, problems,
+                         accepted_problems, dpo, prompts=grpo)
         failed_path = paths.dir / "validate.failed.json"
         try:
-            quality = check_round_data(frames, vc.expectations, eval_prompts, name=f"validate@{paths.key}", pairs=dpo)
+            quality = check_round_data(frames, vc.expectations, eval_prompts, name=f"validate@{paths.key}", pairs=dpo,
+                                       prompts=grpo, band=config.finetune.grpo.prompt_band if grpo else None)
         except DataQualityError as e:
             write_json(failed_path, json.loads(json.dumps({"error": str(e), "report": e.report}, default=str)))
             tracker.set_tags({"selfimprove.validate_failed": "true"})
@@ -119,6 +140,10 @@ def run_validate(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRe
         "validate/train_rows": len(train),
         "validate/seconds": t["seconds"],
     }
+    if grpo:
+        metrics["validate/prompts"] = len(prompt_rows)
+        metrics["validate/mean_pass_rate"] = (sum(r.pass_rate for r in prompt_rows) / len(prompt_rows)
+                                              if prompt_rows else 0.0)
     for s in stats:
         metrics[f"validate/removed/{s.function}"] = s.removed
     metrics.update(sample_health(completions, verdicts, problems, accepted_now))

@@ -6,5 +6,6 @@ TRAINERS: Registry = Registry("trainer")
 TRAINERS.register("sft", "selfimprove.trainers.sft:train_sft")
 TRAINERS.register("weighted_sft", "selfimprove.trainers.sft:train_weighted_sft")
 TRAINERS.register("dpo", "selfimprove.trainers.dpo:train_dpo")
+TRAINERS.register("grpo", "selfimprove.trainers.grpo:train_grpo")
 
 __all__ = ["TRAINERS"]

@@ -35,15 +35,25 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from selfimprove.config import DPOConfig, TrainConfig
-from selfimprove.tracking import Tracker
+from pydantic import Field
+
+from selfimprove.options import PosInt, Strict
 from selfimprove.types import PreferencePair
 
 if TYPE_CHECKING:
-    from selfimprove.config import Config
+    from selfimprove.config import Config, TrainConfig
     from selfimprove.filters import Candidate
+    from selfimprove.tracking import Tracker
 
 log = logging.getLogger(__name__)
+
+class DPOConfig(Strict):
+    """``finetune.dpo``: TRL ``DPOConfig``'s beta and loss type, and how many pairs each problem gives."""
+
+    beta: float = Field(0.1, gt=0.0)
+    loss_type: str = "sigmoid"
+    pairs_per_problem: PosInt = 1
+
 
 #: Verdict statuses that say nothing about the completion's quality; such completions are never "rejected".
 UNDECIDED = frozenset({"abstain", "infra_error"})
@@ -118,6 +128,7 @@ def build_pairs(candidates: Sequence[Candidate], kept: Sequence[Candidate], conf
                     round=round,
                     difficulty=ch.problem.difficulty,
                     origin="self",
+                    messages=ch.problem.messages,
                 )
             )
     log.info("built %d preference pairs from %d problems with a kept and a rejected completion", len(pairs),
@@ -138,6 +149,7 @@ def train_dpo(
     callbacks: Sequence[Any] = (),
     model: Any = None,
     tokenizer: Any = None,
+    chat: bool = False,
 ) -> dict[str, Any]:
     """DPO on ``pairs`` from ``init_model`` (or the given in-memory model); save to ``out_dir``; return a report with
     the SFT trainer's keys plus the last logged reward accuracy and margin."""
@@ -158,6 +170,8 @@ def train_dpo(
 
     if not pairs:
         raise ValueError("no preference pairs: no problem had both a kept and a rejected completion this round")
+    from selfimprove.tracking import Tracker
+
     dpo = dpo or DPOConfig()
     out_dir = Path(out_dir)
     tracker = tracker or Tracker()
@@ -171,7 +185,15 @@ def train_dpo(
         ref_model = copy.deepcopy(model).eval()
         for p in ref_model.parameters():
             p.requires_grad_(False)
-    ds = Dataset.from_list([{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs])
+    from selfimprove.chat import messages_of
+
+    def row(p: PreferencePair) -> dict[str, Any]:  # chat: TRL's conversational preference format
+        if not chat:
+            return {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
+        return {"prompt": messages_of(p.prompt, p.messages), "chosen": [{"role": "assistant", "content": p.chosen}],
+                "rejected": [{"role": "assistant", "content": p.rejected}]}
+
+    ds = Dataset.from_list([row(p) for p in pairs])
     args = TrlDPOConfig(**common_args(cfg, out_dir, progress), beta=dpo.beta, loss_type=[dpo.loss_type],
                         dataset_num_proc=None)
     tcb = TrackerCallback(tracker, prefix)

@@ -233,8 +233,13 @@ def train_sft(
     model: Any = None,
     tokenizer: Any = None,
     weighted: bool = False,
+    chat: bool = False,
 ) -> dict[str, Any]:
-    """Fine-tune ``init_model`` (or the given in-memory model) on ``rows``; save to ``out_dir``; return a report."""
+    """Fine-tune ``init_model`` (or the given in-memory model) on ``rows``; save to ``out_dir``; return a report.
+
+    ``chat``: rows go to TRL in its conversational prompt/completion format (the prompt as messages, the completion
+    as one assistant message), so TRL renders the tokenizer's chat template and masks the loss to the completion
+    (the assistant's content and its end-of-turn token)."""
     quiet_hf()
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -246,7 +251,11 @@ def train_sft(
     if model is None:
         model, tokenizer = load_for_training(init_model, cfg)
     tokenizer.padding_side = "right"
-    records = [{"prompt": r.prompt, "completion": r.completion} | ({"weight": r.weight} if weighted else {}) for r in rows]
+    from selfimprove.chat import conversational
+
+    records = [(conversational(r.prompt, r.messages, r.completion) if chat
+                else {"prompt": r.prompt, "completion": r.completion}) | ({"weight": r.weight} if weighted else {})
+               for r in rows]
     ds = Dataset.from_list(records)
     args = SFTConfig(**common_args(cfg, out_dir, progress), completion_only_loss=True, dataset_num_proc=None,
                      remove_unused_columns=not weighted)

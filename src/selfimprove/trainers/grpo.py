@@ -1,0 +1,301 @@
+"""Online RL rounds: TRL's ``GRPOTrainer`` with the project's verifiers as rewards.
+
+What a GRPO round is here (``finetune.trainer: grpo``): ``sample`` and ``verify`` run as in every round;
+``validate`` keeps the prompts whose pass rate lies in ``finetune.grpo.prompt_band`` (a group where every sample
+passes, or none does, has zero reward variance and gives GRPO no signal) and writes them as ``PromptRow``s;
+``finetune`` runs GRPO on them from the round's start model. Every completion GRPO generates is recorded with its
+rewards (``Rollouts``) and written as the round's ``finetune/rollouts.jsonl`` (DVC output, GX-validated, logged
+to MLflow).
+
+Rewards (``finetune.grpo.rewards``, a weighted sum TRL computes with ``reward_weights``): each entry names a
+registered verifier, built with its ``verify.<name>`` options.
+
+- gold verifiers (``exact_match``, ``gsm8k``, ``math_equiv``, ``sandboxed_tests``): the verdict's score against
+  the problem's gold answer or tests (1 = correct; the code verifier's score);
+- ``majority_vote``: label-free (TTRL, SRT): the plurality answer of each prompt's group of ``num_generations``
+  completions is the pseudo-label, reward 1 for completions that agree with it, 0 otherwise (a tie: no label,
+  0 for all). Gold is never shown to it;
+- ``judge``: the judge's normalised score (the round's start model judges unless ``verify.judge.model_path``).
+
+Reward-hacking health (TTRL's label and reward accuracy): where the problems have gold, every rollout is also
+graded by the problem set's gold verifier (never used as a reward unless named in ``rewards``):
+``label_accuracy`` = share of groups whose pseudo-label is the gold answer, ``reward_accuracy`` = share of
+rollouts whose label-free reward equals their gold reward. TRL's own entropy, KL, reward std and the share of
+groups with zero reward std reach MLflow through the trainer's logs.
+
+The option model lives here, beside the trainer; importing this module costs pydantic only (TRL and torch load
+inside ``train_grpo``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from selfimprove.options import PosInt, Prob, Strict
+from selfimprove.types import Completion, Problem, PromptRow, Rollout
+
+log = logging.getLogger(__name__)
+
+
+class RewardSpec(Strict):
+    verifier: str = Field(description="A registered verifier: exact_match, gsm8k, math_equiv, sandboxed_tests, "
+                          "majority_vote (label-free), judge.")
+    weight: float = Field(1.0, description="Weight of this reward in the sum GRPO optimises.")
+
+    @field_validator("verifier")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from selfimprove.registry import did_you_mean
+        from selfimprove.verifiers import VERIFIERS
+
+        if v not in VERIFIERS:
+            raise ValueError(f"unknown verifier {v!r}{did_you_mean(v, VERIFIERS.names())} Known: {', '.join(VERIFIERS.names())}")
+        return v
+
+
+class GRPOOptions(Strict):
+    """``finetune.grpo``: TRL ``GRPOConfig`` knobs (same names, same meaning) plus the rewards and prompt choice.
+
+    Steps, learning rate and batch size come from ``finetune.train``; ``train.batch_size`` counts completions
+    per optimizer step and must be a multiple of ``num_generations``."""
+
+    num_generations: int = Field(8, ge=2, description="Completions per prompt (the group GRPO normalises over).")
+    beta: float = Field(0.0, ge=0.0, description="KL coefficient against the start model (0 = no reference model).")
+    max_completion_length: PosInt | None = Field(None, description="Tokens per completion (None = sample.max_new_tokens).")
+    temperature: float = Field(1.0, gt=0.0, le=5.0, description="Sampling temperature of the rollouts.")
+    epsilon: float = Field(0.2, gt=0.0, description="PPO-style clipping range of the importance ratio.")
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = Field(
+        "dapo", description="How token losses are averaged (TRL's loss_type).")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="Divide advantages by the group's reward std ('group'), the batch's, or not at all.")
+    rewards: list[RewardSpec] = Field(
+        default_factory=lambda: [RewardSpec(verifier="majority_vote")],
+        description="Weighted sum of verifier rewards, e.g. [{verifier: gsm8k, weight: 1.0}].")
+    prompt_band: tuple[Prob, Prob] = Field(
+        (0.05, 0.95), description="validate keeps prompts whose pass rate in the round's samples lies in "
+        "[low, high]: groups all right or all wrong carry no GRPO signal.")
+
+    @field_validator("rewards")
+    @classmethod
+    def _some(cls, v: list[RewardSpec]) -> list[RewardSpec]:
+        if not v:
+            raise ValueError("finetune.grpo.rewards is empty: name at least one verifier, e.g. [{verifier: majority_vote}]")
+        return v
+
+
+# -------------------------------------------------------------------------------------------------- rewards
+
+
+class Rollouts:
+    """Every completion GRPO scored, in the order TRL generated them, with each reward function's value."""
+
+    def __init__(self, names: Sequence[str], weights: Sequence[float], member: str | None, round: int):
+        self.names, self.weights, self.member, self.round = list(names), list(weights), member, round
+        self.batches: list[dict[str, Any]] = []
+        self._calls: dict[str, int] = defaultdict(int)
+
+    def add(self, name: str, step: int, problem_ids: Sequence[str], texts: Sequence[str], scores: Sequence[float],
+            verdicts: Sequence[Any]) -> None:
+        n = self._calls[name]
+        self._calls[name] += 1
+        if n == len(self.batches):
+            self.batches.append({"step": step, "problem_ids": list(problem_ids), "texts": list(texts), "scores": {},
+                                 "answers": [None] * len(texts), "labels": [None] * len(texts)})
+        batch = self.batches[n]
+        batch["scores"][name] = list(scores)
+        if name == "majority_vote":
+            batch["answers"] = [v.answer for v in verdicts]
+            batch["labels"] = [v.label for v in verdicts]
+        elif all(a is None for a in batch["answers"]):
+            batch["answers"] = [getattr(v, "answer", None) for v in verdicts]
+
+    def records(self, gold: dict[str, bool] | None = None) -> list[Rollout]:
+        """The rollouts as records; ``gold`` maps a rollout id to its gold verdict (from ``grade_gold``)."""
+        out = []
+        for b in self.batches:
+            seen: dict[str, int] = defaultdict(int)
+            for i, (pid, text) in enumerate(zip(b["problem_ids"], b["texts"])):
+                idx = seen[pid]
+                seen[pid] += 1
+                rid = f"{self.member or 'model'}/{b['step']}/{pid}#{idx}"
+                rewards = {n: float(b["scores"][n][i]) for n in self.names if n in b["scores"]}
+                total = sum(w * rewards.get(n, 0.0) for n, w in zip(self.names, self.weights))
+                out.append(Rollout(id=rid, problem_id=pid, round=self.round, step=b["step"], member=self.member,
+                                   index=idx, completion=text, reward=round(total, 6), rewards=rewards,
+                                   answer=b["answers"][i], pseudo_label=b["labels"][i],
+                                   gold_passed=None if gold is None else gold.get(rid)))
+        return out
+
+
+def _completions(problem_ids: Sequence[str], texts: Sequence[str], round: int) -> list[Completion]:
+    return [Completion(id=f"{pid}#{i}", problem_id=pid, round=round, sample_idx=i, text=t)
+            for i, (pid, t) in enumerate(zip(problem_ids, texts))]
+
+
+def reward_functions(specs: Sequence[RewardSpec], make: Callable[[str], Any], problems: Mapping[str, Problem],
+                     recorder: Rollouts, round: int) -> list[Callable[..., list[float]]]:
+    """One TRL reward function per spec; ``make(name)`` builds the verifier (with its ``verify.<name>`` options).
+
+    Label-free verifiers see the problems without gold (as the verify stage shows them)."""
+    from selfimprove.chat import completion_text
+
+    blind = {k: p.model_copy(update={"answer": None, "solution": None, "tests": None}) for k, p in problems.items()}
+    funcs = []
+    for spec in specs:
+        verifier = make(spec.verifier)
+        visible = problems if verifier.needs_gold else blind
+        vote = spec.verifier == "majority_vote"
+
+        def fn(prompts: list[Any], completions: list[Any], problem_id: list[str], trainer_state: Any = None,
+               _v: Any = verifier, _visible: Mapping[str, Problem] = visible, _vote: bool = vote,
+               _name: str = spec.verifier, **_: Any) -> list[float]:
+            texts = [completion_text(c) for c in completions]
+            comps = _completions(problem_id, texts, round)
+            verdicts = _v.verify(_visible, comps)
+            scores = [(1.0 if v.passed else 0.0) if _vote else float(v.score) for v in verdicts]
+            step = int(getattr(trainer_state, "global_step", 0) or 0)
+            recorder.add(_name, step, problem_id, texts, scores, verdicts)
+            return scores
+
+        fn.__name__ = spec.verifier
+        fn.verifier = verifier  # type: ignore[attr-defined]
+        funcs.append(fn)
+    return funcs
+
+
+def grade_gold(rollouts: Sequence[Rollout], problems: Mapping[str, Problem], verifier: Any) -> dict[str, bool]:
+    """Gold verdict of every rollout whose problem has gold (health only; not a reward unless configured)."""
+    with_gold = [r for r in rollouts if problems.get(r.problem_id) is not None
+                 and (problems[r.problem_id].answer is not None or problems[r.problem_id].tests)]
+    if not with_gold:
+        return {}
+    comps = [Completion(id=r.id, problem_id=r.problem_id, round=r.round, sample_idx=r.index, text=r.completion)
+             for r in with_gold]
+    verdicts = verifier.verify(problems, comps)
+    return {r.id: bool(v.passed) for r, v in zip(with_gold, verdicts)}
+
+
+def label_reward_accuracy(rollouts: Sequence[Rollout], problems: Mapping[str, Problem],
+                          verifier: Any) -> dict[str, float]:
+    """TTRL's health of a label-free reward against gold: label accuracy (share of groups whose pseudo-label is
+    the gold answer) and reward accuracy (share of rollouts whose majority-vote reward equals the gold reward),
+    plus the gold reward's mean. Empty when there is no gold or no majority-vote reward."""
+    graded = [r for r in rollouts if r.gold_passed is not None]
+    out: dict[str, float] = {}
+    if not graded:
+        return out
+    out["gold_reward"] = sum(r.gold_passed for r in graded) / len(graded)  # type: ignore[misc]
+    voted = [r for r in graded if "majority_vote" in r.rewards]
+    if not voted:
+        return out
+    out["reward_accuracy"] = sum((r.rewards["majority_vote"] >= 0.5) == r.gold_passed for r in voted) / len(voted)
+    groups: dict[tuple[str | None, int, str], Rollout] = {}
+    for r in voted:
+        groups.setdefault((r.member, r.step, r.problem_id), r)
+    hits = []
+    for r in groups.values():
+        gold = problems[r.problem_id].answer
+        label = r.pseudo_label
+        ok = label is not None and gold is not None and (label == gold or (hasattr(verifier, "equivalent")
+                                                                           and verifier.equivalent(label, gold)))
+        hits.append(ok)
+    out["label_accuracy"] = sum(hits) / len(hits)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- training
+
+
+def train_grpo(
+    init_model: str | Path,
+    rows: Sequence[PromptRow],
+    out_dir: str | Path,
+    cfg: Any,
+    tracker: Any = None,
+    *,
+    grpo: GRPOOptions,
+    rewards: Sequence[Callable[..., list[float]]],
+    max_completion_length: int,
+    chat: bool = False,
+    prefix: str = "finetune",
+    progress: bool = True,
+    callbacks: Sequence[Any] = (),
+    model: Any = None,
+    tokenizer: Any = None,
+) -> dict[str, Any]:
+    """GRPO on ``rows``' prompts from ``init_model``; save to ``out_dir``; return a report with the SFT trainer's
+    keys plus TRL's last reward, reward std, zero-std share, KL and entropy."""
+    from selfimprove.chat import conversational, stop_token_ids
+    from selfimprove.tracking import Tracker
+    from selfimprove.trainers.sft import (
+        TrackerCallback,
+        common_args,
+        load_for_training,
+        peft_config,
+        quiet_hf,
+        quiet_progress,
+        save_model,
+    )
+
+    quiet_hf()
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    if not rows:
+        raise ValueError("no training prompts: validate kept no prompt inside finetune.grpo.prompt_band this round")
+    if cfg.batch_size % grpo.num_generations:
+        raise ValueError(f"finetune.train.batch_size ({cfg.batch_size}) must be a multiple of "
+                         f"finetune.grpo.num_generations ({grpo.num_generations})")
+    out_dir = Path(out_dir)
+    tracker = tracker or Tracker()
+    if model is None:
+        model, tokenizer = load_for_training(init_model, cfg)
+    tokenizer.padding_side = "left"  # TRL pads prompts on the left for generation
+    records = [(conversational(r.prompt, r.messages) if chat else {"prompt": r.prompt}) | {"problem_id": r.problem_id}
+               for r in rows]
+    args_common = common_args(cfg, out_dir, progress)
+    args_common.pop("max_length", None)
+    args = GRPOConfig(
+        **args_common,
+        num_generations=grpo.num_generations,
+        beta=grpo.beta,
+        max_completion_length=max_completion_length,
+        temperature=grpo.temperature,
+        epsilon=grpo.epsilon,
+        loss_type=grpo.loss_type,
+        scale_rewards=grpo.scale_rewards,
+        reward_weights=[s.weight for s in grpo.rewards],
+        generation_kwargs={"eos_token_id": stop_token_ids(tokenizer)},
+    )
+    tcb = TrackerCallback(tracker, prefix)
+    trainer = GRPOTrainer(model=model, reward_funcs=list(rewards), args=args, train_dataset=Dataset.from_list(records),
+                          processing_class=tokenizer, peft_config=peft_config(cfg, model),
+                          callbacks=[tcb.callback, *callbacks])
+    quiet_progress(trainer)
+    t0 = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - t0
+    tokenizer.padding_side = "right"
+    save_model(trainer, tokenizer, out_dir, cfg)
+    report: dict[str, Any] = {
+        "rows": len(rows),
+        "steps": int(trainer.state.global_step),
+        "train_loss": float(result.training_loss),
+        "final_loss": float(tcb.last.get(f"{prefix}/loss", result.training_loss)),
+        "seconds": round(seconds, 2),
+        "learning_rate": float(trainer.args.learning_rate),
+        "examples_per_s": round(trainer.state.global_step * cfg.batch_size / max(seconds, 1e-9), 1),
+    }
+    for key in ("reward", "reward_std", "frac_reward_zero_std", "kl", "entropy", "completions/mean_length"):
+        if f"{prefix}/{key}" in tcb.last:
+            report[key.replace("/", "_")] = float(tcb.last[f"{prefix}/{key}"])
+    log.info("GRPO: %d steps on %d prompts x %d generations in %.1fs (reward %.3f)", report["steps"], len(rows),
+             grpo.num_generations, seconds, report.get("reward", float("nan")))
+    return report
