@@ -5,6 +5,8 @@ Prompts are sorted by length and left-padded in batches of about ``batch_size`` 
 one sampling pass with ``num_return_sequences=k``. Token log-probabilities come from the raw logits (the
 model's own distribution, before temperature/top-p), as vLLM's default ``raw_logprobs`` reports them.
 Sampling is seeded once per call, so the same problems, params and seed give the same completions.
+With a chat template in use (``model.chat``; selfimprove/chat.py) each problem's messages are rendered with the
+generation prompt, and generation stops on EOS or the template's end-of-turn token (not part of the text).
 """
 
 from __future__ import annotations
@@ -68,13 +70,24 @@ class TransformersSampler(Sampler):
     name: ClassVar[str] = "transformers"
 
     def __init__(self, model_dir: str | Path, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False,
-                 model: Any = None, tokenizer: Any = None, **options: Any):
+                 model: Any = None, tokenizer: Any = None, chat: str = "auto", **options: Any):
+        from selfimprove.chat import stop_token_ids, use_chat
+
         super().__init__(model_dir, device=device, **options)
         if model is not None:
             self.model, self.tok = model, tokenizer
         else:
             self.model, self.tok = load_model(model_dir, device, dtype, trust_remote_code)
         self.device = next(self.model.parameters()).device
+        # model.chat: prompts rendered with the chat template; generation stops on EOS or the end-of-turn token
+        self.chat = use_chat(chat, self.tok, where=str(model_dir))  # type: ignore[arg-type]
+        self.stop_ids = stop_token_ids(self.tok) if self.chat else [self.tok.eos_token_id]
+
+    def prompt_text(self, problem: Problem) -> str:
+        """What the model continues: the raw prompt, or its messages rendered with the generation prompt."""
+        from selfimprove.chat import messages_of, render_prompt
+
+        return render_prompt(self.tok, messages_of(problem.prompt, problem.messages)) if self.chat else problem.prompt
 
     @classmethod
     def from_model(cls, model: Any, tokenizer: Any) -> TransformersSampler:
@@ -111,7 +124,8 @@ class TransformersSampler(Sampler):
 
         tok = self.tok
         tok.padding_side = "left"
-        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=True).to(self.device)
+        # a rendered chat prompt already holds the template's own special tokens (BOS included where it has one)
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=not self.chat).to(self.device)
         max_new = min(params.max_new_tokens, answer_tokens) if answer_tokens else params.max_new_tokens
         gen_kwargs: dict[str, Any] = dict(
             max_new_tokens=max_new,
@@ -119,7 +133,7 @@ class TransformersSampler(Sampler):
             num_return_sequences=n,
             return_dict_in_generate=True,
             pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
+            eos_token_id=self.stop_ids if self.chat else tok.eos_token_id,
         )
         if min_tokens:
             gen_kwargs["min_new_tokens"] = min(min_tokens, max_new)
@@ -138,11 +152,12 @@ class TransformersSampler(Sampler):
             lps = self._token_logprobs(out.sequences, mask, enc["input_ids"].shape[1])
         results = []
         eos, pad = tok.eos_token_id, tok.pad_token_id
+        stops = set(self.stop_ids)
         for i in range(seqs.shape[0]):
             ids = seqs[i].tolist()
             n_tok, finish = len(ids), "length"
             for j, t in enumerate(ids):
-                if t == eos:
+                if t in stops:
                     n_tok, finish = j, "stop"
                     break
             if finish == "length" and pad != eos:
@@ -182,7 +197,7 @@ class TransformersSampler(Sampler):
         t0 = time.perf_counter()
         bar = tqdm(total=len(problems), desc=f"sample r{round}", unit="prob", disable=not progress, leave=False)
         for idx in batches:
-            prompts = [problems[i].prompt for i in idx]
+            prompts = [self.prompt_text(problems[i]) for i in idx]
             alen, amin = answer_len(idx[0])
             alen, amin = alen or None, amin or None
             per_problem: dict[int, list[dict[str, Any]]] = {i: [] for i in idx}

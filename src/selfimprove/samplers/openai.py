@@ -1,5 +1,8 @@
 """``openai`` sampler: k completions per problem from any OpenAI-compatible *completions* server.
 
+With a chat template in use (``model.chat``: ``always``, or ``auto`` when the local model folder's tokenizer has
+one) it posts each problem's messages to ``POST /v1/chat/completions`` instead: the server applies the template.
+
 What: vLLM (``vllm serve``), SGLang, TGI and llama.cpp all expose ``POST /v1/completions``. This sampler sends
 each problem's prompt there and returns the same ``Completion`` records as the ``transformers`` sampler:
 ids ``<problem_id>#<idx>``, idx 0 the greedy completion when ``greedy`` is on (temperature 0, ``n=1``), then
@@ -65,6 +68,19 @@ RETRY_STATUS = frozenset({408, 409, 425, 429}) | frozenset(range(500, 600))
 
 class SamplerServerError(RuntimeError):
     """The server could not be reached, rejected a request, or kept failing after the retries."""
+
+
+def _local_template(model_dir: str | Path) -> bool:
+    """Whether the model behind ``model_dir`` (a round's folder or the local model it points to) has a chat template."""
+    from selfimprove.chat import folder_has_template
+
+    try:
+        from selfimprove.checkpoint import resolve
+
+        path = Path(resolve(model_dir))
+    except Exception:  # noqa: BLE001 - a hub id or a bare served name: no local files to read
+        path = Path(model_dir)
+    return path.is_dir() and folder_has_template(path)
 
 
 def normalize_base_url(url: str) -> str:
@@ -138,10 +154,16 @@ class OpenAISampler(Sampler):
         backoff_max_s: float = 30.0,
         record_name: str | None = None,
         start_hint: str | None = None,
+        chat: str = "auto",
         **options: Any,
     ):
         super().__init__(model_dir, **options)
         import httpx
+
+        #: model.chat: the chat endpoint (the server applies the model's template and stops at its end of turn).
+        #: auto = when the model folder's tokenizer has a template; always = whatever the served model is.
+        self.chat = chat == "always" or (chat == "auto" and _local_template(model_dir))
+        self._endpoint = "/chat/completions" if self.chat else "/completions"
 
         url = base_url or os.environ.get("OPENAI_BASE_URL")
         if not url:
@@ -211,7 +233,7 @@ class OpenAISampler(Sampler):
         for attempt in range(self.max_retries + 1):
             retry_after = None
             try:
-                resp = self._client.post("/completions", json=payload)
+                resp = self._client.post(self._endpoint, json=payload)
             except httpx.TransportError as e:
                 last = f"{type(e).__name__}: {e}"
             else:
@@ -220,26 +242,27 @@ class OpenAISampler(Sampler):
                 body = resp.text[:500]
                 if resp.status_code not in RETRY_STATUS:
                     raise SamplerServerError(
-                        f"{self.base_url}/completions rejected the request with HTTP {resp.status_code} (not retried): {body}"
+                        f"{self.base_url}{self._endpoint} rejected the request with HTTP {resp.status_code} (not retried): {body}"
                     )
                 last = f"HTTP {resp.status_code}: {body}"
                 retry_after = _retry_after(resp.headers)
             if attempt < self.max_retries:
                 with self._rng_lock:
                     delay = backoff_delay(attempt, self.backoff_base_s, self.backoff_max_s, self._rng, retry_after)
-                log.debug("retrying /completions in %.2fs after %s (attempt %d)", delay, last, attempt + 1)
+                log.debug("retrying %s in %.2fs after %s (attempt %d)", self._endpoint, delay, last, attempt + 1)
                 time.sleep(delay)
-        raise SamplerServerError(f"{self.base_url}/completions failed after {self.max_retries + 1} attempts; last: {last}")
+        raise SamplerServerError(f"{self.base_url}{self._endpoint} failed after {self.max_retries + 1} attempts; last: {last}")
 
     # ------------------------------------------------------------------------------------------ sample
 
     def _payload(self, job: _Job, params: SamplingParams, n: int, attempt: int) -> dict[str, Any]:
-        payload: dict[str, Any] = {
-            "model": self.model,
-            "prompt": job.problem.prompt,
-            "max_tokens": job.max_tokens,
-            "n": n,
-        }
+        from selfimprove.chat import messages_of
+
+        payload: dict[str, Any] = {"model": self.model, "max_tokens": job.max_tokens, "n": n}
+        if self.chat:
+            payload["messages"] = messages_of(job.problem.prompt, job.problem.messages)
+        else:
+            payload["prompt"] = job.problem.prompt
         declared_min = job.problem.meta.get("min_new_tokens")
         if declared_min:
             # Fixed-width answers: not in OpenAI's schema; vLLM and SGLang accept it.
@@ -254,17 +277,22 @@ class OpenAISampler(Sampler):
         if params.stop:
             payload["stop"] = list(params.stop)
         if params.logprobs:
-            # 1 rather than 0: some servers read 0 as "off"; the chosen token's log-prob is reported either way.
-            payload["logprobs"] = 1
+            # completions: 1 rather than 0 (some servers read 0 as "off"); chat: a boolean (the chosen token's log-prob)
+            payload["logprobs"] = True if self.chat else 1
         return payload
 
     def _record(self, choice: dict[str, Any], usage_tokens: int | None, job: _Job, params: SamplingParams) -> dict[str, Any]:
-        text = choice.get("text") or ""
+        text = ((choice.get("message") or {}).get("content") if self.chat else choice.get("text")) or ""
         reason = choice.get("finish_reason")
         finish = reason if reason in ("stop", "length") else ("error" if reason else "length")
         lp = choice.get("logprobs") or {}
-        token_lps = lp.get("token_logprobs") if isinstance(lp, dict) else None
-        tokens = lp.get("tokens") if isinstance(lp, dict) else None
+        if self.chat and isinstance(lp, dict):  # chat schema: logprobs.content = [{token, logprob, ...}, ...]
+            content = lp.get("content") or []
+            token_lps = [c.get("logprob") for c in content] if content else None
+            tokens = [c.get("token") for c in content] if content else None
+        else:
+            token_lps = lp.get("token_logprobs") if isinstance(lp, dict) else None
+            tokens = lp.get("tokens") if isinstance(lp, dict) else None
         meta: dict[str, Any] = {}
         if tokens is not None:
             n_tokens = len(tokens)
@@ -303,7 +331,7 @@ class OpenAISampler(Sampler):
             data = self._post(self._payload(job, params, want, attempt))
             choices = sorted(data.get("choices") or [], key=lambda c: c.get("index", 0))
             if not choices:
-                raise SamplerServerError(f"{self.base_url}/completions returned no choices for {job.problem.id!r}: {data!r:.300}")
+                raise SamplerServerError(f"{self.base_url}{self._endpoint} returned no choices for {job.problem.id!r}: {data!r:.300}")
             usage = (data.get("usage") or {}).get("completion_tokens")
             per_choice = usage if usage is not None and len(choices) == 1 else None
             results.extend(self._record(c, per_choice, job, params) | {"greedy": job.greedy} for c in choices[:want])

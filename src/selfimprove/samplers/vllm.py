@@ -216,9 +216,11 @@ class VllmSampler(Sampler):
         concurrency: int = 64,
         timeout_s: float = 600.0,
         max_retries: int = 3,
+        chat: str = "auto",
         **options: Any,
     ):
         super().__init__(model_dir, **options)
+        self.chat_mode = chat
         if mode not in ("auto", "inprocess", "server"):
             raise ValueError(f"sample.vllm.mode must be auto, inprocess or server, got {mode!r}")
         if mode == "auto":
@@ -228,13 +230,14 @@ class VllmSampler(Sampler):
         self._server: VllmServer | None = None
         self._client: OpenAISampler | None = None
         self._llm: Any = None
+        self.chat, self._stop_ids = False, []  # in-process: set from the engine's tokenizer (_start_inprocess)
         self.startup_s = 0.0
         try:
             if mode == "inprocess":
                 self._start_inprocess(dtype, max_model_len, tensor_parallel_size, gpu_memory_utilization, seed, extra_args)
             elif base_url:
                 self._client = OpenAISampler(model_dir, base_url=base_url, concurrency=concurrency, timeout_s=timeout_s,
-                                             max_retries=max_retries, record_name=self.name,
+                                             max_retries=max_retries, record_name=self.name, chat=chat,
                                              start_hint="start it, or unset sample.vllm.base_url to let the sampler start one")
             else:
                 self._start_server(python, dtype, max_model_len, tensor_parallel_size, gpu_memory_utilization, seed,
@@ -263,7 +266,7 @@ class VllmSampler(Sampler):
         self.startup_s = self._server.wait_healthy(startup_timeout_s)
         log.info("vllm serve ready on %s after %.1fs", self._server.url, self.startup_s)
         self._client = OpenAISampler(self.model_dir, base_url=self._server.url, model=SERVED_NAME, concurrency=concurrency,
-                                     timeout_s=timeout_s, max_retries=max_retries, record_name=self.name,
+                                     timeout_s=timeout_s, max_retries=max_retries, record_name=self.name, chat=self.chat_mode,
                                      start_hint=f"the vllm serve this sampler started has stopped; see {self._server.log_path}")
 
     def _start_inprocess(self, dtype: str, max_model_len: int | None, tp: int, gpu_mem: float, seed: int,
@@ -283,7 +286,13 @@ class VllmSampler(Sampler):
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
             kwargs["enforce_eager"] = True
         self._llm = LLM(**kwargs)
-        self._eos = self._llm.get_tokenizer().eos_token_id
+        from selfimprove.chat import stop_token_ids, use_chat
+
+        tok = self._llm.get_tokenizer()
+        self._eos = tok.eos_token_id
+        self._tok = tok
+        self.chat = use_chat(self.chat_mode, tok, where=str(self.model_dir))  # type: ignore[arg-type]
+        self._stop_ids = stop_token_ids(tok) if self.chat else []
         self.startup_s = time.perf_counter() - t0
 
     # ----------------------------------------------------------------------------------------- sample
@@ -298,22 +307,29 @@ class VllmSampler(Sampler):
         from vllm import SamplingParams as VllmParams
 
         t0 = time.perf_counter()
-        prompts: list[str] = []
+        from selfimprove.chat import messages_of, render_prompt
+
+        prompts: list[Any] = []
         vparams: list[Any] = []
         slots: list[tuple[int, bool, int | None]] = []
         for i, p in enumerate(problems):
+            # chat: the template's text, tokenised as is (it holds its own special tokens); stop at end of turn
+            text = render_prompt(self._tok, messages_of(p.prompt, p.messages)) if self.chat else p.prompt
+            prompt: Any = {"prompt_token_ids": self._tok(text, add_special_tokens=False)["input_ids"]} if self.chat else text
             declared = p.meta.get("max_new_tokens")
             alen = int(declared) if declared else None
             max_tokens = min(params.max_new_tokens, alen) if alen else params.max_new_tokens
             common: dict[str, Any] = {"max_tokens": max_tokens, "stop": list(params.stop) or None,
                                       "logprobs": 0 if params.logprobs else None,
                                       "min_tokens": min(int(p.meta.get("min_new_tokens") or 0), max_tokens)}
+            if self._stop_ids:
+                common["stop_token_ids"] = self._stop_ids
             if params.greedy:
-                prompts.append(p.prompt)
+                prompts.append(prompt)
                 vparams.append(VllmParams(n=1, temperature=0.0, **common))
                 slots.append((i, True, alen))
             if params.k:
-                prompts.append(p.prompt)
+                prompts.append(prompt)
                 vparams.append(VllmParams(n=params.k, temperature=params.temperature, top_p=params.top_p,
                                           top_k=params.top_k or 0, seed=request_seed(params.seed, p.id), **common))
                 slots.append((i, False, alen))
@@ -334,7 +350,8 @@ class VllmSampler(Sampler):
         ids = list(o.token_ids)
         finish = o.finish_reason if o.finish_reason in ("stop", "length") else "error"
         n_tokens = len(ids)
-        if finish == "stop" and o.stop_reason is None and ids and ids[-1] == self._eos:
+        if finish == "stop" and ids and (ids[-1] == self._eos or ids[-1] in self._stop_ids) and (
+                o.stop_reason is None or o.stop_reason in self._stop_ids):
             n_tokens -= 1  # EOS is not part of the answer (its log-prob is kept, as in the transformers sampler)
         if finish == "length" and alen and n_tokens >= alen:
             finish = "stop"

@@ -174,7 +174,7 @@ def sampling_params(config: Config, *, evaluation: bool = False, seed: int | Non
 
 def make_sampler(config: Config, model_dir: str | Path) -> Sampler:
     name = config.sample.sampler
-    options = config.sample.model_dump().get(name, {}) or {}
+    options = (config.sample.model_dump().get(name, {}) or {}) | {"chat": config.model.chat}
     if name == "transformers":
         options = options | {"dtype": config.model.dtype, "trust_remote_code": config.model.trust_remote_code}
     return SAMPLERS.get(name)(model_dir, **options)
