@@ -68,14 +68,19 @@ class FakeServer:
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                chat = self.path == "/v1/chat/completions"
+                if not chat and self.path != "/v1/completions":
+                    self._send(404, {"error": "not found"})
+                    return
+                key = body["messages"][-1]["content"] if chat else body["prompt"]
                 with outer.lock:
-                    outer.requests.append(body)
+                    outer.requests.append(body | {"_path": self.path})
                     outer.headers.append(dict(self.headers))
                     outer.in_flight += 1
                     outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
-                    script = outer.script[body["prompt"]]
+                    script = outer.script[key]
                     status = script.pop(0) if script else 200
-                time.sleep(outer.delay_s.get(body["prompt"], 0.0))
+                time.sleep(outer.delay_s.get(key, 0.0))
                 # the request stops counting as in flight *before* its response goes out: once the client has the
                 # response it may send the next request before this thread would run a later decrement
                 with outer.lock:
@@ -84,7 +89,7 @@ class FakeServer:
                     headers = {"Retry-After": "0"} if status == 429 else {}
                     self._send(status, {"error": {"message": f"scripted {status}"}}, headers)
                     return
-                self._send(200, outer.completion(body))
+                self._send(200, outer.chat_completion(body) if chat else outer.completion(body))
 
         class Server(ThreadingHTTPServer):
             def handle_error(self, request: Any, client_address: Any) -> None:
@@ -119,6 +124,21 @@ class FakeServer:
             choices.append(choice)
         return {"id": "cmpl-1", "object": "text_completion", "model": body["model"], "choices": choices,
                 "usage": {"completion_tokens": sum(len(c["text"]) for c in choices)}}
+
+    def chat_completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The same 'model' behind the chat endpoint: ``message.content`` and chat-style ``logprobs.content``."""
+        plain = self.completion(body | {"prompt": body["messages"][-1]["content"],
+                                        "logprobs": 1 if body.get("logprobs") else None})
+        choices = []
+        for c in plain["choices"]:
+            choice = {"index": c["index"], "message": {"role": "assistant", "content": c["text"]},
+                      "finish_reason": c["finish_reason"], "stop_reason": c["stop_reason"]}
+            if "logprobs" in c:
+                choice["logprobs"] = {"content": [{"token": t, "logprob": lp, "top_logprobs": []} for t, lp in
+                                                  zip(c["logprobs"]["tokens"], c["logprobs"]["token_logprobs"])]}
+            choices.append(choice)
+        return {"id": "chatcmpl-1", "object": "chat.completion", "model": body["model"], "choices": choices,
+                "usage": plain["usage"]}
 
     def close(self) -> None:
         self.httpd.shutdown()
@@ -334,3 +354,24 @@ def test_importing_the_package_imports_no_heavy_backend() -> None:
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'vllm', 'trl', 'peft', 'torch', 'openai'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]", out
+
+
+def test_chat_endpoint_sends_messages_and_reads_message_content(server: FakeServer) -> None:
+    """model.chat: the problem's messages go to POST /v1/chat/completions; records keep the same shape."""
+    probs = [Problem(id="q", prompt="raw q", messages=[{"role": "system", "content": "be brief"},
+                                                       {"role": "user", "content": "q?"}]),
+             Problem(id="r", prompt="r?")]
+    s = fast(server, chat="always")
+    out = s.sample(probs, SamplingParams(k=2, max_new_tokens=8, logprobs=True), round=1, progress=False)
+    assert {r["_path"] for r in server.requests} == {"/v1/chat/completions"}
+    sent = {r["messages"][-1]["content"]: r for r in server.requests}
+    assert sent["q?"]["messages"] == probs[0].messages and "prompt" not in sent["q?"]
+    assert sent["r?"]["messages"] == [{"role": "user", "content": "r?"}]  # a raw prompt becomes one user message
+    assert sent["q?"]["logprobs"] is True
+    greedy = [c for c in out if c.greedy]
+    assert [c.text for c in greedy] == ["abc", "abc"] and all(c.finish_reason == "stop" for c in greedy)
+    assert greedy[0].n_tokens == 3 and greedy[0].token_logprobs == [-0.25] * 4  # EOS's log-prob kept, not counted
+    # never / auto without a local template: the completions endpoint with the raw prompt
+    server.requests.clear()
+    fast(server, chat="auto").sample(probs[:1], SamplingParams(k=0), round=1, progress=False)
+    assert server.requests[0]["_path"] == "/v1/completions" and server.requests[0]["prompt"] == "raw q"

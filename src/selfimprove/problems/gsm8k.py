@@ -4,7 +4,8 @@ What: ``GSM8KProblems`` (registry name ``gsm8k``) reads ``train.jsonl`` and ``te
 ``openai/grade-school-math`` (rows ``{"question", "answer"}``, the answer being a worked solution whose last
 line is ``#### <number>``). Each row becomes a ``Problem``:
 
-- ``id`` ``gsm8k/<split>/<line index>``; ``prompt`` the question in ``prompt_template``;
+- ``id`` ``gsm8k/<split>/<line index>``; ``prompt`` the question in ``prompt_template`` (raw-text models);
+  ``messages`` a ``system_prompt`` message and the question as the user message (chat models, ``model.chat``);
 - ``answer`` the number after ``####``, normalised (``1,080`` -> ``1080``), graded by the ``gsm8k`` verifier;
 - ``solution`` the gold worked solution ending in ``#### <number>``, without the ``<<48/2=24>>`` calculator
   annotations unless ``keep_calculator_annotations`` (they are tool calls, not text a model should learn);
@@ -48,6 +49,10 @@ class GSM8KProblemsConfig(BaseModel):
     )
     keep_calculator_annotations: bool = Field(
         default=False, description="Keep '<<a*b=c>>' calculator annotations in Problem.solution."
+    )
+    system_prompt: str | None = Field(
+        default="Solve the math word problem step by step. End with the final answer on its own line as '#### <number>'.",
+        description="Chat-format models (model.chat): the system message; None = no system message.",
     )
 
 
@@ -106,6 +111,8 @@ class GSM8KProblems(ProblemSet):
         return Problem(
             id=f"gsm8k/{split}/{index}",
             prompt=self.config.prompt_template.format(question=question),
+            messages=([{"role": "system", "content": self.config.system_prompt}] if self.config.system_prompt else [])
+            + [{"role": "user", "content": question}],
             answer=answer,
             solution=text,
             difficulty=len(steps),

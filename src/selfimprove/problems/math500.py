@@ -6,7 +6,8 @@ What: ``Math500Problems`` (registry name ``math500``) reads ``test.jsonl`` as pu
 
 - ``id`` ``math500/<unique_id without .json>`` (e.g. ``math500/test/precalculus/807``), stable across
   file order;
-- ``prompt`` the problem in ``prompt_template``; ``answer`` the gold LaTeX ``answer`` field;
+- ``prompt`` the problem in ``prompt_template``; ``messages`` a ``system_prompt`` message and the problem as the
+  user message (chat models, ``model.chat``); ``answer`` the gold LaTeX ``answer`` field;
 - ``solution`` the gold worked solution (it ends with the answer in ``\\boxed{}``);
 - ``difficulty`` the MATH ``level`` (1-5); ``meta`` ``subject`` and ``unique_id``.
 
@@ -43,6 +44,10 @@ class Math500ProblemsConfig(BaseModel):
     path: str | None = Field(default=None, description="The data file itself (overrides data_dir).")
     prompt_template: str = Field(
         default="Problem:\n{problem}\n\nSolution:", description="Prompt text; {problem} is replaced."
+    )
+    system_prompt: str | None = Field(
+        default="Solve the problem step by step. Put the final answer within \\boxed{}.",
+        description="Chat-format models (model.chat): the system message; None = no system message.",
     )
 
 
@@ -99,6 +104,8 @@ class Math500Problems(ProblemSet):
         return Problem(
             id=f"math500/{unique_id.removesuffix('.json')}",
             prompt=self.config.prompt_template.format(problem=problem),
+            messages=([{"role": "system", "content": self.config.system_prompt}] if self.config.system_prompt else [])
+            + [{"role": "user", "content": problem}],
             answer=answer,
             solution=solution,
             difficulty=level,

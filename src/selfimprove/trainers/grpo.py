@@ -78,6 +78,12 @@ class GRPOOptions(Strict):
     rewards: list[RewardSpec] = Field(
         default_factory=lambda: [RewardSpec(verifier="majority_vote")],
         description="Weighted sum of verifier rewards, e.g. [{verifier: gsm8k, weight: 1.0}].")
+    vllm: Literal["none", "colocate", "server"] = Field(
+        "none", description="Generate rollouts with vLLM (GPU): 'colocate' runs vLLM inside the training process and "
+        "shares the GPU; 'server' talks to a separate 'trl vllm-serve' (vllm_server_base_url). docs/gpu.md.")
+    vllm_server_base_url: str | None = Field(None, description="URL of 'trl vllm-serve' (vllm: server).")
+    vllm_gpu_memory_utilization: float = Field(
+        0.3, gt=0.0, le=1.0, description="GPU memory share vLLM may take in colocate mode (the rest trains).")
     prompt_band: tuple[Prob, Prob] = Field(
         (0.05, 0.95), description="validate keeps prompts whose pass rate in the round's samples lies in "
         "[low, high]: groups all right or all wrong carry no GRPO signal.")
@@ -213,6 +219,21 @@ def label_reward_accuracy(rollouts: Sequence[Rollout], problems: Mapping[str, Pr
 # ------------------------------------------------------------------------------------------------- training
 
 
+def _check_vllm(grpo: GRPOOptions, cuda: bool) -> None:
+    """vLLM rollouts need a GPU and vLLM in this environment (colocate) or a running server (server)."""
+    import importlib.util
+
+    if not cuda:
+        raise RuntimeError(f"finetune.grpo.vllm is {grpo.vllm!r} but training runs on CPU (no GPU, or "
+                           "finetune.train.device: cpu); set finetune.grpo.vllm: none to generate with transformers")
+    if grpo.vllm == "colocate" and importlib.util.find_spec("vllm") is None:
+        raise RuntimeError("finetune.grpo.vllm is 'colocate' but vLLM is not installed in this environment (TRL runs "
+                           "it in-process); install it here, or use vllm: server with 'trl vllm-serve' (docs/gpu.md)")
+    if grpo.vllm == "server" and not grpo.vllm_server_base_url:
+        raise RuntimeError("finetune.grpo.vllm is 'server': set finetune.grpo.vllm_server_base_url to the URL of "
+                           "'trl vllm-serve --model <start model>' (docs/gpu.md)")
+
+
 def train_grpo(
     init_model: str | Path,
     rows: Sequence[PromptRow],
@@ -242,6 +263,7 @@ def train_grpo(
         quiet_hf,
         quiet_progress,
         save_model,
+        use_cuda,
     )
 
     quiet_hf()
@@ -275,6 +297,13 @@ def train_grpo(
         generation_kwargs={"eos_token_id": stop_token_ids(tokenizer)},
     )
     tcb = TrackerCallback(tracker, prefix)
+    if grpo.vllm != "none":
+        _check_vllm(grpo, use_cuda(cfg.device))
+        args.use_vllm = True
+        args.vllm_mode = grpo.vllm
+        args.vllm_gpu_memory_utilization = grpo.vllm_gpu_memory_utilization
+        if grpo.vllm_server_base_url:
+            args.vllm_server_base_url = grpo.vllm_server_base_url
     trainer = GRPOTrainer(model=model, reward_funcs=list(rewards), args=args, train_dataset=Dataset.from_list(records),
                           processing_class=tokenizer, peft_config=peft_config(cfg, model),
                           callbacks=[tcb.callback, *callbacks])
