@@ -33,9 +33,10 @@ def table_rows(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for b in bs:
             row[f"acc_{b}"] = m.get(f"accuracy/{b}")
         row["accuracy"] = m.get("accuracy")
-        row["accepted"] = m.get("validate/accepted")
+        grpo = "validate/prompts" in m  # an online-RL round trains on prompts; its labels are the groups' votes
+        row["accepted"] = m.get("validate/prompts") if grpo else m.get("validate/accepted")
         row["acceptance_rate"] = m.get("validate/acceptance_rate")
-        row["label_precision"] = m.get("acceptance_precision")
+        row["label_precision"] = m.get("finetune/label_accuracy") if grpo else m.get("acceptance_precision")
         states = r.get("stages") or {}
         for name, key in STAGE_TIMES:
             if key in m:
@@ -126,8 +127,9 @@ def render(rounds: list[dict[str, Any]], title: str = "selfimprove: rounds") -> 
 
 LEGEND = ("Nd: held-out greedy accuracy of the round's model on N-digit problems (difficulty N)\n"
           "accepted: self-labels kept by the filters; prec: share of them matching the hidden gold (the loop never\n"
-          "sees gold); boot..eval: seconds per stage (c: no time spent, the stage was up to date or restored from\n"
-          "DVC's run cache)")
+          "sees gold); GRPO rounds: accepted = prompts trained on, prec = share of the rollout groups' majority\n"
+          "labels matching gold; boot..eval: seconds per stage (c: no time spent, the stage was up to date or\n"
+          "restored from DVC's run cache)")
 
 
 def improvement(rounds: list[dict[str, Any]], seen: list[int]) -> list[str]:

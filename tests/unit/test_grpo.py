@@ -3,6 +3,7 @@ label and reward accuracy, the GX gate on rollouts, and the configuration errors
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
@@ -21,6 +22,7 @@ from selfimprove.trainers.grpo import (
 from selfimprove.types import Problem
 from selfimprove.verifiers import VERIFIERS
 
+PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 PROBLEMS = {"p": Problem(id="p", prompt="5+7=", answer="12"), "q": Problem(id="q", prompt="1+1=", answer="2")}
 
 
@@ -97,7 +99,7 @@ def test_rollouts_gate_checks_group_sizes_and_reward_bounds() -> None:
 def test_config_errors_name_the_key(overrides: list[str], message: str) -> None:
     base = ["finetune.trainer=grpo"] + (["model.ensemble=1", "sample.k=0"] if "model.ensemble=1" in overrides else [])
     with pytest.raises(ConfigError, match=message):
-        load_config("params.yaml", base + overrides)
+        load_config(PARAMS, base + overrides)
 
 
 def test_vllm_rollouts_refused_on_cpu_with_what_to_do() -> None:

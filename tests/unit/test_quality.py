@@ -10,7 +10,7 @@ from selfimprove.quality import TRAIN_COLUMNS, DataQualityError, check_round_dat
 
 
 def train_frame(rows: list[dict]) -> pd.DataFrame:
-    base = {"origin": "self", "round": 1, "weight": 1.0, "difficulty": 4, "label": "x", "agreement": 1.0}
+    base = {"origin": "self", "round": 1, "weight": 1.0, "difficulty": 4, "label": "x", "agreement": 1.0, "messages": None}
     df = pd.DataFrame([base | r for r in rows])[TRAIN_COLUMNS]
     df["prompt_normalized"] = [" ".join(p.split()) for p in df["prompt"]]
     return df

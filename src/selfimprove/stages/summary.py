@@ -103,12 +103,17 @@ def health_columns(rounds: list[dict]) -> list[str]:
                                       "mean_length", "stop_rate", "pass_at_1", "pass_at_k", "exploration",
                                       "proxy_agreement", "pool_accuracy", "heldout_accuracy", "pool_gap")]
     accepted = sorted((k for k in keys if k.startswith("health/accepted/")), key=lambda k: (len(k), k))
-    return [k for k in fixed if k in keys] + accepted + ["acceptance_precision"]
+    rl = [k for k in GRPO_HEALTH if any(k in r for r in rounds)]  # online RL rounds: label and reward accuracy
+    return [k for k in fixed if k in keys] + accepted + rl + ["acceptance_precision"]
+
+
+#: What a GRPO round records about its rewards against gold (selfimprove.trainers.grpo), in health.csv and the plot.
+GRPO_HEALTH = ("finetune/label_accuracy", "finetune/reward_accuracy", "finetune/gold_reward")
 
 
 def health_csv(rounds: list[dict], cols: list[str]) -> str:
     """One row per round: ``round,<health metrics...>,acceptance_precision`` (empty where a round has none)."""
-    names = [c.removeprefix("health/").replace("/", "_") for c in cols]
+    names = [c.removeprefix("health/").removeprefix("finetune/").replace("/", "_") for c in cols]
     lines = ["round," + ",".join(names)]
     for r in rounds:
         vals = [r.get(c, "") for c in cols]
@@ -156,14 +161,15 @@ def _plot_health(rounds: list[dict], cols: list[str], path: Path) -> None:
         ("collapse", ["health/distinct_2", "health/repetition_rate", "health/stop_rate"]),
         ("exploration and generalisation", ["health/pass_at_1", "health/pass_at_k", "health/exploration",
                                             "health/pool_accuracy", "health/heldout_accuracy", "health/pool_gap"]),
-        ("labels", ["health/proxy_agreement", "acceptance_precision"]),
+        ("labels", ["health/proxy_agreement", "acceptance_precision", *GRPO_HEALTH]),
     ]
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.4), dpi=100)
     for ax, (title, keys) in zip(axes.flat, panels, strict=True):
         for k in keys:
             pts = [(x, r[k]) for x, r in zip(xs, rounds, strict=True) if k in r]
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=k.removeprefix("health/"))
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
+                        label=k.removeprefix("health/").replace("finetune/", "rollouts "))
         ax.set_title(title, fontsize=10)
         ax.set_xticks(xs)
         ax.set_xlim(min(xs) - 0.3, max(xs) + 0.3)
