@@ -74,8 +74,12 @@ class _GRPORound:
 
         rollouts = [r for rec in self._recorders for r in rec.records()]
         gold_v = gold_verifier(self.config, problem_set(self.config))
+        reused = [rec.verdicts_of(gold_v.name) for rec in self._recorders]
         try:
-            gold = grade_gold(rollouts, self.problems, gold_v)
+            if all(r is not None for r in reused):  # the gold verifier was a reward: its verdicts are the gold ones
+                gold = {k: v for r in reused for k, v in (r or {}).items()}
+            else:
+                gold = grade_gold(rollouts, self.problems, gold_v)
         finally:
             gold_v.close()
         rollouts = [r.model_copy(update={"gold_passed": gold.get(r.id)}) for r in rollouts]

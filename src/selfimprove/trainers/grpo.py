@@ -113,14 +113,23 @@ class Rollouts:
         self._calls[name] += 1
         if n == len(self.batches):
             self.batches.append({"step": step, "problem_ids": list(problem_ids), "texts": list(texts), "scores": {},
-                                 "answers": [None] * len(texts), "labels": [None] * len(texts)})
+                                 "passed": {}, "answers": [None] * len(texts), "labels": [None] * len(texts)})
         batch = self.batches[n]
         batch["scores"][name] = list(scores)
+        batch["passed"][name] = [bool(v.passed) for v in verdicts]
         if name == "majority_vote":
             batch["answers"] = [v.answer for v in verdicts]
             batch["labels"] = [v.label for v in verdicts]
         elif all(a is None for a in batch["answers"]):
             batch["answers"] = [getattr(v, "answer", None) for v in verdicts]
+
+    def verdicts_of(self, name: str) -> dict[str, bool] | None:
+        """Rollout id -> passed, for a reward verifier that ran (e.g. the gold one: no need to grade twice)."""
+        if name not in self.names:
+            return None
+        ids = [r.id for r in self.records()]
+        flat = [p for b in self.batches for p in b["passed"].get(name, [None] * len(b["texts"]))]
+        return {i: p for i, p in zip(ids, flat) if p is not None}
 
     def records(self, gold: dict[str, bool] | None = None) -> list[Rollout]:
         """The rollouts as records; ``gold`` maps a rollout id to its gold verdict (from ``grade_gold``)."""
