@@ -192,3 +192,15 @@ def test_chat_round_through_every_stage(chat_model: Path, tmp_path: Path, traine
     assert "accuracy" in json.loads(paths.metrics.read_text())
     if trainer == "grpo":
         assert (paths.finetune / "rollouts.jsonl").stat().st_size > 0
+
+
+def test_a_saved_folder_says_whether_it_has_a_template(chat_model: Path, tmp_path: Path) -> None:
+    """The OpenAI sampler decides ``auto`` from the model folder's files (no tokenizer loaded)."""
+    from selfimprove.chat import folder_has_template
+    from selfimprove.models.tiny import build_char_tokenizer
+    from selfimprove.samplers.openai import _local_template
+
+    build_char_tokenizer("01").save_pretrained(tmp_path / "plain")
+    assert folder_has_template(chat_model) and _local_template(chat_model)
+    assert not folder_has_template(tmp_path / "plain") and not _local_template(tmp_path / "plain")
+    assert not _local_template("Qwen/Qwen2.5-0.5B-Instruct")  # a hub id: no local files, completions endpoint
