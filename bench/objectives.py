@@ -76,12 +76,32 @@ def run_variant(root: Path, name: str, overrides: list[str], seed: int) -> dict[
     return extras(proj, read_back(proj, name, out))
 
 
+def from_mlflow(proj: Path, out: dict[str, Any]) -> dict[str, Any]:
+    """A run that failed has no experiment commit: its finished rounds are read back from MLflow instead."""
+    text = subprocess.run([str(Path(sys.executable).parent / "selfimprove"), "report", "--name", out["name"],
+                           "--json"], cwd=proj, env=env(), capture_output=True, text=True).stdout
+    cum, rounds = 0.0, []
+    for r in (json.loads(text)["rounds"] if text.strip() else []):
+        m = r["metrics"]
+        if "accuracy" not in m:
+            continue
+        cum += m.get("round/cpu_seconds", 0.0)
+        acc = {int(k[len("accuracy/d"):]): round(v, 3) for k, v in m.items()
+               if k.startswith("accuracy/d") and k.count("/") == 1}
+        row = {"round": f"r{r['round']}", "sampled": None, "accuracy": acc, "cpu_s": round(m.get("round/cpu_seconds", 0.0), 1),
+               "cum_cpu_min": round(cum / 60, 2), "label_precision": m.get("acceptance_precision")}
+        rounds.append(row | {k.split("/", 1)[1]: m[k] for k in EXTRA if k in m})
+    out["rounds"] = rounds
+    out["rounds_from"] = "MLflow (the run failed: no experiment commit)"
+    return out
+
+
 def extras(proj: Path, out: dict[str, Any]) -> dict[str, Any]:
     """GRPO health per round and the round-0 model's hash, from the run's experiment commit."""
     record = proj / ".selfimprove" / "runs" / f"{out['name']}.json"
     rev = json.loads(record.read_text()).get("experiment_rev") if record.exists() else None
     if not rev:
-        return out
+        return from_mlflow(proj, out)
     show = lambda path: subprocess.run(["git", "show", f"{rev}:{path}"], cwd=proj, capture_output=True,  # noqa: E731
                                        text=True).stdout
     import yaml
@@ -106,9 +126,12 @@ def markdown(results: list[dict[str, Any]], command: str) -> str:
                   f"exit {r['exit']}; wall {r['wall_s'] / 60:.1f} min; CPU of the process tree {r['cpu_s'] / 60:.1f} "
                   f"min; r0 model md5 {r.get('r0_model_md5')}. Stopped: "
                   + (r.get("stopped") or ("no (ran every round)" if r["exit"] == 0 else "the run failed")), ""]
+        if r.get("error"):
+            lines += ["The run stopped with: " + r["error"].replace("\n", " "), ""]
         if not r.get("rounds"):
-            lines += [f"no rounds read back: {r.get('error')}", ""]
             continue
+        if r.get("rounds_from"):
+            lines += [f"Rounds read back from {r['rounds_from']}.", ""]
         lines += ["| round | sampled | d3 | d4 | d5 | d6 | round CPU s | cum. CPU min | train rows/prompts | "
                   "SFT label precision | GRPO gold reward | label acc. | reward acc. | KL | entropy |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
