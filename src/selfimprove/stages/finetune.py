@@ -9,9 +9,10 @@ every trainer (a manifest only) so DVC can track it.
 
 from __future__ import annotations
 
-import logging
-
 import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +45,8 @@ class _GRPORound:
 
         self.config, self.paths, self.g = config, paths, config.finetune.grpo
         self.problems = {p.id: p for p in read_verified_jsonl(paths.sample / "problems.jsonl", Problem)}
-        self.init = init
-        self.rollouts: list[Rollout] = []
+        self._recorders: list[Any] = []
+        self._verifiers: list[Any] = []  # closed after training (sandbox pools, judge samplers)
 
         def make(name: str) -> Any:
             if getattr(VERIFIERS.get(name), "needs_model", False):
@@ -60,10 +61,16 @@ class _GRPORound:
 
         rec = Rollouts([s.verifier for s in self.g.rewards], [s.weight for s in self.g.rewards], member,
                        self.paths.round)
-        self._recorders = getattr(self, "_recorders", []) + [rec]
+        self._recorders.append(rec)
         funcs = reward_functions(self.g.rewards, self.make, self.problems, rec, self.paths.round)
+        self._verifiers += [f.verifier for f in funcs]
         return {"grpo": self.g, "rewards": funcs,
                 "max_completion_length": self.g.max_completion_length or self.config.sample.max_new_tokens}
+
+    def close(self) -> None:
+        """Release the reward verifiers' resources (sandbox worker pools, judge models); safe to call twice."""
+        while self._verifiers:
+            self._verifiers.pop().close()
 
     def finish(self, out: Path, tracker: Tracker) -> dict[str, float]:
         """Grade the rollouts against gold (health), validate them with GX, write them; return their metrics."""
@@ -72,6 +79,7 @@ class _GRPORound:
         from selfimprove.quality import check_rollouts
         from selfimprove.trainers.grpo import grade_gold, label_reward_accuracy
 
+        self.close()
         rollouts = [r for rec in self._recorders for r in rec.records()]
         gold_v = gold_verifier(self.config, problem_set(self.config))
         reused = [rec.verdicts_of(gold_v.name) for rec in self._recorders]
@@ -103,6 +111,15 @@ class _GRPORound:
         return metrics
 
 
+@contextmanager
+def _closing(grpo: _GRPORound | None) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        if grpo is not None:
+            grpo.close()
+
+
 def run_finetune(config: Config, paths: RoundPaths, tracker: Tracker) -> StageReport:
     setup_runtime(config)
     fc = config.finetune
@@ -116,7 +133,8 @@ def run_finetune(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRe
     chat = _chat(config, inits[0])
     grpo = _GRPORound(config, paths, init) if fc.trainer == "grpo" else None
     extra: dict[str, float] = {}
-    with timer() as t, staged_output(paths.model) as out, staged_output(paths.finetune) as side:
+    with timer() as t, staged_output(paths.model) as out, staged_output(paths.finetune) as side, \
+            _closing(grpo):
         results = []
         for i, m in enumerate(inits):
             target = out / m.name if len(inits) > 1 else out
