@@ -69,14 +69,20 @@ def _key(p: psutil.Process) -> tuple[int, float]:
         return (p.pid, -1.0)
 
 
+_MODULE_START: list[float] = []
+
+
 def sandbox_processes() -> list[psutil.Process]:
-    """Everything we started: descendants of this test process (plus, as root, anything of the test uid)."""
+    """Everything this module started: descendants of this test process (plus, as root, anything of the test uid)
+    created since the module began. Processes that other test modules left running in this pytest process (a
+    Prefect temporary server, say) were there before and are not ours to judge."""
+    since = _MODULE_START[0] if _MODULE_START else 0.0
     procs = {p.pid: p for p in psutil.Process().children(recursive=True) if _key(p) not in _BEFORE}
     if TEST_UID is not None:
         for p in psutil.process_iter(["uids"]):
             if p.info["uids"] and p.info["uids"].real == TEST_UID:
                 procs[p.pid] = p
-    return _existing(procs.values())
+    return [p for p in _existing(procs.values()) if _key(p)[1] < 0 or _key(p)[1] >= since]
 
 
 def leftovers() -> list[psutil.Process]:
@@ -127,6 +133,7 @@ def assert_no_leftovers() -> None:
 def nothing_survives_the_module():
     """Set up first, torn down last: once every pool of this module is closed, nothing of ours remains."""
     _BEFORE.update(_key(p) for p in psutil.Process().children(recursive=True))
+    _MODULE_START.append(time.time() - 1.0)  # create_time has clock-tick resolution
     yield
     deadline = time.monotonic() + 5
     while sandbox_processes() and time.monotonic() < deadline:
