@@ -50,6 +50,13 @@ def test_transformers_sampler_records(tiny_model_dir: Path) -> None:
     n_prompt = len(s.tok(prompt)["input_ids"])
     expected = [logp[n_prompt - 1 + j].max().item() for j in range(g.n_tokens)]
     assert g.token_logprobs[: g.n_tokens] == pytest.approx(expected, abs=1e-4)
+    # the two ways to get them agree: generate's per-step logits (within the budget) and one teacher-forced pass
+    with TransformersSampler(tiny_model_dir) as s:
+        s.logits_budget_bytes = 0  # as a 152k-vocabulary model would: recompute
+        c = s.sample(problems, params, round=4, progress=False)
+    assert [x.text for x in c] == [x.text for x in a]
+    for x, y in zip(a, c, strict=True):
+        assert x.token_logprobs == pytest.approx(y.token_logprobs, abs=1e-4)
 
 
 def test_missing_model_fails_before_work(tmp_path: Path) -> None:
