@@ -109,3 +109,28 @@ def test_vllm_rollouts_refused_on_cpu_with_what_to_do() -> None:
         _check_vllm(GRPOOptions(vllm="colocate"), cuda=False)
     with pytest.raises(RuntimeError, match="vllm_server_base_url"):
         _check_vllm(GRPOOptions(vllm="server"), cuda=True)
+
+
+def test_judge_reward_is_the_judges_normalised_score() -> None:
+    """A judge as the GRPO reward: each completion earns the judge's score scaled to [0, 1]; an unparseable
+    judgment is an abstention and earns 0 (never a guess)."""
+    import re
+
+    from selfimprove.samplers.base import Sampler, completion_id
+    from selfimprove.types import Completion
+    from selfimprove.verifiers.judge import JudgeVerifier
+
+    class Scripted(Sampler):
+        name = "scripted"
+
+        def sample(self, problems, params, round, progress=True):  # noqa: ANN001
+            said = {"12": "Score: 10", "13": "Score: 4", "x": "no idea"}
+            return [Completion(id=completion_id(p.id, 0), problem_id=p.id, round=round, sample_idx=0, greedy=True,
+                               text=said[re.search(r"Answer:\n(.*)\n\nRate", p.prompt, re.S).group(1)])
+                    for p in problems]
+
+    judge = JudgeVerifier(judge_sampler=Scripted("scripted"))
+    rec = Rollouts(["judge"], [1.0], None, round=1)
+    [fn] = reward_functions([RewardSpec(verifier="judge")], lambda name: judge, PROBLEMS, rec, round=1)
+    assert call(fn, ["p"] * 3, ["12", "13", "x"]) == pytest.approx([1.0, 3 / 9, 0.0])
+    assert [r.reward for r in rec.records()] == pytest.approx([1.0, 3 / 9, 0.0])
