@@ -77,9 +77,7 @@ class ProblemsConfig(Strict):
     def _known(cls, v: str) -> str:
         from selfimprove.problems import PROBLEM_SETS
 
-        if v not in PROBLEM_SETS:
-            raise ValueError(f"unknown problem set {v!r}{did_you_mean(v, PROBLEM_SETS.names())} Known: {', '.join(PROBLEM_SETS.names())}")
-        return v
+        return PROBLEM_SETS.check(v)
 
     def options(self) -> dict[str, Any]:
         section = getattr(self, self.name, None)
@@ -204,9 +202,7 @@ class SampleConfig(Strict):
     def _known(cls, v: str) -> str:
         from selfimprove.samplers import SAMPLERS
 
-        if v not in SAMPLERS:
-            raise ValueError(f"unknown sampler {v!r}{did_you_mean(v, SAMPLERS.names())} Known: {', '.join(SAMPLERS.names())}")
-        return v
+        return SAMPLERS.check(v)
 
     @model_validator(mode="after")
     def _some_samples(self) -> SampleConfig:
@@ -267,9 +263,7 @@ class VerifyConfig(Strict):
     def _known(cls, v: str) -> str:
         from selfimprove.verifiers import VERIFIERS
 
-        if v not in VERIFIERS:
-            raise ValueError(f"unknown verifier {v!r}{did_you_mean(v, VERIFIERS.names())} Known: {', '.join(VERIFIERS.names())}")
-        return v
+        return VERIFIERS.check(v)
 
     def options(self, name: str | None = None) -> dict[str, Any]:
         section = getattr(self, name or self.verifier, None)
@@ -292,9 +286,7 @@ class FilterStep(BaseModel):
     def _known(cls, v: str) -> str:
         from selfimprove.filters import FILTERS
 
-        if v not in FILTERS:
-            raise ValueError(f"unknown filter {v!r}{did_you_mean(v, FILTERS.names())} Known: {', '.join(FILTERS.names())}")
-        return v
+        return FILTERS.check(v)
 
     @model_validator(mode="after")
     def _args(self) -> FilterStep:
@@ -347,9 +339,7 @@ class FinetuneConfig(Strict):
     def _known(cls, v: str) -> str:
         from selfimprove.trainers import TRAINERS
 
-        if v not in TRAINERS:
-            raise ValueError(f"unknown trainer {v!r}{did_you_mean(v, TRAINERS.names())} Known: {', '.join(TRAINERS.names())}")
-        return v
+        return TRAINERS.check(v)
 
     @model_validator(mode="after")
     def _grpo_batch(self) -> FinetuneConfig:

@@ -131,26 +131,20 @@ def _suite_specs(cfg: ExpectationsConfig, eval_prompts: list[str], columns: list
         ]
         if band is not None:
             train.append(gxe.ExpectColumnValuesToBeBetween(column="pass_rate", min_value=band[0], max_value=band[1]))
-        if eval_prompts:
-            train.append(gxe.ExpectColumnValuesToNotBeInSet(column="prompt_normalized", value_set=eval_prompts))
-        return {
-            "train": train,
-            "accepted": [gxe.ExpectTableRowCountToBeBetween(min_value=cfg.min_rows)],
-            "samples": [gxe.ExpectColumnMeanToBeBetween(column="parsed", min_value=cfg.min_parse_rate, max_value=1.0)],
-            "problems": [gxe.ExpectColumnMeanToBeBetween(column="accepted", min_value=lo, max_value=hi)],
-        }
-    train = [
-        gxe.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True),
-        gxe.ExpectColumnValuesToBeUnique(column="id"),
-        gxe.ExpectColumnValuesToNotBeNull(column="prompt"),
-        gxe.ExpectColumnValuesToNotBeNull(column=text_col),
-        gxe.ExpectColumnValueLengthsToBeBetween(column=text_col, min_value=1, max_value=cfg.max_completion_chars),
-        gxe.ExpectColumnValuesToBeInSet(column="origin", value_set=["self", "real"]),
-    ]
-    if text_col == "completion":
-        train.append(gxe.ExpectColumnValuesToBeBetween(column="weight", min_value=0))
     else:
-        train.append(gxe.ExpectColumnValueLengthsToBeBetween(column="rejected", min_value=1, max_value=cfg.max_completion_chars))
+        train = [
+            gxe.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True),
+            gxe.ExpectColumnValuesToBeUnique(column="id"),
+            gxe.ExpectColumnValuesToNotBeNull(column="prompt"),
+            gxe.ExpectColumnValuesToNotBeNull(column=text_col),
+            gxe.ExpectColumnValueLengthsToBeBetween(column=text_col, min_value=1, max_value=cfg.max_completion_chars),
+            gxe.ExpectColumnValuesToBeInSet(column="origin", value_set=["self", "real"]),
+        ]
+        if text_col == "completion":
+            train.append(gxe.ExpectColumnValuesToBeBetween(column="weight", min_value=0))
+        else:
+            train.append(gxe.ExpectColumnValueLengthsToBeBetween(column="rejected", min_value=1,
+                                                                 max_value=cfg.max_completion_chars))
     if eval_prompts:
         train.append(gxe.ExpectColumnValuesToNotBeInSet(column="prompt_normalized", value_set=eval_prompts))
     return {

@@ -57,12 +57,27 @@ class Registry(Generic[T]):
     def __contains__(self, name: str) -> bool:
         return name in self._entries
 
+    def _unknown(self, name: str) -> str:
+        known = self.names()
+        return f"unknown {self.kind} {name!r}{did_you_mean(name, known)} Known: {', '.join(known)}"
+
+    def check(self, name: str) -> str:
+        """``name`` if registered, else ``ValueError`` with the near matches (what a pydantic validator raises).
+
+        >>> r = Registry("trainer")
+        >>> _ = r.register("sft", "builtins:str")
+        >>> r.check("sft"), r.check("stf")
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown trainer 'stf'; did you mean 'sft'? Known: sft
+        """
+        if name not in self._entries:
+            raise ValueError(self._unknown(name))
+        return name
+
     def get(self, name: str) -> T:
         if name not in self._entries:
-            known = self.names()
-            raise UnknownNameError(
-                f"unknown {self.kind} {name!r}{did_you_mean(name, known)} Known: {', '.join(known)}"
-            )
+            raise UnknownNameError(self._unknown(name))
         entry = self._entries[name]
         if isinstance(entry, str):
             module, _, attr = entry.partition(":")

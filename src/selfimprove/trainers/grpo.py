@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,12 +52,9 @@ class RewardSpec(Strict):
     @field_validator("verifier")
     @classmethod
     def _known(cls, v: str) -> str:
-        from selfimprove.registry import did_you_mean
         from selfimprove.verifiers import VERIFIERS
 
-        if v not in VERIFIERS:
-            raise ValueError(f"unknown verifier {v!r}{did_you_mean(v, VERIFIERS.names())} Known: {', '.join(VERIFIERS.names())}")
-        return v
+        return VERIFIERS.check(v)
 
 
 class GRPOOptions(Strict):
@@ -123,29 +120,30 @@ class Rollouts:
         elif all(a is None for a in batch["answers"]):
             batch["answers"] = [getattr(v, "answer", None) for v in verdicts]
 
+    def _positions(self) -> Iterator[tuple[dict[str, Any], int, str, int, str]]:
+        """(batch, position in it, problem id, index in its group, rollout id) of every rollout, in order."""
+        for b in self.batches:
+            seen: dict[str, int] = defaultdict(int)
+            for i, pid in enumerate(b["problem_ids"]):
+                idx = seen[pid]
+                seen[pid] += 1
+                yield b, i, pid, idx, f"{self.member or 'model'}/{b['step']}/{pid}#{idx}"
+
     def verdicts_of(self, name: str) -> dict[str, bool] | None:
         """Rollout id -> passed, for a reward verifier that ran (e.g. the gold one: no need to grade twice)."""
         if name not in self.names:
             return None
-        ids = [r.id for r in self.records()]
-        flat = [p for b in self.batches for p in b["passed"].get(name, [None] * len(b["texts"]))]
-        return {i: p for i, p in zip(ids, flat) if p is not None}
+        return {rid: b["passed"][name][i] for b, i, _, _, rid in self._positions() if name in b["passed"]}
 
-    def records(self, gold: dict[str, bool] | None = None) -> list[Rollout]:
-        """The rollouts as records; ``gold`` maps a rollout id to its gold verdict (from ``grade_gold``)."""
+    def records(self) -> list[Rollout]:
+        """The rollouts as records (``gold_passed`` is filled in by the caller, who knows the gold verifier)."""
         out = []
-        for b in self.batches:
-            seen: dict[str, int] = defaultdict(int)
-            for i, (pid, text) in enumerate(zip(b["problem_ids"], b["texts"])):
-                idx = seen[pid]
-                seen[pid] += 1
-                rid = f"{self.member or 'model'}/{b['step']}/{pid}#{idx}"
-                rewards = {n: float(b["scores"][n][i]) for n in self.names if n in b["scores"]}
-                total = sum(w * rewards.get(n, 0.0) for n, w in zip(self.names, self.weights))
-                out.append(Rollout(id=rid, problem_id=pid, round=self.round, step=b["step"], member=self.member,
-                                   index=idx, completion=text, reward=round(total, 6), rewards=rewards,
-                                   answer=b["answers"][i], pseudo_label=b["labels"][i],
-                                   gold_passed=None if gold is None else gold.get(rid)))
+        for b, i, pid, idx, rid in self._positions():
+            rewards = {n: float(b["scores"][n][i]) for n in self.names if n in b["scores"]}
+            total = sum(w * rewards.get(n, 0.0) for n, w in zip(self.names, self.weights))
+            out.append(Rollout(id=rid, problem_id=pid, round=self.round, step=b["step"], member=self.member,
+                               index=idx, completion=b["texts"][i], reward=round(total, 6), rewards=rewards,
+                               answer=b["answers"][i], pseudo_label=b["labels"][i]))
         return out
 
 
