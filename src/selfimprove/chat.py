@@ -45,6 +45,23 @@ def folder_has_template(model_dir: str | Path) -> bool:
     return False
 
 
+def model_has_template(model: str | Path, *, load: bool = False, trust_remote_code: bool = False) -> bool:
+    """Whether a model's tokenizer has a chat template: a local folder is read from its files; anything else (a hub
+    id) only with ``load`` (the tokenizer is loaded: from the HF cache, or downloaded where the hub is allowed);
+    without ``load``, or when it cannot be loaded, False."""
+    path = Path(model)
+    if path.is_dir():
+        return folder_has_template(path)
+    if not load:
+        return False
+    try:
+        from transformers import AutoTokenizer
+
+        return has_template(AutoTokenizer.from_pretrained(str(model), trust_remote_code=trust_remote_code))
+    except Exception:  # noqa: BLE001 - no tokenizer to read: raw text, as for a model without a template
+        return False
+
+
 def use_chat(mode: ChatMode, tokenizer: Any = None, *, template: bool | None = None, where: str = "the model") -> bool:
     """True if prompts go through the chat template. ``template`` overrides the tokenizer check (a folder's files)."""
     present = has_template(tokenizer) if template is None else template

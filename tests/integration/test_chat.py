@@ -196,7 +196,7 @@ def test_chat_round_through_every_stage(chat_model: Path, tmp_path: Path, traine
 
 def test_a_saved_folder_says_whether_it_has_a_template(chat_model: Path, tmp_path: Path) -> None:
     """The OpenAI sampler decides ``auto`` from the model folder's files (no tokenizer loaded)."""
-    from selfimprove.chat import folder_has_template
+    from selfimprove.chat import folder_has_template, model_has_template
     from selfimprove.models.tiny import build_char_tokenizer
     from selfimprove.samplers.openai import _local_template
 
@@ -204,3 +204,6 @@ def test_a_saved_folder_says_whether_it_has_a_template(chat_model: Path, tmp_pat
     assert folder_has_template(chat_model) and _local_template(chat_model)
     assert not folder_has_template(tmp_path / "plain") and not _local_template(tmp_path / "plain")
     assert not _local_template("Qwen/Qwen2.5-0.5B-Instruct")  # a hub id: no local files, completions endpoint
+    # the finetune stage loads what is not a folder (a hub id), as the samplers do; nothing to load: raw text
+    assert model_has_template(chat_model, load=True) and not model_has_template(tmp_path / "plain", load=True)
+    assert not model_has_template("no-such-org/no-such-model", load=True)

@@ -72,7 +72,7 @@ class SamplerServerError(RuntimeError):
 
 def _local_template(model_dir: str | Path) -> bool:
     """Whether the model behind ``model_dir`` (a round's folder or the local model it points to) has a chat template."""
-    from selfimprove.chat import folder_has_template
+    from selfimprove.chat import model_has_template
 
     try:
         from selfimprove.checkpoint import resolve
@@ -80,7 +80,7 @@ def _local_template(model_dir: str | Path) -> bool:
         path = Path(resolve(model_dir))
     except Exception:  # noqa: BLE001 - a hub id or a bare served name: no local files to read
         path = Path(model_dir)
-    return path.is_dir() and folder_has_template(path)
+    return model_has_template(path)
 
 
 def normalize_base_url(url: str) -> str:

@@ -30,10 +30,12 @@ log = logging.getLogger(__name__)
 
 
 def _chat(config: Config, model_dir: Path) -> bool:
-    """Whether this round trains in TRL's conversational format (``model.chat`` and the model's tokenizer)."""
-    from selfimprove.chat import folder_has_template, use_chat
+    """Whether this round trains in TRL's conversational format (``model.chat`` and the model's tokenizer: a hub
+    model's tokenizer is loaded, as the samplers load it, so sampling and training agree)."""
+    from selfimprove.chat import model_has_template, use_chat
 
-    return use_chat(config.model.chat, template=folder_has_template(resolve_model(model_dir)), where=str(model_dir))
+    template = model_has_template(resolve_model(model_dir), load=True, trust_remote_code=config.model.trust_remote_code)
+    return use_chat(config.model.chat, template=template, where=str(model_dir))
 
 
 class _GRPORound:
