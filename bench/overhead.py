@@ -64,7 +64,9 @@ print(json.dumps({"stages": times, "process_s": round(time.perf_counter() - t_st
 
 def run_flow(root: Path) -> dict[str, Any]:
     proj = clone(root, "flow")
-    args = [str(Path(sys.executable).parent / "selfimprove"), "run", "--name", "overhead", "--apply", "never"]
+    # the sequential runner: the bare stages run one after another too, so the ratio is what orchestration adds
+    args = [str(Path(sys.executable).parent / "selfimprove"), "run", "--name", "overhead", "--apply", "never",
+            "-S", "execution.runner=sequential"]
     t0 = time.perf_counter()
     with (root / "flow.log").open("w") as log:
         proc = subprocess.Popen(args, cwd=proj, env=env(), stdout=log, stderr=subprocess.STDOUT)

@@ -51,12 +51,14 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact  #
 from prefect.runtime import flow_run as current_flow_run  # noqa: E402
 
 import tasks  # noqa: E402
+from flows.execution import ray_runner, run_units  # noqa: E402
 from selfimprove import dvcstate, experiments  # noqa: E402
 from selfimprove.config import Config, ConfigError, add_round, clear_rounds, keep_rounds, load_config  # noqa: E402
 from selfimprove.paths import RoundPaths, summary_dir  # noqa: E402
 from selfimprove.preflight import preflight  # noqa: E402
 from selfimprove.quality import DataQualityError  # noqa: E402
 from selfimprove.report import artifact_tables, improvement, markdown_summary  # noqa: E402
+from selfimprove.stages import SPLITS  # noqa: E402
 from selfimprove.stages.summary import load_round_metrics  # noqa: E402
 from selfimprove.tracking import MlflowStore, NullTracker, Tracker  # noqa: E402
 
@@ -136,9 +138,11 @@ def run_stage(stage: str, config: Config, paths: RoundPaths, tracker: Tracker, b
         return "restored"
     if before_run is not None:
         before_run()
-    task = tasks.STAGE_TASKS[stage]
     t0 = time.perf_counter()
-    report = task(config, paths, tracker)
+    if stage in SPLITS:  # members and shards as tasks of their own, side by side on Ray (execution.runner)
+        report = run_units(stage, config, paths, tracker)
+    else:
+        report = tasks.STAGE_TASKS[stage](config, paths, tracker)
     dvcstate.commit(paths.project, sid)
     logger.info("%s: done in %.0fs; %s; outputs in %s, recorded in dvc.lock", sid, time.perf_counter() - t0,
                 getattr(report, "summary", lambda: "")() or "ok", out)
@@ -310,11 +314,15 @@ def _data_uri(png: Path) -> str | None:
 
 
 def _run_rounds(config: Config, exp_name: str, work: Path, home: Path, parent_run_id: str | None,
-                store: MlflowStore | None, record: Any, results: dict[str, Any]) -> tuple[str | None, list[str]]:
+                store: MlflowStore | None, record: Any, results: dict[str, Any], runner: Any = None
+                ) -> tuple[str | None, list[str]]:
     """Round 0, then round after round until the policy stops (``selfimprove.curriculum``); returns why the run
-    stopped early (None: it ran every round of a fixed list) and the decision lines for the summary artifact."""
+    stopped early (None: it ran every round of a fixed list) and the decision lines for the summary artifact.
+    ``runner``: the task runner of every round flow (Ray, ``flows.execution``; None: Prefect's default)."""
     from selfimprove.curriculum import best_round, decide, outcomes, stop_reason
     from selfimprove.health import describe_failure
+
+    rounds_on = round_flow.with_options(task_runner=runner) if runner is not None else round_flow
 
     logger = get_run_logger()
     healthy: dict[str, bool] = {}
@@ -324,8 +332,8 @@ def _run_rounds(config: Config, exp_name: str, work: Path, home: Path, parent_ru
     key: str | None = "r0"
     while key is not None:
         try:
-            results[key] = round_flow(key, experiment=exp_name, workdir=str(work), home=str(home),
-                                      parent_run_id=parent_run_id)
+            results[key] = rounds_on(key, experiment=exp_name, workdir=str(work), home=str(home),
+                                     parent_run_id=parent_run_id)
         except DataQualityError as e:
             if config.loop.policy != "curriculum" or key == "r0":
                 raise
@@ -522,7 +530,9 @@ def _loop(overrides: list[str] | None, rounds: int | None, params: str, name: st
             config = clear_rounds(work / experiments.PARAMS)
             logger.info("run %s: loop.policy is curriculum: the rounds in the params file are dropped; the loop "
                         "decides each round and writes it into the run's params.yaml before it runs", exp_name)
-        stopped, decisions = _run_rounds(config, exp_name, work, home, parent_run_id, store, record, results)
+        with ray_runner(config) as runner:
+            stopped, decisions = _run_rounds(config, exp_name, work, home, parent_run_id, store, record, results,
+                                             runner)
         config = load_config(work / experiments.PARAMS)
         os.chdir(work)
         r0 = RoundPaths.for_round(config, "r0", ".")

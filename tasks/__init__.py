@@ -1,5 +1,6 @@
 """Prefect tasks: one per stage, each a thin wrapper whose ``.fn`` *is* the core stage function, plus the model
-registry step.
+registry step; and, for the stages written as units (``selfimprove.stages.SPLITS``), ``unit`` (one member or
+shard: what the flow submits to the task runner, Ray when ``execution.runner`` says so) and ``merge``.
 
 Retries only on transient I/O errors (a lost connection to a tracking server): a bad input, a failed Great
 Expectations gate or a full disk fails at once, with the stage's own message. Results are not cached or
@@ -8,6 +9,7 @@ persisted by Prefect: DVC decides what is up to date (``selfimprove.dvcstate``).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prefect import task
@@ -15,6 +17,7 @@ from prefect.cache_policies import NONE
 
 from selfimprove.registration import register_round
 from selfimprove.stages import (
+    SPLITS,
     run_bootstrap,
     run_evaluate,
     run_finetune,
@@ -60,8 +63,46 @@ evaluate = _task(run_evaluate, "evaluate", "evaluate@{paths.key}")
 summary = _task(run_summary, "summary", "summary")
 register = _task(register_round, "register", "register@{paths.key}")
 
+
+
+def run_unit(stage: str, config: Any, paths: Any, unit: Any, tracker: Any = None, workdir: str | None = None
+             ) -> tuple[dict[str, Any], list[Any]]:
+    """One unit of a stage (an ensemble member, a shard of problems): ``SPLITS[stage].run_unit``.
+
+    On a Ray worker (``tracker`` None): work in the run's workspace (``workdir``), keep the unit's tracking calls
+    and return them with its part, for the flow to log to MLflow in unit order."""
+    from selfimprove.tracking import RecordingTracker
+
+    if workdir is not None:
+        os.chdir(workdir)  # the stage's paths are workspace-relative, as in the flow's own process
+    rec = RecordingTracker() if tracker is None else tracker
+    part = SPLITS[stage].run_unit(config, paths, unit, rec)
+    return part, (rec.calls if tracker is None else [])
+
+
+def run_merge(stage: str, config: Any, paths: Any, units: list[Any], parts: list[dict[str, Any]], tracker: Any) -> Any:
+    """The stage's outputs from its units' parts: ``SPLITS[stage].merge``."""
+    return SPLITS[stage].merge(config, paths, units, parts, tracker)
+
+
+def _stage_id() -> str:
+    from prefect.runtime import task_run
+
+    p = task_run.parameters
+    return p["stage"] if p["stage"] == "bootstrap" else f"{p['stage']}@{p['paths'].key}"
+
+
+def _unit_run_name() -> str:  # e.g. finetune@r1/m2, sample@r1/m0/s1, bootstrap/m1
+    from prefect.runtime import task_run
+
+    return f"{_stage_id()}/{task_run.parameters['unit'].label}"
+
+
+unit = _task(run_unit, "unit", _unit_run_name)
+merge = _task(run_merge, "merge", _stage_id)
+
 ROUND_TASKS = {"sample": sample, "verify": verify, "validate": validate, "finetune": finetune, "evaluate": evaluate}
 STAGE_TASKS = {"bootstrap": bootstrap, **ROUND_TASKS, "summary": summary}
 
-__all__ = ["ROUND_TASKS", "STAGE_TASKS", "bootstrap", "evaluate", "finetune", "register", "sample", "summary",
-           "validate", "verify"]
+__all__ = ["ROUND_TASKS", "STAGE_TASKS", "bootstrap", "evaluate", "finetune", "merge", "register", "run_merge",
+           "run_unit", "sample", "summary", "unit", "validate", "verify"]

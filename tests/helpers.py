@@ -13,6 +13,7 @@ BENCHMARKS = ROOT.parent / "shared" / "benchmarks"
 
 # A loop small enough for a test (~30 s on one core) that still exercises every stage for real.
 MINI_OVERRIDES = [
+    "execution.runner=sequential",  # Ray starts in the tests that are about it (tests/integration/test_ray.py)
     "model.ensemble=1",
     "bootstrap.difficulties=[1, 2]",
     "bootstrap.examples_per_difficulty=2000",
@@ -72,7 +73,7 @@ def make_project(dest: Path, overrides: list[str] | None = None) -> Path:
     shutil.copy(ROOT / "infra" / "prefect.yaml", dest / "infra" / "prefect.yaml")
     # dvc.yaml lists code dependencies under src/selfimprove: a copy keeps DVC's hashes meaningful here.
     shutil.copytree(ROOT / "src" / "selfimprove", dest / "src" / "selfimprove", ignore=shutil.ignore_patterns("__pycache__"))
-    (dest / ".gitignore").write_text("/.selfimprove/\n/mlruns.db\n/mlartifacts/\n/.prefect/\n__pycache__/\n")
+    (dest / ".gitignore").write_text("/.selfimprove/\n/mlruns.db\n/mlartifacts/\n/.prefect/\n__pycache__/\n.parts/\n")
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True, env=env)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=dest, check=True, env=env)

@@ -91,7 +91,7 @@ def test_compose_file_is_valid() -> None:
     # No compose binary on this machine: check the structure ourselves (services, dependencies, volumes, files).
     spec = yaml.safe_load(compose.read_text())
     services = spec["services"]
-    assert {"postgres", "minio", "mlflow", "prefect-server", "worker"} <= set(services)
+    assert {"postgres", "minio", "mlflow", "prefect-server", "worker", "ray-head", "ray-worker"} <= set(services)
     for name, svc in services.items():
         assert "image" in svc or "build" in svc, name
         for dep in svc.get("depends_on", {}):

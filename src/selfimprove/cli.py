@@ -128,6 +128,20 @@ def _register_stage_commands() -> None:
 _register_stage_commands()
 
 
+@app.command("finetune-unit", hidden=True)
+def finetune_unit(round: RoundOpt, member: Annotated[int, typer.Option(help="Ensemble member index.")] = 0,
+                  project: ProjectOpt = Path(".")) -> None:
+    """One process of a member's training started by finetune.launch (accelerate launch, torchrun)."""
+    from selfimprove.paths import RoundPaths
+    from selfimprove.stages.finetune import run_launched_unit
+
+    setup_logging()
+    config = _load(project)
+    os.chdir(project)
+    with guarded():
+        run_launched_unit(config, RoundPaths.for_round(config, round, "."), member)
+
+
 # ----------------------------------------------------------------------------------------------------- run
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import io
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -186,6 +187,10 @@ class SampleConfig(Strict):
     max_new_tokens: PosInt = 32
     batch_size: PosInt = Field(512, description="Sequences per generation batch.")
     seed: NonNegInt = 0
+    shards: PosInt = Field(
+        1, description="Cut the round's problems into this many shards, each sampled (per member) and verified as "
+        "its own unit of work, side by side on Ray; shard s>0 samples with its own seed, so this setting is part of "
+        "the data's recipe (1 = one shard, the unsharded stage).")
     logprobs: bool = True
     stop: list[str] = Field(default_factory=list, description="Stop strings (in addition to EOS).")
     views: list[str] = Field(
@@ -333,6 +338,10 @@ class FinetuneConfig(Strict):
     train: TrainConfig = TrainConfig()
     dpo: DPOConfig = DPOConfig()
     grpo: GRPOOptions = GRPOOptions()
+    launch: list[str] = Field(
+        default_factory=list, description="Train each model in processes of its own started by this command, e.g. "
+        "[accelerate, launch, --config_file, infra/accelerate/fsdp.yaml] (several GPUs: DDP, FSDP, DeepSpeed) or "
+        "[torchrun, --nproc_per_node, '2']; empty = in the stage's own process. sft, weighted_sft and dpo.")
 
     @field_validator("trainer")
     @classmethod
@@ -340,6 +349,14 @@ class FinetuneConfig(Strict):
         from selfimprove.trainers import TRAINERS
 
         return TRAINERS.check(v)
+
+    @model_validator(mode="after")
+    def _launch(self) -> FinetuneConfig:
+        if self.launch and self.trainer == "grpo":
+            raise ValueError("finetune.launch starts the trainer in several processes; trainer grpo records its "
+                             "rollouts in one process: leave finetune.launch empty for grpo (one GPU; vLLM through "
+                             "finetune.grpo.vllm, docs/gpu.md)")
+        return self
 
     @model_validator(mode="after")
     def _grpo_batch(self) -> FinetuneConfig:
@@ -363,6 +380,59 @@ class EvaluateConfig(Strict):
     max_new_tokens: PosInt | None = Field(None, description="None = sample.max_new_tokens.")
     batch_size: PosInt | None = Field(None, description="None = sample.batch_size.")
     seed: NonNegInt = 1234
+
+
+# ---------------------------------------------------------------------------------------------- execution
+
+FANOUT_STAGES = ("bootstrap", "sample", "verify", "finetune", "evaluate")
+
+
+class UnitResources(Strict):
+    """What one unit of a stage asks Ray for (``ray.remote`` options through prefect-ray's ``remote_options``)."""
+
+    num_cpus: float = Field(1.0, ge=0, description="CPUs one unit holds (torch uses 'threads' of them).")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs one unit holds (0.5 = two units share a GPU).")
+    memory_gb: float | None = Field(None, gt=0, description="Memory one unit reserves on its node (None = no "
+                                    "reservation).")
+
+    def remote_options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        if self.memory_gb:
+            opts["memory"] = int(self.memory_gb * 2**30)
+        return opts
+
+
+class ExecutionConfig(Strict):
+    """Where the units of a stage run (members, shards): one after another in the flow, or side by side on Ray.
+
+    Never part of the data's recipe: the same params give the same bytes on either runner."""
+
+    runner: Literal["auto", "sequential", "ray"] = Field(
+        "auto", description="sequential | ray | auto (ray when this machine has more than one CPU core).")
+    address: str | None = Field(
+        None, description="Ray cluster to use: 'auto' (the cluster this machine is part of), 'ray://head:10001' (Ray "
+        "Client), or empty for a local Ray the run starts and stops.")
+    num_cpus: PosInt | None = Field(None, description="CPUs of the local Ray (empty = all of this machine's).")
+    resources: dict[str, UnitResources] = Field(
+        default_factory=dict, description="Per stage (bootstrap, sample, verify, finetune, evaluate): what one unit "
+        "asks Ray for; a stage not listed asks for 1 CPU.")
+
+    @field_validator("resources")
+    @classmethod
+    def _stages(cls, v: dict[str, UnitResources]) -> dict[str, UnitResources]:
+        unknown = sorted(set(v) - set(FANOUT_STAGES))
+        if unknown:
+            raise ValueError(f"unknown stage(s) {', '.join(unknown)}: resources are per stage, one of "
+                             f"{', '.join(FANOUT_STAGES)}")
+        return v
+
+    def use_ray(self) -> bool:
+        if self.runner == "auto":
+            return (os.cpu_count() or 1) > 1
+        return self.runner == "ray"
+
+    def unit_resources(self, stage: str) -> UnitResources:
+        return self.resources.get(stage, UnitResources())
 
 
 # ----------------------------------------------------------------------------------------------- tracking
@@ -498,6 +568,7 @@ class Config(Strict):
     finetune: FinetuneConfig = FinetuneConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
+    execution: ExecutionConfig = ExecutionConfig()
     loop: LoopConfig = LoopConfig()
     rounds: dict[str, RoundConfig] = Field(default_factory=dict)
     eval_rounds: dict[str, dict[str, Any]] | None = Field(

@@ -89,6 +89,44 @@ class Tracker:
 NullTracker = Tracker
 
 
+class RecordingTracker(Tracker):
+    """Keeps a unit's tracking calls instead of making them: a unit on a Ray worker has no MLflow run to log to
+    (a live run does not travel between processes); the flow replays the calls, in unit order (``replay``)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    def _keep(self, name: str, *args: Any, **kwargs: Any) -> None:
+        self.calls.append((name, args, kwargs))
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self._keep("log_params", dict(params))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, parent: bool = False) -> None:
+        self._keep("log_metrics", dict(metrics), step=step, parent=parent)
+
+    def log_dataset(self, path: str | Path, name: str, context: str) -> None:
+        self._keep("log_dataset", str(path), name=name, context=context)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self._keep("log_artifact", str(path), artifact_path=artifact_path)
+
+    def log_dict(self, data: Any, artifact_file: str) -> None:
+        self._keep("log_dict", data, artifact_file=artifact_file)
+
+    def log_table(self, rows: list[dict[str, Any]], artifact_file: str) -> None:
+        self._keep("log_table", list(rows), artifact_file=artifact_file)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self._keep("set_tags", dict(tags))
+
+
+def replay(calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]], tracker: Tracker) -> None:
+    """Make the calls a ``RecordingTracker`` kept, on ``tracker``."""
+    for name, args, kwargs in calls:
+        getattr(tracker, name)(*args, **kwargs)
+
+
 # ------------------------------------------------------------------------------------------------ helpers
 
 

@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from selfimprove.config import Config
-from selfimprove.ensemble import member_names, write_ensemble
+from selfimprove.ensemble import member_names
 from selfimprove.io import staged_output, write_json, write_jsonl, write_manifest
 from selfimprove.paths import RoundPaths
 from selfimprove.stages.common import StageReport, evaluate_with, problem_set, setup_runtime, timer
+from selfimprove.stages.parts import Split, Unit, move_members, run_split
+from selfimprove.stages.parts import finish as parts_finish
 from selfimprove.tracking import Tracker
 from selfimprove.types import Problem, TrainRow
 
@@ -111,37 +113,39 @@ def _build_tiny(config: Config, rows: list[TrainRow], directory: Path, seed: int
     return model, tok
 
 
-def _train_members(config: Config, rows: list[TrainRow], out: Path, tracker: Tracker) -> dict[str, Any]:
-    """Build and train ``model.ensemble`` tiny models from different seeds (one folder, or m0, m1, ...)."""
+def bootstrap_units(config: Config, paths: RoundPaths) -> list[Unit]:
+    """One unit per ensemble member to train (none when round 0 is an existing model)."""
+    if config.model.source != "tiny":
+        return []
+    n = config.model.ensemble
+    return [Unit("bootstrap", member=i, member_name=name) for i, name in enumerate(member_names(n) if n > 1 else [None])]
+
+
+def run_bootstrap_unit(config: Config, paths: RoundPaths, unit: Unit, tracker: Tracker) -> dict[str, Any]:
+    """Build and train member ``unit.member`` from its own seed into the unit's part folder."""
     from selfimprove.trainers.sft import train_sft
 
-    n = config.model.ensemble
-    names = member_names(n) if n > 1 else [""]
-    reports = []
-    for i, name in enumerate(names):
-        target = out / name if name else out
-        prefix = f"bootstrap/{name}" if name else "bootstrap"
-        seed = config.seed * 1000 + i
-        with tempfile.TemporaryDirectory() as tmp:
-            model, tok = _build_tiny(config, rows, Path(tmp), seed=seed)
-            stopper = _EarlyStop(config, tok, tracker, prefix) if config.bootstrap.early_stop else None
-            cfg = config.bootstrap.train.model_copy(update={"seed": config.bootstrap.train.seed + i})
-            rep = train_sft(tmp, rows, target, cfg, tracker, prefix=prefix, model=model, tokenizer=tok,
-                            callbacks=[stopper.callback] if stopper else [])
-            if stopper:
-                rep["early_stop_history"] = stopper.history
-            reports.append(rep)
-    if n > 1:
-        write_ensemble(out, names)
-    return {
-        "steps": sum(r["steps"] for r in reports),
-        "final_loss": sum(r["final_loss"] for r in reports) / n,
-        "seconds": sum(r["seconds"] for r in reports),
-        "members": reports,
-    }
+    setup_runtime(config)
+    rows = labelled_rows(labelled_problems(config))
+    if not rows:
+        raise ValueError("bootstrap has no labelled rows to train the tiny model on; check bootstrap.difficulties")
+    i, target = unit.member or 0, unit.dir(paths)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f"bootstrap/{unit.member_name}" if unit.member_name else "bootstrap"
+    with tempfile.TemporaryDirectory() as tmp:
+        model, tok = _build_tiny(config, rows, Path(tmp), seed=config.seed * 1000 + i)
+        stopper = _EarlyStop(config, tok, tracker, prefix) if config.bootstrap.early_stop else None
+        cfg = config.bootstrap.train.model_copy(update={"seed": config.bootstrap.train.seed + i})
+        rep = train_sft(tmp, rows, target, cfg, tracker, prefix=prefix, model=model, tokenizer=tok,
+                        callbacks=[stopper.callback] if stopper else [])
+    if stopper:
+        rep["early_stop_history"] = stopper.history
+    return rep
 
 
-def run_bootstrap(config: Config, paths: RoundPaths, tracker: Tracker) -> StageReport:
+def merge_bootstrap(config: Config, paths: RoundPaths, units: list[Unit], parts: list[dict[str, Any]],
+                    tracker: Tracker) -> StageReport:
+    """Write round 0's outputs: the labelled problems and rows, and the trained members (or the model pointer)."""
     setup_runtime(config)
     mc = config.model
     if mc.source == "path" and not Path(mc.path).exists():  # type: ignore[arg-type]
@@ -161,9 +165,10 @@ def run_bootstrap(config: Config, paths: RoundPaths, tracker: Tracker) -> StageR
         metrics: dict[str, float] = {"bootstrap/rows": len(rows)}
         with staged_output(paths.model) as out:
             if mc.source == "tiny":
-                if not rows:
-                    raise ValueError("bootstrap has no labelled rows to train the tiny model on; check bootstrap.difficulties")
-                train_report = _train_members(config, rows, out, tracker)
+                move_members(paths, units, out)
+                n = len(parts)
+                train_report = {"steps": sum(r["steps"] for r in parts), "final_loss": sum(r["final_loss"] for r in parts) / n,
+                                "seconds": sum(r["seconds"] for r in parts), "members": parts}
                 metrics.update({"bootstrap/steps": train_report["steps"], "bootstrap/final_loss": train_report["final_loss"]})
             else:
                 write_json(out / "model_ref.json", {"source": mc.source, "path": mc.path, "revision": mc.revision})
@@ -171,15 +176,24 @@ def run_bootstrap(config: Config, paths: RoundPaths, tracker: Tracker) -> StageR
                                  outputs={"model": str(paths.model), "train": str(paths.validate / "train.jsonl")})
             report.write(out)
             write_manifest(out, producer="bootstrap")
-    report.seconds = t["seconds"]
-    timings = {"bootstrap/seconds": t["seconds"]}
+    parts_finish(paths, "bootstrap")
+    # the stage's time: its members' training (side by side or one after another) and this merge
+    report.seconds = t["seconds"] + (train_report.get("seconds", 0.0))
+    timings = {"bootstrap/seconds": report.seconds}
     if train_report:
         timings["bootstrap/train_seconds"] = train_report["seconds"]
     tracker.log_metrics(metrics | timings, step=0)
     tracker.log_params({"bootstrap.rows": len(rows)})
     if rows:
         tracker.log_dataset(paths.validate / "train.jsonl", name="r0/train", context="training")
-    log.info("bootstrap: %d labelled rows, %s in %.0fs", len(rows),
-             f"{mc.ensemble} model(s) trained for {train_report['steps']} steps" if train_report else f"model {mc.path}",
-             t["seconds"])
+    log.info("bootstrap: %d labelled rows, %s", len(rows),
+             f"{mc.ensemble} model(s) trained for {train_report['steps']} steps" if train_report else f"model {mc.path}")
     return report
+
+
+BOOTSTRAP = Split("bootstrap", bootstrap_units, run_bootstrap_unit, merge_bootstrap)
+
+
+def run_bootstrap(config: Config, paths: RoundPaths, tracker: Tracker) -> StageReport:
+    """The whole stage in this process (``selfimprove bootstrap``, ``dvc repro``): members one after another."""
+    return run_split(BOOTSTRAP, config, paths, tracker)

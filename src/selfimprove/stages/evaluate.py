@@ -16,7 +16,7 @@ from typing import Any
 
 from selfimprove.config import Config
 from selfimprove.ensemble import members
-from selfimprove.io import read_verified_jsonl, staged_output, write_json, write_jsonl, write_manifest
+from selfimprove.io import read_jsonl, read_verified_jsonl, staged_output, write_json, write_jsonl, write_manifest
 from selfimprove.paths import RoundPaths
 from selfimprove.samplers.hf import TransformersSampler, resolve_model
 from selfimprove.stages.common import (
@@ -33,6 +33,8 @@ from selfimprove.stages.common import (
     setup_runtime,
     timer,
 )
+from selfimprove.stages.parts import Split, Unit, run_split
+from selfimprove.stages.parts import finish as parts_finish
 from selfimprove.tracking import Tracker
 from selfimprove.types import Problem, TrainRow
 
@@ -94,6 +96,23 @@ def evaluate_model(config: Config, model_dir: Path | None, round: int, sampler: 
     For an ensemble, member ``m0`` is the product (the model the registry holds and a user deploys): the headline
     metrics (greedy accuracy, maj@k, pass@k) are its own. The other members, which only help label, get a greedy
     pass each, kept as ``members/<m>/accuracy/...`` (``m0`` too, for a side-by-side look in MLflow)."""
+    if sampler is not None:
+        pset = problem_set(config)
+        verifier = gold_verifier(config, pset)
+        try:
+            return evaluate_with(sampler, eval_problems(config, pset, key), verifier,
+                                 sampling_params(config, evaluation=True), round)
+        finally:
+            verifier.close()
+    group = members(model_dir)
+    done = [evaluate_member(config, group, i, round, key, pool) for i in range(len(group))]
+    return combine_members(group, [m for m, _ in done], done[0][1])
+
+
+def evaluate_member(config: Config, group: list[Path], i: int, round: int, key: str | None,
+                    pool: list[Problem] | None) -> tuple[dict[str, float], list[dict]]:
+    """Member ``i`` of the round's model: the full evaluation for ``m0`` (or a single model), a greedy pass for
+    the others (their predictions are not kept)."""
     from dataclasses import replace
 
     pset = problem_set(config)
@@ -102,34 +121,62 @@ def evaluate_model(config: Config, model_dir: Path | None, round: int, sampler: 
     params = sampling_params(config, evaluation=True)
     greedy_only = replace(params, k=0, greedy=True)
     try:
-        if sampler is not None:
-            return evaluate_with(sampler, problems, verifier, params, round)
-        group = members(model_dir)
-        with make_sampler(config, group[0]) as s:
+        with make_sampler(config, group[i]) as s:
+            if i:
+                return evaluate_with(s, problems, verifier, greedy_only, round)[0], []
             metrics, predictions = evaluate_with(s, problems, verifier, params, round)
             if pool:
                 pm, _ = evaluate_with(s, pool, verifier, greedy_only, round)
                 metrics.update(pool_gap(metrics, pm))
-        if len(group) == 1:
             return metrics, predictions
-        metrics.update({f"members/{group[0].name}/{k}": v for k, v in metrics.items() if k.startswith("accuracy")})
-        for m in group[1:]:
-            with make_sampler(config, m) as s:
-                mm, _ = evaluate_with(s, problems, verifier, greedy_only, round)
-            metrics.update({f"members/{m.name}/{k}": v for k, v in mm.items() if k.startswith("accuracy")})
-        return metrics, [p | {"member": group[0].name} for p in predictions]
     finally:
         verifier.close()
 
 
-def run_evaluate(config: Config, paths: RoundPaths, tracker: Tracker) -> StageReport:
-    setup_runtime(config)
-    for m in members(paths.model):
+def combine_members(group: list[Path], per_member: list[dict[str, float]], predictions: list[dict]
+                    ) -> tuple[dict[str, float], list[dict]]:
+    """m0's metrics and predictions, with every member's accuracies as ``members/<m>/accuracy...``."""
+    metrics = dict(per_member[0])
+    if len(group) == 1:
+        return metrics, predictions
+    for m, mm in zip(group, per_member):
+        metrics.update({f"members/{m.name}/{k}": v for k, v in mm.items() if k.startswith("accuracy")})
+    return metrics, [p | {"member": group[0].name} for p in predictions]
+
+
+def evaluate_units(config: Config, paths: RoundPaths) -> list[Unit]:
+    """One unit per member of the round's model."""
+    group = members(paths.model)
+    for m in group:
         resolve_model(m)
-    sampled = {p.id: p for p in read_verified_jsonl(paths.sample / "problems.jsonl", Problem)}
+    return [Unit("evaluate", member=i, member_name=m.name if len(group) > 1 else None) for i, m in enumerate(group)]
+
+
+def _sampled(paths: RoundPaths) -> dict[str, Problem]:
+    return {p.id: p for p in read_verified_jsonl(paths.sample / "problems.jsonl", Problem)}
+
+
+def run_evaluate_unit(config: Config, paths: RoundPaths, unit: Unit, tracker: Tracker) -> dict[str, Any]:
+    """One member's evaluation: metrics returned, predictions (m0 only) into the unit's ``predictions.jsonl``."""
+    setup_runtime(config)
+    i = unit.member or 0
     with timer() as t:
-        metrics, predictions = evaluate_model(config, paths.model, paths.round, key=paths.key,
-                                              pool=pool_problems(config, sampled))
+        metrics, predictions = evaluate_member(config, members(paths.model), i, paths.round, paths.key,
+                                               pool_problems(config, _sampled(paths)) if i == 0 else None)
+    out = unit.dir(paths)
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "predictions.jsonl", predictions)
+    return {"metrics": metrics, "seconds": t["seconds"]}
+
+
+def merge_evaluate(config: Config, paths: RoundPaths, units: list[Unit], parts: list[dict[str, Any]],
+                   tracker: Tracker) -> StageReport:
+    """The round's metrics (members, label precision, health, the stages' counts) and m0's predictions."""
+    setup_runtime(config)
+    sampled = _sampled(paths)
+    with timer() as t:
+        metrics, predictions = combine_members(members(paths.model), [p["metrics"] for p in parts],
+                                               read_jsonl(units[0].dir(paths) / "predictions.jsonl"))
     if any(k.startswith("accuracy/d") for k in metrics):
         from selfimprove.curriculum import solved_progress, solved_up_to
 
@@ -146,18 +193,28 @@ def run_evaluate(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRe
         metrics.update({f"acceptance_precision/{k}": v for k, v in by_bucket.items()})
     metrics.update(collect_stage_metrics(paths))
     metrics["round"] = paths.round
-    report = StageReport(stage="evaluate", round=paths.round, seconds=t["seconds"], metrics=metrics,
+    seconds = t["seconds"] + sum(p["seconds"] for p in parts)
+    report = StageReport(stage="evaluate", round=paths.round, seconds=seconds, metrics=metrics,
                          outputs={"metrics": str(paths.metrics), "predictions": str(paths.evaluate / "predictions.jsonl")})
     with staged_output(paths.evaluate) as out:
         write_jsonl(out / "predictions.jsonl", predictions)
         report.write(out)
         write_manifest(out, producer=f"evaluate@{paths.key}")
     write_json(paths.metrics, {k: (round(v, 6) if isinstance(v, float) else v) for k, v in sorted(metrics.items())})
-    tracker.log_metrics(metrics | {"evaluate/seconds": t["seconds"]}, step=paths.round, parent=True)
+    parts_finish(paths, "evaluate")
+    tracker.log_metrics(metrics | {"evaluate/seconds": seconds}, step=paths.round, parent=True)
     log.info("evaluate@%s: accuracy %.3f (%s)", paths.key, metrics.get("accuracy", float("nan")),
              ", ".join(f"{k.split('/')[1]} {v:.2f}" for k, v in metrics.items()
                        if k.startswith("accuracy/") and k.count("/") == 1))
     return report
+
+
+EVALUATE = Split("evaluate", evaluate_units, run_evaluate_unit, merge_evaluate)
+
+
+def run_evaluate(config: Config, paths: RoundPaths, tracker: Tracker) -> StageReport:
+    """The whole stage in this process (``selfimprove evaluate``, ``dvc repro``): members one after another."""
+    return run_split(EVALUATE, config, paths, tracker)
 
 
 __all__ = ["TransformersSampler", "collect_stage_metrics", "evaluate_model", "pool_gap", "pool_problems", "run_evaluate"]

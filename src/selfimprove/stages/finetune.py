@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from selfimprove.config import Config
-from selfimprove.ensemble import members, write_ensemble
-from selfimprove.io import read_verified_jsonl, staged_output, write_json, write_jsonl, write_manifest
+from selfimprove.ensemble import members
+from selfimprove.io import read_jsonl, read_verified_jsonl, staged_output, write_json, write_jsonl, write_manifest
 from selfimprove.paths import RoundPaths
 from selfimprove.samplers.hf import resolve_model
 from selfimprove.stages.common import StageReport, gold_verifier, problem_set, setup_runtime, timer
+from selfimprove.stages.parts import Split, Unit, move_members, run_split
+from selfimprove.stages.parts import finish as parts_finish
 from selfimprove.tracking import Tracker
 from selfimprove.trainers import TRAINERS
 from selfimprove.types import PreferencePair, Problem, PromptRow, Rollout, TrainRow
@@ -74,17 +77,28 @@ class _GRPORound:
         while self._verifiers:
             self._verifiers.pop().close()
 
-    def finish(self, out: Path, tracker: Tracker) -> dict[str, float]:
-        """Grade the rollouts against gold (health), validate them with GX, write them; return their metrics."""
+    def member_records(self) -> tuple[list[Rollout], dict[str, bool] | None]:
+        """This process's rollouts, and the gold verifier's verdicts on them when it was one of the rewards."""
+        self.close()
+        gold_name = self.config.evaluate.verifier or problem_set(self.config).default_verifier
+        rollouts = [r for rec in self._recorders for r in rec.records()]
+        reused: dict[str, bool] | None = {}
+        for rec in self._recorders:
+            got = rec.verdicts_of(gold_name)
+            reused = None if got is None or reused is None else reused | got
+        return rollouts, reused
+
+    def finish(self, out: Path, tracker: Tracker, rollouts: list[Rollout], reused: list[dict[str, bool] | None]
+               ) -> dict[str, float]:
+        """Grade the members' rollouts against gold (health), validate them with GX, write them; return their
+        metrics. ``reused``: per member, the gold verifier's verdicts when it was a reward (no grading twice)."""
         import pandas as pd
 
         from selfimprove.quality import check_rollouts
         from selfimprove.trainers.grpo import grade_gold, label_reward_accuracy
 
         self.close()
-        rollouts = [r for rec in self._recorders for r in rec.records()]
         gold_v = gold_verifier(self.config, problem_set(self.config))
-        reused = [rec.verdicts_of(gold_v.name) for rec in self._recorders]
         try:
             if all(r is not None for r in reused):  # the gold verifier was a reward: its verdicts are the gold ones
                 gold = {k: v for r in reused for k, v in (r or {}).items()}
@@ -122,36 +136,106 @@ def _closing(grpo: _GRPORound | None) -> Iterator[None]:
             grpo.close()
 
 
-def run_finetune(config: Config, paths: RoundPaths, tracker: Tracker) -> StageReport:
-    setup_runtime(config)
-    fc = config.finetune
-    init = paths.prev_paths.model if fc.init == "continue" else paths.base.model
-    inits = members(init)
+def _inits(config: Config, paths: RoundPaths) -> tuple[Path, list[Path]]:
+    init = paths.prev_paths.model if config.finetune.init == "continue" else paths.base.model
+    return init, members(init)
+
+
+def finetune_units(config: Config, paths: RoundPaths) -> list[Unit]:
+    """One unit per ensemble member: each trains on the round's shared set from its own start model and seed."""
+    _, inits = _inits(config, paths)
     for m in inits:
         resolve_model(m)
+    return [Unit("finetune", member=i, member_name=m.name if len(inits) > 1 else None) for i, m in enumerate(inits)]
+
+
+LAUNCHED = "SELFIMPROVE_LAUNCHED_UNIT"
+
+
+def launch_unit(config: Config, paths: RoundPaths, unit: Unit, tracker: Tracker) -> dict[str, Any]:
+    """``finetune.launch``: train the member in processes started by the launcher (accelerate, torchrun), each
+    running ``selfimprove finetune-unit``; the main process writes the model and ``part.json`` (the trainer's
+    report and its tracking calls, logged here)."""
+    import subprocess
+    import sys
+
+    from selfimprove.tracking import replay
+
+    part = unit.dir(paths) / "part.json"
+    part.unlink(missing_ok=True)
+    cmd = [*config.finetune.launch, "-m", "selfimprove.cli", "finetune-unit", "--round", paths.key,
+           "--member", str(unit.member or 0)]
+    if cmd[0] in ("accelerate", "torchrun"):  # this environment's launcher, whatever PATH says
+        cmd[:1] = [sys.executable, "-m", "accelerate.commands.launch" if cmd[0] == "accelerate" else "torch.distributed.run"]
+    log.info("finetune@%s/%s: %s", paths.key, unit.label, " ".join(cmd))
+    proc = subprocess.run(cmd, env={**os.environ, LAUNCHED: "1"}, cwd=os.getcwd())
+    if proc.returncode != 0 or not part.exists():
+        raise RuntimeError(f"finetune@{paths.key}/{unit.label}: the launched trainer failed (exit {proc.returncode}): "
+                           f"{' '.join(cmd)}; its output is above. Run that command in the run's workspace "
+                           f"({os.getcwd()}) to see it alone")
+    data = json.loads(part.read_text())
+    replay([(n, tuple(a), k) for n, a, k in data["calls"]], tracker)
+    return data["part"]
+
+
+def run_launched_unit(config: Config, paths: RoundPaths, member: int) -> None:
+    """One process of a launched member (``selfimprove finetune-unit``): train; the main process writes part.json."""
+    from selfimprove.tracking import RecordingTracker
+
+    unit = next(u for u in finetune_units(config, paths) if (u.member or 0) == member)
+    rec = RecordingTracker()
+    result = run_finetune_unit(config, paths, unit, rec)
+    if int(os.environ.get("RANK", "0")) == 0:
+        write_json(unit.dir(paths) / "part.json", {"part": result, "calls": rec.calls})
+
+
+def run_finetune_unit(config: Config, paths: RoundPaths, unit: Unit, tracker: Tracker) -> dict[str, Any]:
+    """Train member ``unit.member`` into the unit's part folder; GRPO also writes its rollouts there."""
+    if config.finetune.launch and not os.environ.get(LAUNCHED):
+        return launch_unit(config, paths, unit, tracker)
+    setup_runtime(config)
+    fc = config.finetune
+    init, inits = _inits(config, paths)
+    i = unit.member or 0
     row_type = {"dpo": PreferencePair, "grpo": PromptRow}.get(fc.trainer, TrainRow)
     rows = read_verified_jsonl(paths.validate / "train.jsonl", row_type)
     train = TRAINERS.get(fc.trainer)
     chat = _chat(config, inits[0])
     grpo = _GRPORound(config, paths, init) if fc.trainer == "grpo" else None
-    extra: dict[str, float] = {}
-    with timer() as t, staged_output(paths.model) as out, staged_output(paths.finetune) as side, \
-            _closing(grpo):
-        results = []
-        for i, m in enumerate(inits):
-            target = out / m.name if len(inits) > 1 else out
-            cfg = fc.train.model_copy(update={"seed": fc.train.seed + i})
-            prefix = "finetune" if len(inits) == 1 else f"finetune/{m.name}"
-            kwargs: dict[str, Any] = {"dpo": fc.dpo} if fc.trainer == "dpo" else {}
-            if grpo is not None:
-                kwargs = grpo.kwargs(m.name if len(inits) > 1 else None)
-            if chat:
-                kwargs["chat"] = True
-            results.append(train(m, rows, target, cfg, tracker, prefix=prefix, **kwargs))
-        if len(inits) > 1:
-            write_ensemble(out, [m.name for m in inits])
+    target = unit.dir(paths)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    cfg = fc.train.model_copy(update={"seed": fc.train.seed + i})
+    prefix = f"finetune/{unit.member_name}" if unit.member_name else "finetune"
+    kwargs: dict[str, Any] = {"dpo": fc.dpo} if fc.trainer == "dpo" else {}
+    with _closing(grpo):
         if grpo is not None:
-            extra = grpo.finish(side, tracker)
+            kwargs = grpo.kwargs(unit.member_name)
+        if chat:
+            kwargs["chat"] = True
+        result = train(inits[i], rows, target / "model", cfg, tracker, prefix=prefix, **kwargs)
+        if grpo is not None:
+            rollouts, reused = grpo.member_records()
+            write_jsonl(target / "rollouts.jsonl", rollouts)
+            write_json(target / "gold_verdicts.json", reused)
+    return result | {"chat": chat}
+
+
+def merge_finetune(config: Config, paths: RoundPaths, units: list[Unit], parts: list[dict[str, Any]],
+                   tracker: Tracker) -> StageReport:
+    """The members into the round's model folder; GRPO's rollouts graded, validated (GX) and written."""
+    setup_runtime(config)
+    fc = config.finetune
+    init, inits = _inits(config, paths)
+    grpo = _GRPORound(config, paths, init) if fc.trainer == "grpo" else None
+    results = [{k: v for k, v in p.items() if k != "chat"} for p in parts]
+    chat = bool(parts[0]["chat"]) if parts else False
+    extra: dict[str, float] = {}
+    with timer() as t, staged_output(paths.model) as out, staged_output(paths.finetune) as side, _closing(grpo):
+        move_members(paths, units, out, sub="model")
+        if grpo is not None:
+            rollouts = [r for u in units for r in read_jsonl(u.dir(paths) / "rollouts.jsonl", Rollout)]
+            reused = [json.loads((u.dir(paths) / "gold_verdicts.json").read_text()) for u in units]
+            extra = grpo.finish(side, tracker, rollouts, reused)
         result = {
             "rows": results[0]["rows"],
             "steps": results[0]["steps"],
@@ -180,9 +264,19 @@ def run_finetune(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRe
         report.write(side)
         write_manifest(out, producer=f"finetune@{paths.key}")
         write_manifest(side, producer=f"finetune@{paths.key}")
+    parts_finish(paths, "finetune")
+    report.seconds += t["seconds"]
     tracker.log_metrics(metrics, step=paths.round)
     if grpo is not None:
         tracker.log_dataset(paths.finetune / "rollouts.jsonl", name=f"{paths.key}/rollouts", context="rollouts")
-    log.info("finetune@%s: %s from %s, %d steps at lr %g in %.1fs", paths.key, fc.trainer, init, result["steps"],
-             results[0].get("learning_rate", fc.train.lr), result["seconds"])
+    log.info("finetune@%s: %s from %s, %d steps at lr %g (%d members)", paths.key, fc.trainer, init, result["steps"],
+             results[0].get("learning_rate", fc.train.lr), len(units))
     return report
+
+
+FINETUNE = Split("finetune", finetune_units, run_finetune_unit, merge_finetune)
+
+
+def run_finetune(config: Config, paths: RoundPaths, tracker: Tracker) -> StageReport:
+    """The whole stage in this process (``selfimprove finetune``, ``dvc repro``): members one after another."""
+    return run_split(FINETUNE, config, paths, tracker)

@@ -4,49 +4,94 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from typing import Any
 
 from selfimprove.config import Config
-from selfimprove.io import read_verified_jsonl, staged_output, write_jsonl, write_manifest
+from selfimprove.io import read_jsonl, read_verified_jsonl, staged_output, write_jsonl, write_manifest
 from selfimprove.paths import RoundPaths
 from selfimprove.stages.common import StageReport, round_verifier, setup_runtime, strip_gold, timer
+from selfimprove.stages.parts import Split, Unit, run_split
+from selfimprove.stages.parts import finish as parts_finish
 from selfimprove.tracking import Tracker
-from selfimprove.types import Completion, Problem
+from selfimprove.types import Completion, Problem, Verdict
 
 log = logging.getLogger(__name__)
 
 
-def run_verify(config: Config, paths: RoundPaths, tracker: Tracker) -> StageReport:
+def verify_units(config: Config, paths: RoundPaths) -> list[Unit]:
+    """One unit per shard of problems (``sample.shards``): a verdict depends only on its problem's completions."""
+    n = config.sample.shards
+    return [Unit("verify", shard=s if n > 1 else None) for s in range(n)]
+
+
+def run_verify_unit(config: Config, paths: RoundPaths, unit: Unit, tracker: Tracker) -> dict[str, Any]:
+    """The verdicts on one shard's completions, into the unit's ``verdicts.jsonl``."""
+    from selfimprove.stages.sample import problem_shards
+
     setup_runtime(config)
-    problems = {p.id: p for p in read_verified_jsonl(paths.sample / "problems.jsonl", Problem)}
+    problems = read_verified_jsonl(paths.sample / "problems.jsonl", Problem)
     completions = read_verified_jsonl(paths.sample / "samples.jsonl", Completion)
+    if unit.shard is not None:
+        problems = [problems[j] for j in problem_shards(problems, config.sample.shards)[unit.shard]]
+        ids = {p.id for p in problems}
+        completions = [c for c in completions if c.problem_id in ids]
+    by_id = {p.id: p for p in problems}
     verifier = round_verifier(config, model_dir=paths.prev_paths.model)
-    visible = problems if verifier.needs_gold else strip_gold(problems)
+    visible = by_id if verifier.needs_gold else strip_gold(by_id)
     with timer() as t:
         try:
-            verdicts = verifier.verify(visible, completions)
+            verdicts = verifier.verify(visible, completions) if completions else []
         finally:
             verifier.close()
     if len(verdicts) != len(completions):
         raise RuntimeError(f"verifier {verifier.name!r} returned {len(verdicts)} verdicts for {len(completions)} completions")
+    out = unit.dir(paths)
+    out.mkdir(parents=True, exist_ok=True)
+    # cost_s is a timing: the same completions must give the same bytes (it stays in the verifier's metrics)
+    write_jsonl(out / "verdicts.jsonl", (v.model_dump(mode="json", exclude={"cost_s"}) for v in verdicts))
+    return {"seconds": t["seconds"], "cost_seconds": sum(v.cost_s for v in verdicts), "verifier": verifier.name,
+            "label_free": not verifier.needs_gold}
+
+
+def merge_verify(config: Config, paths: RoundPaths, units: list[Unit], parts: list[dict[str, Any]],
+                 tracker: Tracker) -> StageReport:
+    """Every shard's verdicts, in the order of the completions in ``samples.jsonl``."""
+    completions = read_verified_jsonl(paths.sample / "samples.jsonl", Completion)
+    by_id = {v.sample_id: v for u in units for v in read_jsonl(u.dir(paths) / "verdicts.jsonl", Verdict)}
+    missing = [c.id for c in completions if c.id not in by_id]
+    if missing:
+        raise RuntimeError(f"verify@{paths.key}: no verdict for {len(missing)} completions (first: {missing[0]})")
+    verdicts = [by_id[c.id] for c in completions]
+    seconds = sum(p["seconds"] for p in parts)
     n = max(len(verdicts), 1)
     status = Counter(v.status for v in verdicts)
     agreements = [v.agreement for v in verdicts if v.agreement is not None]
     metrics = {
         "verify/pass_rate": sum(v.passed for v in verdicts) / n,
         "verify/parse_rate": sum(v.answer is not None for v in verdicts) / n,
-        "verify/seconds": t["seconds"],
-        "verify/cost_seconds": sum(v.cost_s for v in verdicts),  # MLflow only: timings never enter DVC outputs
+        "verify/seconds": seconds,
+        "verify/cost_seconds": sum(p["cost_seconds"] for p in parts),  # MLflow only: timings never enter DVC outputs
     }
     if agreements:
         metrics["verify/mean_agreement"] = sum(agreements) / len(agreements)
-    report = StageReport(stage="verify", round=paths.round, seconds=t["seconds"], metrics=metrics,
+    name = parts[0]["verifier"] if parts else config.verify.verifier
+    report = StageReport(stage="verify", round=paths.round, seconds=seconds, metrics=metrics,
                          outputs={"verdicts": str(paths.verify / "verdicts.jsonl")},
-                         details={"verifier": verifier.name, "status": dict(status), "label_free": not verifier.needs_gold})
+                         details={"verifier": name, "status": dict(status),
+                                  "label_free": bool(parts[0]["label_free"]) if parts else False})
     with staged_output(paths.verify) as out:
-        # cost_s is a timing: the same completions must give the same bytes (it stays in the verifier's metrics)
         write_jsonl(out / "verdicts.jsonl", (v.model_dump(mode="json", exclude={"cost_s"}) for v in verdicts))
         report.write(out)
         write_manifest(out, producer=f"verify@{paths.key}")
+    parts_finish(paths, "verify")
     tracker.log_metrics(metrics)
-    log.info("verify@%s: %s, %s", paths.key, verifier.name, dict(status))
+    log.info("verify@%s: %s, %s", paths.key, name, dict(status))
     return report
+
+
+VERIFY = Split("verify", verify_units, run_verify_unit, merge_verify)
+
+
+def run_verify(config: Config, paths: RoundPaths, tracker: Tracker) -> StageReport:
+    """The whole stage in this process (``selfimprove verify``, ``dvc repro``): shards one after another."""
+    return run_split(VERIFY, config, paths, tracker)

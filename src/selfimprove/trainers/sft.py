@@ -195,6 +195,29 @@ def save_model(trainer: Any, tok: Any, out_dir: Path, cfg: TrainConfig) -> None:
     """
     import shutil
 
+    acc = getattr(trainer, "accelerator", None)
+    if acc is not None and acc.num_processes > 1 and not cfg.lora.enabled:
+        # several processes (finetune.launch: DDP, FSDP, DeepSpeed): the trainer gathers the full weights and the
+        # main process writes one ordinary Hugging Face folder; the others write nothing
+        trainer.save_model(str(out_dir))
+        if acc.is_main_process:
+            (out_dir / "training_args.bin").unlink(missing_ok=True)
+            shutil.rmtree(out_dir / "_trainer", ignore_errors=True)
+        acc.wait_for_everyone()
+        return
+    if acc is not None and acc.num_processes > 1:  # LoRA under DDP: every process holds the same weights
+        if not acc.is_main_process:
+            acc.wait_for_everyone()
+            return
+        _save_single(trainer, tok, out_dir, cfg)
+        acc.wait_for_everyone()
+        return
+    _save_single(trainer, tok, out_dir, cfg)
+
+
+def _save_single(trainer: Any, tok: Any, out_dir: Path, cfg: TrainConfig) -> None:
+    import shutil
+
     model = trainer.model
     if cfg.lora.enabled and hasattr(model, "merge_and_unload"):
         # DPO adds a frozen "ref" copy of a pretrained adapter; only the trained one is the round's model.
@@ -285,6 +308,7 @@ def train_sft(
         "final_loss": float(tcb.last.get(f"{prefix}/loss", result.training_loss)),
         "seconds": round(seconds, 2),
         "learning_rate": float(trainer.args.learning_rate),  # what the trainer was given (a run's own value)
+        "processes": int(trainer.accelerator.num_processes),  # > 1 under finetune.launch (DDP, FSDP, DeepSpeed)
         "examples_per_s": round(trainer.state.global_step * cfg.batch_size * cfg.grad_accum / max(seconds, 1e-9), 1),
     }
     log.info("trained %d steps on %d rows in %.1fs (loss %.4f)", report["steps"], len(rows), seconds, report["final_loss"])
