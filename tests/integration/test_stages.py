@@ -220,7 +220,8 @@ def test_finetune_never_trains_on_a_partial_file(round_outputs) -> None:
 
 
 def test_ensemble_members_sample_vote_and_train_together(tmp_path: Path) -> None:
-    """model.ensemble: every member samples, the vote pools them, each member is fine-tuned and evaluated."""
+    """model.ensemble: every member samples, the vote pools them, each member is fine-tuned and evaluated; with
+    sample.shards the problems are sampled and verified in shards and merged back in order."""
     import shutil
 
     from selfimprove.ensemble import members
@@ -229,7 +230,7 @@ def test_ensemble_members_sample_vote_and_train_together(tmp_path: Path) -> None
     shutil.copy(root / "params.yaml", tmp_path / "params.yaml")
     cfg = load_config(tmp_path / "params.yaml", MINI_OVERRIDES + [
         "tracking.enabled=false", "model.ensemble=2", "bootstrap.train.steps=40", "bootstrap.early_stop=null",
-        "bootstrap.examples_per_difficulty=500", "sample.problems_per_round=20", "sample.k=1",
+        "bootstrap.examples_per_difficulty=500", "sample.problems_per_round=20", "sample.k=1", "sample.shards=3",
     ])
     t = NullTracker()
     run_bootstrap(cfg, RoundPaths.for_round(cfg, "r0", tmp_path), t)
@@ -243,7 +244,12 @@ def test_ensemble_members_sample_vote_and_train_together(tmp_path: Path) -> None
     assert len(samples) == 20 * 2 * 2 and {c.meta["member"] for c in samples} == {0, 1}
     assert len({c.id for c in samples}) == len(samples)
     verdicts = read_verified_jsonl(p.verify / "verdicts.jsonl", Verdict)
-    assert {v.details["votes"] for v in verdicts} == {4}, "the vote pools both members' answers"
+    assert {v.details["votes"] for v in verdicts} == {4}, "the vote pools both members' answers, across shards"
+    # sample.shards=3: each model sampled 3 shards (member-major, then shard); the shards' verdicts are merged back
+    # into the order of samples.jsonl
+    assert [c.meta["member"] for c in samples] == [0] * 40 + [1] * 40
+    assert [v.sample_id for v in verdicts] == [c.id for c in samples]
+    assert not (tmp_path / "runs" / ".parts").exists()
     m = report.metrics
     assert m["accuracy/d1"] == m["members/m0/accuracy/d1"], "m0 is the product model: the headline is its own"
     assert "members/m1/accuracy/d1" in m and "members/m1/maj_at_4/d1" not in m  # helpers: greedy accuracy only

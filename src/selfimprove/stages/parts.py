@@ -127,6 +127,16 @@ def shard_groups(ids: Sequence[str], roots: Sequence[str], n: int) -> list[list[
     return out
 
 
+def concat_lines(sources: Sequence[Path], dest: Path) -> None:
+    """``dest`` = the JSONL files in order, byte for byte (a merge that needs no parsing)."""
+    from selfimprove.io import atomic_path
+
+    with atomic_path(dest) as tmp, open(tmp, "wb") as out:
+        for src in sources:
+            with open(src, "rb") as f:
+                shutil.copyfileobj(f, out)
+
+
 def unit_seed(seed: int, shard: int | None) -> int:
     """The sampling seed of a shard: the stage's own seed for shard 0 (so one shard is the unsharded stage)."""
     return seed if not shard else seed + 1_000_003 * shard

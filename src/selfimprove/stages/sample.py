@@ -11,11 +11,11 @@ from typing import Any
 
 from selfimprove.config import Config
 from selfimprove.ensemble import members
-from selfimprove.io import read_jsonl, staged_output, write_jsonl, write_manifest
+from selfimprove.io import staged_output, write_jsonl, write_manifest
 from selfimprove.paths import RoundPaths
 from selfimprove.samplers.hf import resolve_model
 from selfimprove.stages.common import StageReport, make_sampler, problem_set, sampling_params, setup_runtime, timer
-from selfimprove.stages.parts import Split, Unit, run_split, shard_groups, unit_seed
+from selfimprove.stages.parts import Split, Unit, concat_lines, run_split, shard_groups, unit_seed
 from selfimprove.stages.parts import finish as parts_finish
 from selfimprove.tracking import Tracker
 from selfimprove.types import Completion, Problem
@@ -90,26 +90,26 @@ def run_sample_unit(config: Config, paths: RoundPaths, unit: Unit, tracker: Trac
     out = unit.dir(paths)
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "samples.jsonl", batch)
-    return {"completions": len(batch), "seconds": t["seconds"]}
+    return {"completions": len(batch), "tokens": sum(c.n_tokens for c in batch),
+            "stops": sum(c.finish_reason == "stop" for c in batch), "seconds": t["seconds"]}
 
 
 def merge_sample(config: Config, paths: RoundPaths, units: list[Unit], parts: list[dict[str, Any]],
                  tracker: Tracker) -> StageReport:
-    """The round's problems and every unit's completions, in unit order."""
+    """The round's problems and every unit's completions, in unit order (the part files' bytes, concatenated)."""
     setup_runtime(config)
     model_dir = paths.prev_paths.model
     with timer() as t:
         problems, n_original = round_problems(config, paths)
-        completions = [c for u in units for c in read_jsonl(u.dir(paths) / "samples.jsonl", Completion)]
     seconds = t["seconds"] + sum(p["seconds"] for p in parts)  # the units' work, side by side or one after another
-    tokens = sum(c.n_tokens for c in completions)
+    n, tokens = sum(p["completions"] for p in parts), sum(p["tokens"] for p in parts)
     metrics = {
         "sample/problems": n_original,
         "sample/view_problems": len(problems) - n_original,
-        "sample/completions": len(completions),
+        "sample/completions": n,
         "sample/tokens": tokens,
         "sample/tokens_per_s": tokens / max(seconds, 1e-9),
-        "sample/stop_rate": sum(c.finish_reason == "stop" for c in completions) / max(len(completions), 1),
+        "sample/stop_rate": sum(p["stops"] for p in parts) / max(n, 1),
         "sample/seconds": seconds,
     }
     report = StageReport(stage="sample", round=paths.round, seconds=seconds, metrics=metrics,
@@ -118,14 +118,14 @@ def merge_sample(config: Config, paths: RoundPaths, units: list[Unit], parts: li
                                   "members": len(members(model_dir)), "shards": config.sample.shards})
     with staged_output(paths.sample) as out:
         write_jsonl(out / "problems.jsonl", problems)
-        write_jsonl(out / "samples.jsonl", completions)
+        concat_lines([u.dir(paths) / "samples.jsonl" for u in units], out / "samples.jsonl")
         report.write(out)
         write_manifest(out, producer=f"sample@{paths.key}")
     parts_finish(paths, "sample")
     tracker.log_metrics(metrics)
     tracker.log_dataset(paths.sample / "samples.jsonl", name=f"{paths.key}/samples", context="samples")
     log.info("sample@%s: %d problems (+%d views), %d completions (%d units)", paths.key, n_original,
-             len(problems) - n_original, len(completions), len(units))
+             len(problems) - n_original, n, len(units))
     return report
 
 
