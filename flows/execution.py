@@ -47,6 +47,9 @@ def worker_env() -> dict[str, str]:
     env["PREFECT_API_URL"] = _api_url()
     env["PYTHONPATH"] = os.pathsep.join([str(_ROOT), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]])
     env.setdefault("RAY_AUTH_MODE", "disabled")
+    # progress bars from several workers would interleave on the run's console; the units' Prefect task runs and
+    # log lines say where they are
+    env.setdefault("TQDM_DISABLE", "1")
     return env
 
 
