@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,8 @@ def ray_runner(config: Config) -> Iterator[Any]:
             cpus = ex.num_cpus or os.cpu_count() or 1
             ray.init(num_cpus=cpus, include_dashboard=False, object_store_memory=256 * 2**20, **kwargs)
         owned = True
+        if not ex.address:
+            _prewarm(ray)
         res = ray.cluster_resources()
         logger.info("Ray: %s, %g CPUs, %g GPUs; a stage's models and shards run side by side (execution.runner: %s)",
                     ex.address or "local, started by this run", res.get("CPU", 0), res.get("GPU", 0), ex.runner)
@@ -88,6 +91,21 @@ def ray_runner(config: Config) -> Iterator[Any]:
     finally:
         if owned:
             ray.shutdown()
+
+
+def _warm() -> None:
+    import selfimprove.stages  # noqa: F401
+    import selfimprove.trainers.sft  # noqa: F401 - torch, transformers, TRL: the first unit's imports
+    import tasks  # noqa: F401
+
+
+def _prewarm(ray: Any) -> None:
+    """Start one worker per CPU of a local Ray and import the heavy libraries there now, while the flow sets up
+    the round (the first units would otherwise wait for them). Not awaited; a failure shows up in the units."""
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    warm = ray.remote(num_cpus=1)(_warm)
+    for _ in range(cpus):
+        warm.remote()
 
 
 def on_ray() -> bool:
@@ -102,6 +120,7 @@ def run_units(stage: str, config: Config, paths: RoundPaths, tracker: Tracker) -
     """A split stage: its units as Prefect tasks (submitted side by side on Ray, else called in order), then the merge
     in this process. Same parts, same merge order, same bytes either way."""
     split = SPLITS[stage]
+    t0 = time.perf_counter()
     units = split.units(config, paths)
     stage_parts.start(paths, stage)
     if on_ray() and (len(units) > 1 or config.execution.runner == "ray"):  # ray: even one unit goes to its resources
@@ -114,8 +133,12 @@ def run_units(stage: str, config: Config, paths: RoundPaths, tracker: Tracker) -
         for _, calls in results:  # unit order, whatever order they finished in
             replay(calls, tracker)
         parts = [p for p, _ in results]
-    else:
-        parts = [tasks.unit(stage, config, paths, u, tracker)[0] for u in units]
+        report = tasks.merge(stage, config, paths, units, parts, tracker)
+        # the stage's own seconds add up its units' work; side by side, the stage took its wall time
+        work = {f"{stage}/unit_seconds": report.seconds, f"{stage}/seconds": time.perf_counter() - t0}
+        tracker.log_metrics(work, step=paths.round)
+        return report
+    parts = [tasks.unit(stage, config, paths, u, tracker)[0] for u in units]
     return tasks.merge(stage, config, paths, units, parts, tracker)
 
 

@@ -106,6 +106,8 @@ def test_units_on_ray_logged_to_the_rounds_mlflow_run(both) -> None:
         for m in ("m0", "m1"):
             assert any(k.startswith(f"{stage}/{m}/") for k in run.data.metrics), (stage, m, sorted(run.data.metrics))
     assert r1.data.metrics["sample/completions"] > 0 and "verify/pass_rate" in r1.data.metrics
+    # a stage on Ray reports its wall time as <stage>/seconds and its units' summed work as <stage>/unit_seconds
+    assert {"finetune/seconds", "finetune/unit_seconds", "sample/unit_seconds"} <= set(r1.data.metrics)
     assert {r.info.status for r in runs.values()} == {"FINISHED"}
 
 
