@@ -15,6 +15,7 @@ generation prompt, and generation stops on EOS or the template's end-of-turn tok
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -213,7 +214,8 @@ class TransformersSampler(Sampler):
                 batches.append([i])
         out: dict[int, list[Completion]] = {}
         t0 = time.perf_counter()
-        bar = tqdm(total=len(problems), desc=f"sample r{round}", unit="prob", disable=not progress, leave=False)
+        quiet = not progress or bool(os.environ.get("TQDM_DISABLE"))  # Ray workers set TQDM_DISABLE
+        bar = tqdm(total=len(problems), desc=f"sample r{round}", unit="prob", disable=quiet, leave=False)
         for idx in batches:
             prompts = [self.prompt_text(problems[i]) for i in idx]
             alen, amin = answer_len(idx[0])

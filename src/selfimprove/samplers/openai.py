@@ -352,7 +352,8 @@ class OpenAISampler(Sampler):
                 jobs.append(_Job(i, p, False, params.k, max_tokens, alen))
         results: dict[tuple[int, bool], list[dict[str, Any]]] = {}
         t0 = time.perf_counter()
-        bar = tqdm(total=len(problems), desc=f"sample r{round} ({self.record_name})", unit="prob", disable=not progress,
+        quiet = not progress or bool(os.environ.get("TQDM_DISABLE"))  # Ray workers set TQDM_DISABLE
+        bar = tqdm(total=len(problems), desc=f"sample r{round} ({self.record_name})", unit="prob", disable=quiet,
                    leave=False)
         remaining = {i: 0 for i in range(len(problems))}
         for j in jobs:

@@ -70,7 +70,7 @@ def common_args(cfg: TrainConfig, out_dir: Path, progress: bool) -> dict[str, An
         use_cpu=not cuda,
         gradient_checkpointing=cfg.gradient_checkpointing,
         dataloader_num_workers=0,
-        disable_tqdm=not progress,
+        disable_tqdm=not progress or bool(os.environ.get("TQDM_DISABLE")),  # Ray workers set it
         max_length=cfg.max_length,
     )
 
