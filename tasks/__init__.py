@@ -9,6 +9,7 @@ persisted by Prefect: DVC decides what is up to date (``selfimprove.dvcstate``).
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -75,6 +76,9 @@ def run_unit(stage: str, config: Any, paths: Any, unit: Any, tracker: Any = None
 
     if workdir is not None:
         os.chdir(workdir)  # the stage's paths are workspace-relative, as in the flow's own process
+        core = logging.getLogger("selfimprove")  # the core's info lines reach the unit's task run in the UI
+        if core.getEffectiveLevel() > logging.INFO:
+            core.setLevel(logging.INFO)
     rec = RecordingTracker() if tracker is None else tracker
     part = SPLITS[stage].run_unit(config, paths, unit, rec)
     return part, (rec.calls if tracker is None else [])

@@ -76,6 +76,8 @@ def test_members_and_shards_ran_as_tasks_on_ray_workers(both) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
+    from prefect.client.schemas.filters import LogFilter, LogFilterTaskRunId
+
     names: dict[str, set[str]] = {}
     with get_client(sync_client=True) as c:
         for runner in ("sequential", "ray"):
@@ -85,6 +87,10 @@ def test_members_and_shards_ran_as_tasks_on_ray_workers(both) -> None:
             trs = c.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [r.id for r in runs]}))
             assert all(t.state.is_completed() for t in trs), [(t.name, t.state.name) for t in trs]
             names[runner] = {t.name for t in trs}
+            if runner == "ray":  # a unit's own log lines (made on a Ray worker) are in its task run's logs
+                tr = next(t for t in trs if t.name == "finetune@r1/m1")
+                logs = [lg.message for lg in c.read_logs(LogFilter(task_run_id=LogFilterTaskRunId(any_=[tr.id])))]
+                assert any(m.startswith("trained ") for m in logs), logs
     units = {"bootstrap/m0", "bootstrap/m1", "sample@r1/m0/s0", "sample@r1/m0/s1", "sample@r1/m1/s0",
              "sample@r1/m1/s1", "verify@r1/s0", "verify@r1/s1", "finetune@r1/m0", "finetune@r1/m1",
              "evaluate@r1/m0", "evaluate@r1/m1"}
