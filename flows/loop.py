@@ -7,7 +7,8 @@ experiment, closes the MLflow run with the outcome, and (when the run's params a
 experiment to the workspace. ``selfimprove-round`` runs one round's stages as tasks (round 0: bootstrap and
 evaluate; round N: sample -> verify -> validate -> finetune -> evaluate), then registers the round's model.
 
-Each task *is* the core stage function (``tasks/``). Before a stage, DVC says whether it is up to date (skipped),
+Each task *is* a core function (``tasks/``): a stage, or one unit of a stage and its merge (``flows/execution.py``:
+the units run side by side on Ray when ``execution`` says so). Before a stage, DVC says whether it is up to date (skipped),
 in its run cache (restored, as ``dvc repro`` does), or must run; after it runs, ``dvc commit`` records it. So a
 run's workspace ends exactly as ``dvc repro`` would leave it, and the saved experiment reproduces with
 ``dvc exp apply NAME && dvc repro`` (nothing to do).

@@ -121,3 +121,19 @@ def test_set_rounds_extends_the_curriculum(params: Path) -> None:
     cfg = set_rounds(params, 1)
     assert list(cfg.rounds) == ["r1"]
     assert "# label-free" in params.read_text()
+
+
+def test_execution_section_names_a_wrong_stage_and_maps_resources_to_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="unknown stage.*validate.*resources are per stage"):
+        load_config(ROOT / "params.yaml", ["execution.resources={validate: {num_cpus: 2}}"])
+    cfg = load_config(ROOT / "params.yaml", ["execution.resources={finetune: {num_gpus: 1, memory_gb: 2}}"])
+    assert cfg.execution.unit_resources("finetune").remote_options() == {"num_cpus": 1.0, "num_gpus": 1.0,
+                                                                        "memory": 2 * 2**30}
+    assert cfg.execution.unit_resources("sample").remote_options() == {"num_cpus": 1.0, "num_gpus": 0.0}
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert not cfg.execution.use_ray()  # auto on one core: the flow's own process
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert cfg.execution.use_ray()
+    assert not load_config(ROOT / "params.yaml", ["execution.runner=sequential"]).execution.use_ray()
