@@ -33,7 +33,9 @@ _ROOT = Path(__file__).resolve().parents[1]
 # per unit unless the params say otherwise (setup_runtime), the project's flows/ and tasks/ importable
 _WORKER_ENV = ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "MLFLOW_DISABLE_TELEMETRY", "DVC_NO_ANALYTICS",
                "TOKENIZERS_PARALLELISM", "DO_NOT_TRACK", "PREFECT_SERVER_ANALYTICS_ENABLED", "PYTHONUNBUFFERED",
-               "GX_ANALYTICS_ENABLED", "PREFECT_LOGGING_EXTRA_LOGGERS", "PREFECT_HOME")
+               "GX_ANALYTICS_ENABLED", "PREFECT_LOGGING_EXTRA_LOGGERS", "PREFECT_HOME",
+               # credentials a unit on a cluster node needs: the Prefect API's, a gated hub model's
+               "PREFECT_API_KEY", "PREFECT_API_AUTH_STRING", "HF_TOKEN")
 
 
 def _api_url() -> str:
