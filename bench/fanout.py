@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loop_policies import clone, env  # noqa: E402
+from loop_policies import clone, env, head_commit, save_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -111,12 +111,8 @@ def main() -> None:
         runs.append(run(a.root, runner, i, a.extra))
         print(json.dumps({k: v for k, v in runs[-1].items() if k != "summary"}), flush=True)
     result = {"runs": runs, "command": "python bench/fanout.py " + " ".join(sys.argv[1:]), "cpus": os.cpu_count(),
-              "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                       text=True).stdout.strip()}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "fanout.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "fanout.md").write_text(markdown(result))
-    print(markdown(result))
+              "commit": head_commit()}
+    save_results("fanout", result, markdown(result))
 
 
 if __name__ == "__main__":

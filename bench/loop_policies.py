@@ -91,6 +91,18 @@ def clone(root: Path, name: str) -> Path:
     return dest
 
 
+def head_commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
+def save_results(stem: str, data: dict[str, Any], md: str) -> None:
+    """``bench/results/<stem>.json`` (the raw data) and ``<stem>.md`` (the summary), and the summary on stdout."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(data, indent=2) + "\n")
+    (RESULTS / f"{stem}.md").write_text(md)
+    print(md)
+
+
 def env() -> dict[str, str]:
     out = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     out.pop("PREFECT_API_URL", None)
@@ -213,11 +225,7 @@ def main() -> None:
         command = "python bench/loop_policies.py " + " ".join(sys.argv[1:])
         with ThreadPoolExecutor(a.jobs) as pool:
             results = list(pool.map(lambda s: run_one(a.root, a.scenario, s, a.extra), a.seeds))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps({"command": command, "results": results}, indent=2) + "\n")
-    md = markdown(a.scenario, results, command)
-    (RESULTS / f"{stem}.md").write_text(md)
-    print(md)
+    save_results(stem, {"command": command, "results": results}, markdown(a.scenario, results, command))
 
 
 if __name__ == "__main__":

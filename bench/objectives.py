@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loop_policies import clone, env, fmt, read_back  # noqa: E402
+from loop_policies import clone, env, fmt, read_back, save_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -169,11 +169,7 @@ def main() -> None:
         a.root.mkdir(parents=True, exist_ok=True)
         with ThreadPoolExecutor(a.jobs) as pool:
             results = list(pool.map(lambda kv: run_variant(a.root, kv[0], kv[1], a.seed), variants.items()))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "objectives.json").write_text(json.dumps({"command": command, "results": results}, indent=2) + "\n")
-    md = markdown(results, command)
-    (RESULTS / "objectives.md").write_text(md)
-    print(md)
+    save_results("objectives", {"command": command, "results": results}, markdown(results, command))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loop_policies import clone, env  # noqa: E402
+from loop_policies import clone, env, head_commit, save_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -112,13 +112,9 @@ def main() -> None:
         flow, bare = pool.submit(run_flow, a.root), pool.submit(run_bare, a.root)
         result = {"flow": flow.result(), "bare": bare.result()}
     result["command"] = "python bench/overhead.py " + " ".join(sys.argv[1:])
-    result["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                      text=True).stdout.strip()
+    result["commit"] = head_commit()
     result["overhead"] = round(result["flow"]["wall_s"] / result["bare"]["stage_sum_s"], 3)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "overhead.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "overhead.md").write_text(markdown(result))
-    print(markdown(result))
+    save_results("overhead", result, markdown(result))
 
 
 if __name__ == "__main__":
