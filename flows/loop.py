@@ -54,6 +54,7 @@ from prefect.runtime import flow_run as current_flow_run  # noqa: E402
 import tasks  # noqa: E402
 from flows.execution import ray_runner, run_units  # noqa: E402
 from selfimprove import dvcstate, experiments  # noqa: E402
+from selfimprove.dvcstate import stage_id  # noqa: E402
 from selfimprove.config import Config, ConfigError, add_round, clear_rounds, keep_rounds, load_config  # noqa: E402
 from selfimprove.paths import RoundPaths, summary_dir  # noqa: E402
 from selfimprove.preflight import preflight  # noqa: E402
@@ -119,10 +120,6 @@ def _rel(path: Path, root: Path) -> str:
 
 def round_stages(key: str) -> list[str]:
     return ["bootstrap", "evaluate"] if key == "r0" else list(tasks.ROUND_TASKS)
-
-
-def stage_id(stage: str, key: str) -> str:
-    return stage if stage in ("bootstrap", "summary") else f"{stage}@{key}"
 
 
 def run_stage(stage: str, config: Config, paths: RoundPaths, tracker: Tracker, before_run: Any = None) -> str:

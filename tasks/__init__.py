@@ -89,11 +89,13 @@ def run_merge(stage: str, config: Any, paths: Any, units: list[Any], parts: list
     return SPLITS[stage].merge(config, paths, units, parts, tracker)
 
 
-def _stage_id() -> str:
+def _stage_id() -> str:  # the stage's DVC name: bootstrap, sample@r1, ...
     from prefect.runtime import task_run
 
+    from selfimprove.dvcstate import stage_id
+
     p = task_run.parameters
-    return p["stage"] if p["stage"] == "bootstrap" else f"{p['stage']}@{p['paths'].key}"
+    return stage_id(p["stage"], p["paths"].key)
 
 
 def _unit_run_name() -> str:  # e.g. finetune@r1/m2, sample@r1/m0/s1, bootstrap/m1

@@ -33,6 +33,15 @@ class DvcError(RuntimeError):
     pass
 
 
+def stage_id(stage: str, key: str) -> str:
+    """The stage's name in dvc.yaml: ``bootstrap`` and ``summary`` once per run, the others per round (``sample@r2``).
+
+    >>> stage_id("bootstrap", "r0"), stage_id("sample", "r2")
+    ('bootstrap', 'sample@r2')
+    """
+    return stage if stage in ("bootstrap", "summary") else f"{stage}@{key}"
+
+
 def _repo(project: str | Path):
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     logging.getLogger("dvc").setLevel(logging.WARNING)  # we log what was recorded ourselves

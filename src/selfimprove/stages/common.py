@@ -110,8 +110,13 @@ def problem_set(config: Config) -> ProblemSet:
     return PROBLEM_SETS.get(config.problems.name)(**config.problems.options())
 
 
+def gold_verifier_name(config: Config, pset: ProblemSet) -> str:
+    """The verifier that grades against gold: ``evaluate.verifier``, else the problem set's default."""
+    return config.evaluate.verifier or pset.default_verifier
+
+
 def gold_verifier(config: Config, pset: ProblemSet) -> Verifier:
-    name = config.evaluate.verifier or pset.default_verifier
+    name = gold_verifier_name(config, pset)
     return VERIFIERS.get(name)(**config.verify.options(name))
 
 

@@ -22,7 +22,14 @@ from selfimprove.ensemble import members
 from selfimprove.io import read_jsonl, read_verified_jsonl, staged_output, write_json, write_jsonl, write_manifest
 from selfimprove.paths import RoundPaths
 from selfimprove.samplers.hf import resolve_model
-from selfimprove.stages.common import StageReport, gold_verifier, problem_set, setup_runtime, timer
+from selfimprove.stages.common import (
+    StageReport,
+    gold_verifier,
+    gold_verifier_name,
+    problem_set,
+    setup_runtime,
+    timer,
+)
 from selfimprove.stages.parts import Split, Unit, move_members, run_split
 from selfimprove.stages.parts import finish as parts_finish
 from selfimprove.tracking import Tracker
@@ -80,7 +87,7 @@ class _GRPORound:
     def member_records(self) -> tuple[list[Rollout], dict[str, bool] | None]:
         """This process's rollouts, and the gold verifier's verdicts on them when it was one of the rewards."""
         self.close()
-        gold_name = self.config.evaluate.verifier or problem_set(self.config).default_verifier
+        gold_name = gold_verifier_name(self.config, problem_set(self.config))
         rollouts = [r for rec in self._recorders for r in rec.records()]
         reused: dict[str, bool] | None = {}
         for rec in self._recorders:
