@@ -78,7 +78,12 @@ def ray_runner(config: Config) -> Iterator[Any]:
         kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "namespace": "selfimprove",
                                   "log_to_driver": True}
         if ex.address:
-            ray.init(address=ex.address, **kwargs)
+            try:
+                ray.init(address=ex.address, **kwargs)
+            except (ConnectionError, TimeoutError, RuntimeError) as e:
+                raise ConnectionError(f"execution.address = {ex.address!r}: cannot join that Ray cluster ({e}). Start "
+                                      "it (infra/README.md), fix the address, or leave execution.address empty for a "
+                                      "local Ray") from e
         else:
             cpus = ex.num_cpus or os.cpu_count() or 1
             ray.init(num_cpus=cpus, include_dashboard=False, object_store_memory=256 * 2**20, **kwargs)

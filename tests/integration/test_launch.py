@@ -52,3 +52,14 @@ def test_launch_is_refused_for_grpo(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="leave finetune.launch empty for grpo"):
         load_config(root / "params.yaml", ["finetune.trainer=grpo", "finetune.launch=[torchrun]",
                                            "finetune.train.batch_size=8", "sample.k=3"])
+
+
+def test_a_missing_launcher_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from selfimprove.stages.finetune import launch_unit
+    from selfimprove.stages.parts import Unit
+
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(root / "params.yaml", ["finetune.launch=[no-such-launcher, --x]"])
+    with pytest.raises(RuntimeError, match="finetune.launch: command 'no-such-launcher' not found"):
+        launch_unit(cfg, RoundPaths.for_round(cfg, "r1", "."), Unit("finetune", member=0), NullTracker())

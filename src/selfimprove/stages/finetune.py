@@ -175,7 +175,12 @@ def launch_unit(config: Config, paths: RoundPaths, unit: Unit, tracker: Tracker)
     if cmd[0] in ("accelerate", "torchrun"):  # this environment's launcher, whatever PATH says
         cmd[:1] = [sys.executable, "-m", "accelerate.commands.launch" if cmd[0] == "accelerate" else "torch.distributed.run"]
     log.info("finetune@%s/%s: %s", paths.key, unit.label, " ".join(cmd))
-    proc = subprocess.run(cmd, env={**os.environ, LAUNCHED: "1"}, cwd=os.getcwd())
+    try:
+        proc = subprocess.run(cmd, env={**os.environ, LAUNCHED: "1"}, cwd=os.getcwd())
+    except FileNotFoundError:
+        raise RuntimeError(f"finetune.launch: command {cmd[0]!r} not found; give a launcher on PATH (e.g. "
+                           "[accelerate, launch, ...] or [torchrun, --nproc_per_node, '2']), or leave finetune.launch "
+                           "empty") from None
     if proc.returncode != 0 or not part.exists():
         raise RuntimeError(f"finetune@{paths.key}/{unit.label}: the launched trainer failed (exit {proc.returncode}): "
                            f"{' '.join(cmd)}; its output is above. Run that command in the run's workspace "
