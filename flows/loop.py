@@ -518,17 +518,18 @@ def _loop(overrides: list[str] | None, rounds: int | None, params: str, name: st
     results: dict[str, Any] = {}
     stopped: str | None = None
     try:
-        if config.tracking.enabled:
-            store = MlflowStore(config, home)
-            store.reconcile()
-            parent_run_id = store.open_loop(exp_name, baseline=record.baseline, overrides=record.overrides,
-                                            extra_tags={"selfimprove.prefect_flow_run": str(current_flow_run.id or "")})
-            experiments.mark(home, record, "running", mlflow_run_id=parent_run_id)
-        if config.loop.policy == "curriculum" and not resume and config.round_keys():
-            config = clear_rounds(work / experiments.PARAMS)
-            logger.info("run %s: loop.policy is curriculum: the rounds in the params file are dropped; the loop "
-                        "decides each round and writes it into the run's params.yaml before it runs", exp_name)
+        # Ray first: a local Ray's workers import torch/transformers/TRL while MLflow and round 0 are set up
         with ray_runner(config) as runner:
+            if config.tracking.enabled:
+                store = MlflowStore(config, home)
+                store.reconcile()
+                parent_run_id = store.open_loop(exp_name, baseline=record.baseline, overrides=record.overrides,
+                                                extra_tags={"selfimprove.prefect_flow_run": str(current_flow_run.id or "")})
+                experiments.mark(home, record, "running", mlflow_run_id=parent_run_id)
+            if config.loop.policy == "curriculum" and not resume and config.round_keys():
+                config = clear_rounds(work / experiments.PARAMS)
+                logger.info("run %s: loop.policy is curriculum: the rounds in the params file are dropped; the loop "
+                            "decides each round and writes it into the run's params.yaml before it runs", exp_name)
             stopped, decisions = _run_rounds(config, exp_name, work, home, parent_run_id, store, record, results,
                                              runner)
         config = load_config(work / experiments.PARAMS)

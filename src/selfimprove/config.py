@@ -412,7 +412,8 @@ class ExecutionConfig(Strict):
     address: str | None = Field(
         None, description="Ray cluster to use: 'auto' (the cluster this machine is part of), 'ray://head:10001' (Ray "
         "Client), or empty for a local Ray the run starts and stops.")
-    num_cpus: PosInt | None = Field(None, description="CPUs of the local Ray (empty = all of this machine's).")
+    num_cpus: PosInt | None = Field(None, description="CPUs of the local Ray (empty = this machine's cores, or "
+                                      "model.ensemble if that is more: every model of a stage then runs at once).")
     resources: dict[str, UnitResources] = Field(
         default_factory=dict, description="Per stage (bootstrap, sample, verify, finetune, evaluate): what one unit "
         "asks Ray for; a stage not listed asks for 1 CPU.")
