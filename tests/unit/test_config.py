@@ -137,3 +137,16 @@ def test_execution_section_names_a_wrong_stage_and_maps_resources_to_ray(monkeyp
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert cfg.execution.use_ray()
     assert not load_config(ROOT / "params.yaml", ["execution.runner=sequential"]).execution.use_ray()
+
+
+def test_a_local_ray_offers_a_cpu_per_model_when_there_are_fewer_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from flows.execution import local_cpus
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert local_cpus(load_config(ROOT / "params.yaml")) == 3  # the demo's three models all at once on 2 cores
+    assert local_cpus(load_config(ROOT / "params.yaml", ["model.ensemble=1"])) == 2
+    assert local_cpus(load_config(ROOT / "params.yaml", ["execution.num_cpus=5"])) == 5
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert local_cpus(load_config(ROOT / "params.yaml")) == 16
