@@ -61,6 +61,7 @@ from selfimprove.preflight import preflight  # noqa: E402
 from selfimprove.quality import DataQualityError  # noqa: E402
 from selfimprove.report import artifact_tables, improvement, markdown_summary  # noqa: E402
 from selfimprove.stages import SPLITS  # noqa: E402
+from selfimprove.stages.common import runtime_env  # noqa: E402
 from selfimprove.stages.summary import load_round_metrics  # noqa: E402
 from selfimprove.tracking import MlflowStore, NullTracker, Tracker  # noqa: E402
 
@@ -506,6 +507,8 @@ def _loop(overrides: list[str] | None, rounds: int | None, params: str, name: st
                                     from_workspace=from_workspace)
     work = Path(record.workdir)
     config = load_config(work / experiments.PARAMS)
+    for k, v in runtime_env(config).items():  # before anything imports huggingface_hub, here and on Ray workers
+        os.environ.setdefault(k, v)
     problems = preflight(config, work)
     if problems:
         experiments.mark(home, record, "failed", error="preflight failed")

@@ -48,10 +48,14 @@ def _ray_processes() -> list[str]:
 def both(tmp_path_factory: pytest.TempPathFactory, prefect_backend) -> dict[str, tuple[Path, dict[str, Any]]]:
     assert not _ray_processes(), "a Ray was already running before this module"
     out = {}
-    for runner in ("sequential", "ray"):
-        proj = make_project(tmp_path_factory.mktemp(runner) / "proj",
-                            [*SPLIT, f"execution.runner={runner}", "execution.num_cpus=2"])
-        out[runner] = (proj, _run(proj, f"on-{runner}"))
+    with pytest.MonkeyPatch.context() as mp:
+        for runner in ("sequential", "ray"):
+            # as for a user who runs `selfimprove run` outside make (a stage sets it in the flow's process): the
+            # workers must be offline from their first import, or the tokenizers they save say local_files_only false
+            mp.delenv("HF_HUB_OFFLINE", raising=False)
+            proj = make_project(tmp_path_factory.mktemp(runner) / "proj",
+                                [*SPLIT, f"execution.runner={runner}", "execution.num_cpus=2"])
+            out[runner] = (proj, _run(proj, f"on-{runner}"))
     return out
 
 

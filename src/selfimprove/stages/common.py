@@ -85,18 +85,21 @@ def timer() -> Iterator[dict[str, float]]:
     t["seconds"] = time.perf_counter() - t["start"]
 
 
+def runtime_env(config: Config) -> dict[str, str]:
+    """The environment defaults of a process that runs stages: no telemetry, and offline unless the model comes
+    from a hub. They must be in place before transformers is imported (huggingface_hub reads HF_HUB_OFFLINE once,
+    and a tokenizer saved by a process that read it differently records another ``local_files_only``)."""
+    env = {"HF_HUB_DISABLE_TELEMETRY": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1",
+           "TOKENIZERS_PARALLELISM": "false", "GX_ANALYTICS_ENABLED": "false"}
+    if config.model.source != "hub":
+        env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
 def setup_runtime(config: Config) -> None:
     """Thread count and offline defaults; call once per process before heavy work."""
-    for k, v in {
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DVC_NO_ANALYTICS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "GX_ANALYTICS_ENABLED": "false",
-    }.items():
+    for k, v in runtime_env(config).items():
         os.environ.setdefault(k, v)
-    if config.model.source != "hub":
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     import transformers
 
