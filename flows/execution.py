@@ -45,12 +45,11 @@ def _api_url() -> str:
     return str(get_client(sync_client=True).api_url)
 
 
-def worker_env(config: Config) -> dict[str, str]:
-    """A Ray worker's environment: this process's settings, else the defaults a stage sets in its own process
-    (``runtime_env``), set before the worker imports anything, so a unit writes what the flow's process would."""
-    from selfimprove.stages.common import runtime_env
-
-    env = runtime_env(config) | {k: os.environ[k] for k in _WORKER_ENV if k in os.environ}
+def worker_env() -> dict[str, str]:
+    """A Ray worker's environment, set before it imports anything: this process's settings, which include the
+    stages' offline defaults (``runtime_env``, set by the loop before Ray starts), so a unit writes what the flow's
+    process would."""
+    env = {k: os.environ[k] for k in _WORKER_ENV if k in os.environ}
     env["PREFECT_API_URL"] = _api_url()
     env["PYTHONPATH"] = os.pathsep.join([str(_ROOT), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]])
     env.setdefault("RAY_AUTH_MODE", "disabled")
@@ -77,7 +76,7 @@ def ray_runner(config: Config) -> Iterator[Any]:
     logger = get_run_logger()
     owned = False
     if not ray.is_initialized():
-        env = worker_env(config)
+        env = worker_env()
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "namespace": "selfimprove",
                                   "log_to_driver": True}

@@ -78,9 +78,7 @@ def test_ray_and_sequential_write_the_same_bytes(both) -> None:
 
 def test_members_and_shards_ran_as_tasks_on_ray_workers(both) -> None:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
-
-    from prefect.client.schemas.filters import LogFilter, LogFilterTaskRunId
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, LogFilter, LogFilterTaskRunId
 
     names: dict[str, set[str]] = {}
     with get_client(sync_client=True) as c:
