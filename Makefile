@@ -45,7 +45,7 @@ $(STAMP): pyproject.toml requirements/lock.txt
 	$(BIN)/uv pip install --python $(BIN)/python -q --no-deps -e .
 	@touch $(STAMP)
 
-env: $(STAMP) ## create .venv with the pinned CPU stack (uv, ~5 s with a warm uv cache)
+env: $(STAMP) ## create .venv with the pinned CPU stack (uv, ~6 s with a warm uv cache)
 
 sysdeps: ## system packages: bubblewrap (isolation for generated code); installed with apt-get when run as root
 	@command -v bwrap >/dev/null 2>&1 || { \
