@@ -85,9 +85,9 @@ ui: $(STAMP) ## Prefect server + served loop deployment on :4200 (idempotent; CR
 ui-stop: ## stop the Prefect server and the served deployment that make ui started
 	@scripts/ui.sh stop
 
-mlflow-ui: $(STAMP) ## MLflow UI on the project's store (http://127.0.0.1:5000/#/experiments?workflowType=machine_learning)
-	@echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)/#/experiments?workflowType=machine_learning (the training-runs view)"
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 \
+mlflow-ui: $(STAMP) ## MLflow UI on the project's store, opening on the experiments and training runs (:5000)
+	@echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT) (experiments, training runs, model registry)"
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --app-name selfimprove --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 \
 	  --backend-store-uri sqlite:///$(CURDIR)/mlruns.db --default-artifact-root $(CURDIR)/mlartifacts
 
 bench: $(STAMP) ## run the benchmarks in bench/ (results in bench/results/)

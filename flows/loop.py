@@ -26,6 +26,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from datetime import timezone
 from pathlib import Path
 from typing import Any, Literal
 
@@ -462,6 +463,31 @@ def _summary_artifact(experiment: str, config: Config, work: Path, store: Mlflow
     )
 
 
+def _default_name(home: Path) -> str:
+    """The experiment name of a run started without one: the flow run's name (the form's run name, or Prefect's
+    generated one for a Quick run); a scheduled run is named ``<deployment>-<scheduled start, UTC>``, say
+    ``selfimprove-20261205-0300``, and its flow run renamed to match, so a night's run is found by its date."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    fr = ctx.flow_run if ctx is not None else None
+    if fr is None or not fr.auto_scheduled:
+        return experiments.slug(current_flow_run.name or "run")
+    from prefect.runtime import deployment
+
+    when = (fr.expected_start_time or fr.created).astimezone(timezone.utc)
+    base = experiments.slug(f"{deployment.name or 'scheduled'}-{when:%Y%m%d-%H%M}")
+    name, n = base, 1
+    while experiments.name_taken(home, name):  # two schedules of one deployment at the same minute
+        n += 1
+        name = f"{base}-{n}"
+    with contextlib.suppress(Exception):  # the name is cosmetic in Prefect; the experiment is named either way
+        from prefect.client.orchestration import get_client
+
+        get_client(sync_client=True).set_flow_run_name(fr.id, name)
+    return name
+
+
 @flow(name="selfimprove-loop", log_prints=False)
 def loop_flow(
     overrides: list[str] | None = None,
@@ -493,7 +519,7 @@ def _loop(overrides: list[str] | None, rounds: int | None, params: str, name: st
           from_workspace: bool, apply: ApplyPolicy, project: str) -> dict[str, Any]:
     logger = get_run_logger()
     home = experiments.git_root(project)
-    exp_name = resume or name or experiments.slug(current_flow_run.name or "run")
+    exp_name = resume or name or _default_name(home)
     if resume:
         if overrides or rounds is not None:
             raise ConfigError("--resume continues a run with the params it started with: drop the overrides and rounds")
@@ -574,6 +600,13 @@ def _loop(overrides: list[str] | None, rounds: int | None, params: str, name: st
             "rounds_full": {k: {"metrics": r["metrics"], "seconds": r["seconds"], "states": r["states"]}
                             for k, r in results.items()}}
 
+
+if __name__ not in ("flows.loop", "__main__"):
+    # Loaded from its file (a deployment whose entrypoint is ``flows/loop.py:loop_flow``), Prefect names this module
+    # after the file, ``loop``, a name no Ray worker can import; a unit's task carries its flow run's context, and with
+    # it the flow, so every unit of such a run failed ("No module named 'loop'"). The flows handed out are the
+    # importable module's, whatever the entry point.
+    from flows.loop import loop_flow, round_flow  # noqa: E402,F811
 
 if __name__ == "__main__":
     from selfimprove.cli import app

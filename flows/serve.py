@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -45,9 +46,56 @@ def declared_schedules(prefect_yaml: Path, deployment: str, crons: list[str], ti
     out += [{"cron": c, "timezone": timezone, "active": True} for c in crons]
     for s in out:
         if not s.get("slug"):
-            key = json.dumps({k: s.get(k) for k in ("cron", "interval", "rrule", "timezone", "parameters")}, sort_keys=True)
-            s["slug"] = "declared-" + hashlib.sha256(key.encode()).hexdigest()[:10]
+            s["slug"] = schedule_slug(s)
     return out
+
+
+_DAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+def schedule_slug(s: dict[str, Any]) -> str:
+    """A name that says what a schedule does (Prefect lists schedules by it), e.g. ``daily-0300-utc``.
+
+    >>> schedule_slug({"cron": "0 3 * * *", "timezone": "UTC"}), schedule_slug({"cron": "30 4 * * 1"})
+    ('daily-0300-utc', 'weekly-mon-0430-utc')
+    >>> schedule_slug({"interval": 3600}), schedule_slug({"cron": "*/15 * * * *"})
+    ('every-3600s', 'cron-15m-x-x-x-x')
+    """
+    tz = re.sub(r"[^a-z0-9]+", "-", str(s.get("timezone") or "UTC").lower()).strip("-")
+    if s.get("cron"):
+        f = str(s["cron"]).split()
+        if len(f) == 5 and f[0].isdigit() and f[1].isdigit() and f[2] == f[3] == "*":
+            at = f"{int(f[1]):02d}{int(f[0]):02d}-{tz}"
+            if f[4] == "*":
+                slug = f"daily-{at}"
+            elif f[4].isdigit() and int(f[4]) < len(_DAYS):
+                slug = f"weekly-{_DAYS[int(f[4])]}-{at}"
+            else:
+                slug = f"days-{f[4]}-{at}"
+        else:
+            slug = "cron-" + "-".join(x.replace("*/", "") + ("m" if x.startswith("*/") else "") if x != "*" else "x"
+                                      for x in f)
+    elif s.get("interval"):
+        slug = f"every-{int(float(s['interval']))}s"
+    else:
+        slug = "rrule"
+    if s.get("parameters"):
+        slug += "-" + hashlib.sha256(json.dumps(s["parameters"], sort_keys=True).encode()).hexdigest()[:6]
+    return re.sub(r"[^a-z0-9-]+", "-", slug.lower()).strip("-")[:100]
+
+
+def _timing(d: dict[str, Any]) -> str:
+    interval = d.get("interval")
+    return json.dumps([d.get("cron"), float(interval) if interval else None, d.get("rrule"),
+                       d.get("timezone") or "UTC", d.get("parameters") or {}], sort_keys=True)
+
+
+def _timing_of(s: Any) -> str:
+    sch = s.schedule
+    interval = getattr(sch, "interval", None)
+    return _timing({"cron": getattr(sch, "cron", None), "interval": interval.total_seconds() if interval else None,
+                    "rrule": getattr(sch, "rrule", None), "timezone": getattr(sch, "timezone", None),
+                    "parameters": s.parameters or {}})
 
 
 async def merged_schedules(name: str, declared: list[dict[str, Any]]) -> list[Any]:
@@ -63,9 +111,14 @@ async def merged_schedules(name: str, declared: list[dict[str, Any]]) -> list[An
             existing = list(dep.schedules or [])
         except Exception:  # noqa: BLE001 - first serve: no deployment yet
             existing = []
-    out = [DeploymentScheduleCreate(schedule=s.schedule, active=s.active, parameters=s.parameters or {}, slug=s.slug)
+    # a schedule served before under another slug (older versions named them declared-<hash>) is the declared one
+    # with the same timing and parameters: it takes the declared slug and keeps the user's active/paused state
+    by_timing = {_timing(d): d["slug"] for d in declared}
+    out = [DeploymentScheduleCreate(schedule=s.schedule, active=s.active, parameters=s.parameters or {},
+                                    slug=by_timing.get(_timing_of(s), s.slug) if (s.slug or "").startswith("declared-")
+                                    else s.slug)
            for s in existing]
-    have = {s.slug for s in existing if s.slug}
+    have = {s.slug for s in out if s.slug}
     for d in declared:
         if d["slug"] in have:
             continue  # keep the user's state of it (a paused schedule stays paused)
@@ -87,8 +140,12 @@ def main() -> None:
     a = ap.parse_args()
     declared = declared_schedules(Path(a.prefect_file), a.name, a.cron, a.timezone)
     schedules = asyncio.run(merged_schedules(a.name, declared))
+    from prefect.types.entrypoint import EntrypointType
+
     deployment = loop_flow.to_deployment(
         name=a.name,
+        # by module, so the flow run's process imports ``flows.loop`` (a name Ray workers can import too)
+        entrypoint_type=EntrypointType.MODULE_PATH,
         schedules=schedules,
         parameters={"project": a.project, "params": "params.yaml", "rounds": None, "overrides": [],
                     "apply": "never", "from_workspace": False},

@@ -74,8 +74,11 @@ def test_ci_runs_the_readme_test_command() -> None:
 def test_prefect_yaml_entrypoints_exist() -> None:
     spec = yaml.safe_load((ROOT / "infra" / "prefect.yaml").read_text())
     for d in spec["deployments"]:
-        path, _, fn = d["entrypoint"].partition(":")
-        assert (ROOT / path).exists() and f"def {fn}(" in (ROOT / path).read_text(), d["entrypoint"]
+        module, _, fn = d["entrypoint"].partition(":")
+        # by module path, so a work pool's flow run and its Ray workers import the same module name
+        assert not module.endswith(".py"), d["entrypoint"]
+        path = ROOT / (module.replace(".", "/") + ".py")
+        assert path.exists() and f"def {fn}(" in path.read_text(), d["entrypoint"]
         params_file = d["parameters"]["params"]
         assert (ROOT / params_file).exists(), params_file
 

@@ -174,3 +174,104 @@ def test_ui_form_quick_run_schedules_and_stop(project) -> None:
     assert not alive(server_pid) and not alive(serve_pid)
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{api}/health", timeout=2)
+
+
+# The committed default params, shrunk only in sizes (model, problems, steps), with the default's three models and
+# `execution.runner: auto`, so a local Ray runs the units as it does for a user's Quick run of `make ui`.
+DEFAULT_SHRUNK = [
+    "model.tiny.layers=1",
+    "model.tiny.hidden=64",
+    "model.tiny.intermediate=128",
+    "bootstrap.difficulties=[1, 2]",
+    "bootstrap.examples_per_difficulty=1000",
+    "bootstrap.train.steps=120",
+    "bootstrap.train.warmup_steps=20",
+    "bootstrap.early_stop.eval_every=60",
+    "bootstrap.early_stop.problems_per_difficulty=20",
+    "sample.problems_per_round=60",
+    "validate.expectations.min_rows=1",
+    "finetune.train.steps=5",
+    "finetune.train.warmup_steps=1",
+    "evaluate.difficulties=[1, 2, 3]",
+    "evaluate.problems_per_difficulty=12",
+    "evaluate.k=2",
+    "rounds={r1: {prev: r0, difficulties: [2]}}",
+    "tracking.registered_model=test-tiny",
+]
+
+
+@pytest.mark.slow
+def test_quick_run_and_scheduled_run_on_ray_write_what_the_cli_writes(tmp_path: Path) -> None:
+    """The first journey on the default params: a Quick run of the served deployment (3 models, Ray) finishes with
+    the dvc.lock that `selfimprove run` writes for the same params; a schedule that fires runs to the end and names
+    its run after the deployment and the time."""
+    from helpers import cli_env, run_cli
+
+    cli = make_project(tmp_path / "cli", DEFAULT_SHRUNK)
+    proj = make_project(tmp_path / "ui", DEFAULT_SHRUNK)
+    params = yaml_load(proj / "params.yaml")
+    assert params["model"]["ensemble"] == 3 and params["execution"]["runner"] == "auto", params["execution"]
+    env = {k: v for k, v in cli_env().items() if k != "PREFECT_API_URL"}
+    run_cli(["run", "--name", "from-cli"], cli, env=env, timeout=900)
+
+    port = free_port()
+    env |= {"PREFECT_HOME": str(proj / ".prefect"), "PREFECT_PORT": str(port), "BIN": str(Path(sys.executable).parent),
+            # the server's scheduler looks at a new schedule within seconds
+            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+            "PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS": "2"}
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        ui(proj, env, "start")
+        cenv = {**env, "PREFECT_API_URL": api}
+        out = py(client_code(api, """
+        d = await deployment(c)
+        run = await run_deployment(NAME, timeout=900)   # Deployments -> selfimprove -> Run -> Quick run
+        print(json.dumps({"state": run.state.type.value, "name": run.name}))
+"""), cenv)
+        quick = json.loads(out.strip().splitlines()[-1])
+        log = (proj / ".prefect" / "serve.log").read_text()
+        assert quick["state"] == "COMPLETED", log[-6000:]
+        assert "Ray: local" in log, "the Quick run did not fan out on Ray"
+        ref = experiments_ref(proj, quick["name"])
+        ui_lock = subprocess.run(["git", "show", f"{ref}:dvc.lock"], cwd=proj, capture_output=True, text=True,
+                                 check=True).stdout
+        assert ui_lock == (cli / "dvc.lock").read_text(), "a Quick run on Ray wrote other bytes than selfimprove run"
+
+        out = py(client_code(api, """
+        import datetime
+        from prefect.client.schemas.actions import DeploymentScheduleCreate
+        from prefect.client.schemas.schedules import IntervalSchedule
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+        d = await deployment(c)
+        start = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=30)
+        await c.create_deployment_schedules(d.id, [DeploymentScheduleCreate(
+            schedule=IntervalSchedule(interval=datetime.timedelta(days=1), anchor_date=start), active=True)])
+        for _ in range(900):
+            runs = [r for r in await c.read_flow_runs() if r.auto_scheduled and r.state and r.state.is_final()]
+            if runs:
+                break
+            await asyncio.sleep(1)
+        print(json.dumps({"state": runs[0].state.type.value, "name": runs[0].name,
+                          "start": runs[0].expected_start_time.strftime("%Y%m%d-%H%M")}))
+"""), cenv)
+        sched = json.loads(out.strip().splitlines()[-1])
+        log = (proj / ".prefect" / "serve.log").read_text()
+        assert sched["state"] == "COMPLETED", log[-6000:]
+        assert sched["name"] == f"selfimprove-{sched['start']}", sched
+        assert experiments_ref(proj, sched["name"]), "the scheduled run's experiment is named like its flow run"
+    finally:
+        subprocess.run(["bash", "scripts/ui.sh", "stop"], cwd=proj, env=env, capture_output=True, timeout=120)
+
+
+def yaml_load(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+def experiments_ref(proj: Path, name: str) -> str:
+    from selfimprove.experiments import experiment_refs
+
+    refs = experiment_refs(proj, name)
+    assert refs, f"no DVC experiment named {name!r}"
+    return refs[name]
