@@ -32,7 +32,9 @@ case "${1:-start}" in
       echo "Prefect server already running on ${URL%/api} (reused)"
     else
       echo "starting Prefect server on ${URL%/api} (log: ${DIR}/server.log)"
-      setsid "${BIN}/prefect" server start --host 127.0.0.1 --port "${PORT}" > "${DIR}/server.log" 2>&1 < /dev/null &
+      # the UI's pages call the API at PREFECT_UI_API_URL (default: port 4200, whatever port the server is on)
+      PREFECT_UI_API_URL="${URL}" setsid "${BIN}/prefect" server start --host 127.0.0.1 --port "${PORT}" \
+        > "${DIR}/server.log" 2>&1 < /dev/null &
       echo $! > "${DIR}/server.pid"
       for _ in $(seq 120); do healthy && break; sleep 1; done
       healthy || { echo "Prefect server did not start; see ${DIR}/server.log" >&2; exit 1; }

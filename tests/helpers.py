@@ -84,6 +84,15 @@ def make_project(dest: Path, overrides: list[str] | None = None) -> Path:
 
 
 
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (servers the tests start: Prefect, MLflow)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     """The environment of a ``selfimprove`` subprocess: this venv on PATH, and the Prefect API the tests share
     (the test harness's, when one is running) so a run does not start a temporary server of its own."""
