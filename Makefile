@@ -28,7 +28,7 @@ MLFLOW_PORT ?= 5000
 PYTEST_ARGS ?=
 
 
-.PHONY: help env sysdeps demo test test-slow test-all ui ui-stop mlflow-ui plots report dag clean clean-runs bench vllm-env
+.PHONY: help env sysdeps demo test test-browser browser-deps test-slow test-all ui ui-stop mlflow-ui plots report dag clean clean-runs bench vllm-env
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -62,7 +62,17 @@ demo: $(STAMP) ## run the default loop (a DVC experiment, applied to the workspa
 	$(BIN)/selfimprove run $(if $(NAME),--name $(NAME))
 
 test: $(STAMP) ## run the default test suite (real Prefect, DVC, MLflow, GX, TRL on tiny models; < 10 min)
-	$(BIN)/python -m pytest -m "not slow and not gpu and not vllm" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow and not gpu and not vllm and not browser" $(PYTEST_ARGS)
+
+test-browser: $(STAMP) browser-deps ## browser tests: the Prefect UI's Custom run form, MLflow's landing page (chromium)
+	SELFIMPROVE_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -m browser tests/ui $(PYTEST_ARGS)
+
+browser-deps: ## Debian's chromium for the browser tests (apt-get as root; Playwright drives it, never downloads one)
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium (browser tests)"; \
+	    apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null); \
+	  else echo "chromium not found: sudo apt-get install chromium" >&2; exit 1; fi; }
 
 test-slow: $(STAMP) ## run only the slow tests (full benchmark data, long training)
 	$(BIN)/python -m pytest -m "slow and not gpu and not vllm" $(PYTEST_ARGS)
@@ -86,9 +96,7 @@ ui-stop: ## stop the Prefect server and the served deployment that make ui start
 	@scripts/ui.sh stop
 
 mlflow-ui: $(STAMP) ## MLflow UI on the project's store, opening on the experiments and training runs (:5000)
-	@echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT) (experiments, training runs, model registry)"
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --app-name selfimprove --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 \
-	  --backend-store-uri sqlite:///$(CURDIR)/mlruns.db --default-artifact-root $(CURDIR)/mlartifacts
+	@BIN=$(BIN) scripts/mlflow_ui.sh $(MLFLOW_PORT)
 
 bench: $(STAMP) ## run the benchmarks in bench/ (results in bench/results/)
 	$(BIN)/python bench/sandbox_throughput.py

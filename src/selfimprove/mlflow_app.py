@@ -10,8 +10,9 @@ to GenAI.
 
 This app is MLflow's server (its FastAPI app around its Flask app, the same routes and stores) registered through
 MLflow's documented plugin point for servers (the ``mlflow.app`` entry point, as ``basic-auth`` is) with one change:
-the page it serves sets the workflow to machine learning when the browser has not chosen one, and sends the bare
-root (``/`` or ``#/``) to the experiments list. A user who switches to GenAI in the UI keeps that choice.
+the page it serves sets the workflow to machine learning when the browser has not chosen one (and keeps the GenAI
+assistant's panel from opening by itself on a first visit), and sends the bare root (``/`` or ``#/``) to the
+experiments list. A user who switches to GenAI in the UI keeps that choice.
 """
 
 from __future__ import annotations
@@ -20,11 +21,15 @@ from typing import Any
 
 WORKFLOW_KEY = "mlflow.workflowType_v1"  # MLflow's useLocalStorage({key: "mlflow.workflowType", version: 1})
 
+# the GenAI assistant's chat panel opens by itself on a browser's first visit and covers a third of the runs page
+ASSISTANT_KEY = "mlflow.assistant.fab.autoOpenedOnFirstLoad_v1"
+
 _SCRIPT = (
-    "<script>(function(){try{var k=%r;"
-    "if(!window.localStorage.getItem(k)){window.localStorage.setItem(k,JSON.stringify('machine_learning'));}"
+    "<script>(function(){try{var s=window.localStorage;"
+    "if(!s.getItem(%r)){s.setItem(%r,JSON.stringify('machine_learning'));}"
+    "if(!s.getItem(%r)){s.setItem(%r,'true');}"
     "var h=window.location.hash;if(h===''||h==='#'||h==='#/'){window.location.replace('#/experiments');}"
-    "}catch(e){}})();</script>" % WORKFLOW_KEY
+    "}catch(e){}})();</script>" % (WORKFLOW_KEY, WORKFLOW_KEY, ASSISTANT_KEY, ASSISTANT_KEY)
 )
 
 

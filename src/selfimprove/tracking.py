@@ -563,15 +563,17 @@ TRAINING_VIEW = "workflowType=machine_learning"
 
 
 def ui_url(server: str, experiment_id: str | None, run_id: str | None = None) -> str:
-    """A link into the MLflow UI that opens on training runs (not the GenAI view).
+    """A link into the MLflow UI that opens on training runs (not the GenAI view); a run's link opens its
+    metric charts, one point per round (metrics are logged with ``step=round``).
 
     >>> ui_url("http://127.0.0.1:5000/", "1", "abc")
-    'http://127.0.0.1:5000/#/experiments/1/runs/abc?workflowType=machine_learning'
+    'http://127.0.0.1:5000/#/experiments/1/runs/abc/model-metrics?workflowType=machine_learning'
     """
     base = server.rstrip("/")
     if experiment_id is None:
         return f"{base}/#/experiments?{TRAINING_VIEW}"
-    return f"{base}/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "") + f"?{TRAINING_VIEW}"
+    run = f"/runs/{run_id}/model-metrics" if run_id else ""
+    return f"{base}/#/experiments/{experiment_id}{run}?{TRAINING_VIEW}"
 
 
 def experiment_id(config: Config, project: str | Path = ".") -> str | None:
