@@ -86,8 +86,8 @@ report: $(STAMP) ## per-round table read back from MLflow
 dag: $(STAMP) ## the DVC pipeline graph
 	$(BIN)/dvc dag
 
-plots: $(STAMP) ## render DVC plots offline to dvc_plots/index.html
-	$(BIN)/dvc plots show --open 2>/dev/null || $(BIN)/dvc plots show
+plots: $(STAMP) ## the latest 3 runs' plots overlaid, offline, in dvc_plots/index.html (NAMES="a b" picks runs)
+	$(BIN)/selfimprove plots $(NAMES)
 
 ui: $(STAMP) ## Prefect server + served loop deployment on :4200 (idempotent; CRON="0 3 * * *" adds a schedule)
 	@BIN=$(BIN) PREFECT_PORT=$(PREFECT_PORT) scripts/ui.sh start $(if $(CRON),--cron "$(CRON)")

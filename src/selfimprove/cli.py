@@ -4,6 +4,8 @@
     selfimprove run --resume N                                   continue a failed or killed run
     selfimprove runs [--remove N]                                the runs of this project and how they ended
     selfimprove report [--name N] [--json]                       per-round table read back from MLflow
+    selfimprove compare [NAME ...]                               params that differ between runs, their results
+    selfimprove plots [NAME ...]                                 their plots across rounds overlaid (dvc plots diff)
     selfimprove check [-S key=value ...]                         validate params.yaml and preflight, do nothing else
     selfimprove rounds N                                         set the rounds in params.yaml (you edit your file)
     selfimprove bootstrap | summary                              single stages (what dvc.yaml calls)
@@ -20,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -322,7 +325,9 @@ def runs(
     import time as _t
 
     for r in records:
-        note = r.error.splitlines()[0][:60] if r.error and r.status != "finished" else ("applied" if r.applied else "")
+        # errors raised on Ray workers carry terminal colour codes: the table shows text
+        error = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", r.error or "")
+        note = error.splitlines()[0][:60] if error and r.status != "finished" else ("applied" if r.applied else "")
         t.add_row(r.name, r.status, _t.strftime("%Y-%m-%d %H:%M", _t.localtime(r.created)), r.baseline[:7],
                   " ".join(r.overrides) or "-", "yes" if r.name in exps else "no", note)
     out.print(t)
@@ -349,6 +354,60 @@ def report(
 
         wide = Console(width=max(shutil.get_terminal_size((TABLE_WIDTH, 24)).columns, TABLE_WIDTH))
         wide.print(render(rounds, title=f"run '{exp_name}' (loop '{config.loop.name}', from MLflow)"))
+
+
+NamesArg = Annotated[list[str] | None, typer.Argument(help="Runs (experiment names); default: the latest finished ones.")]
+LastOpt = Annotated[int, typer.Option("--last", help="How many of the latest finished runs, without names.")]
+
+
+@app.command()
+def compare(names: NamesArg = None, last: LastOpt = 3,
+            as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+            project: ProjectOpt = Path(".")) -> None:
+    """Runs side by side: the params that differ between them (only those) and their headline numbers."""
+    from rich import box
+    from rich.table import Table
+
+    from selfimprove.compare import table
+
+    with guarded():
+        t = table(project, names, last)
+    if as_json:
+        print(json.dumps(t, indent=2, default=str))
+        return
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.3f}"
+        if isinstance(v, (list, dict)):  # as params.yaml writes it: {prev: r1, difficulties: [4]}
+            import yaml
+
+            return yaml.safe_dump(v, default_flow_style=True, sort_keys=False, width=10**6).strip()
+        return str(v)
+
+    grid = Table(box=box.SIMPLE_HEAD, title=f"{len(t['runs'])} runs: params that differ, then results")
+    grid.add_column("param / metric", overflow="fold")
+    for n in t["runs"]:
+        grid.add_column(n, overflow="fold")
+    for k, vals in t["params"].items():
+        grid.add_row(k, *map(cell, vals))
+    if not t["params"]:
+        grid.add_row("(no param differs)", *["" for _ in t["runs"]])
+    grid.add_section()
+    for k, vals in t["metrics"].items():
+        grid.add_row(k, *map(cell, vals))
+    out.print(grid)
+    out.print(f"plots of these runs overlaid: selfimprove plots {' '.join(t['runs'])}", highlight=False)
+
+
+@app.command()
+def plots(names: NamesArg = None, last: LastOpt = 3, project: ProjectOpt = Path(".")) -> None:
+    """Overlay runs' plots across rounds (dvc plots diff) in dvc_plots/index.html; works offline."""
+    from selfimprove.compare import plots as render_plots
+
+    with guarded():
+        page = render_plots(project, names, last)
+    out.print(f"plots of the runs overlaid (colour: metric; dash and point shape: run): {page}", highlight=False)
 
 
 @app.command()

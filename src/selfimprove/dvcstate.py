@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -78,6 +79,7 @@ def is_fresh(project: str | Path, stage_id: str) -> bool:
 
 def prepare(project: str | Path, stage_id: str, run_cache: bool = True) -> State:
     """Bring ``stage_id`` up to date without running it when DVC can (see the module docstring)."""
+    from dvc.exceptions import ConfirmRemoveError
     from dvc.stage.cache import RunCacheNotFoundError
 
     with _repo(project) as repo, repo.lock:
@@ -93,11 +95,31 @@ def prepare(project: str | Path, stage_id: str, run_cache: bool = True) -> State
             repo.stage_cache.restore(stage)
         except RunCacheNotFoundError:
             return "stale"
+        except ConfirmRemoveError as e:
+            raise DvcError(edited_output_message(project, stage_id, getattr(e, "path", None) or str(e))) from None
         stage.save()
         stage.commit()
         stage.dump(update_pipeline=False)
     log.debug("dvc: %s restored from the run cache", stage_id)
     return "restored"
+
+
+def edited_output_message(project: str | Path, stage_id: str, path: str) -> str:
+    """What to do when an output DVC recorded was changed by hand and DVC would overwrite it to restore a stage.
+
+    Nothing is removed: the edit is the user's. Either put the recorded file back, or delete the output to have the
+    stage computed again."""
+    m = re.search(r"'([^']+)'", path)
+    path = m.group(1) if m else path
+    try:
+        rel = os.path.relpath(path, project)
+    except ValueError:
+        rel = path
+    out = rel.split(os.sep)
+    folder = os.sep.join(out[:3]) if len(out) > 3 else rel
+    return (f"{stage_id}: {rel} (in {project}) was changed after the run recorded it, and DVC would overwrite it "
+            f"to restore {stage_id}. Put the recorded version back with `dvc checkout --force {folder}` in that "
+            f"folder, or delete {folder} to compute {stage_id} again; then resume the run")
 
 
 def commit(project: str | Path, stage_id: str) -> None:

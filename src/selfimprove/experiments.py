@@ -449,6 +449,31 @@ def apply(home: str | Path, name: str) -> None:
 
     with project_lock(home), Repo(str(home)) as repo:
         repo.experiments.apply(name)
+    _drop_stale_rounds(Path(home))
+
+
+def _drop_stale_rounds(home: Path) -> list[str]:
+    """After applying a run with fewer rounds than the workspace held, the extra rounds' files stay behind
+    (``runs/metrics/r2.json``, ``runs/r2/`` with DVC's ``.gitignore``): ``dvc status`` then reports them and ``dvc
+    repro`` rewrites ``dvc.lock``. They belong to the other experiment, whose commit and DVC cache keep them, so
+    they are removed here. Returns what was removed."""
+    import yaml
+
+    params = yaml.safe_load((home / PARAMS).read_text()) or {}
+    runs = home / str(params.get("workspace") or "runs")
+    keep = {"r0", *(params.get("rounds") or {}), *(params.get("eval_rounds") or {})}
+    removed = []
+    for d in sorted(runs.glob("r[0-9]*")):
+        if d.is_dir() and d.name not in keep:
+            shutil.rmtree(d)
+            removed.append(str(d.relative_to(home)))
+    for f in sorted((runs / "metrics").glob("r[0-9]*.json")):
+        if f.stem not in keep:
+            f.unlink()
+            removed.append(str(f.relative_to(home)))
+    if removed:
+        log.info("rounds the applied run does not have, removed from the workspace: %s", ", ".join(removed))
+    return removed
 
 
 def discard(home: str | Path, name: str, keep_record: bool = False) -> None:

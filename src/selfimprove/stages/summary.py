@@ -81,6 +81,13 @@ def run_summary(config: Config, paths: RoundPaths, tracker: Tracker | None = Non
     health_cols = health_columns(rounds)
     with atomic_path(out_dir / "health.csv") as tmp:
         tmp.write_text(health_csv(rounds, health_cols))
+    acc_series = [(f"accuracy/{b}", _series_name(b)) for b in buckets] + [("accuracy", "mean"),
+                                                                         ("acceptance_precision", "label precision")]
+    with atomic_path(out_dir / "accuracy_curves.csv") as tmp:
+        tmp.write_text(curves_csv(rounds, acc_series))
+    with atomic_path(out_dir / "health_curves.csv") as tmp:  # the shares (0-1) on one scale; counts: health.png
+        tmp.write_text(curves_csv(rounds, [(c, c.removeprefix("health/").removeprefix("finetune/")) for c in health_cols
+                                           if c not in NOT_SHARES and not c.startswith("health/accepted/")]))
     _plot_health(rounds, health_cols, out_dir / "health.png")
     head = headline(rounds, config.loop.target.metric)
     write_json(out_dir / "metrics.json", head)
@@ -93,7 +100,37 @@ def run_summary(config: Config, paths: RoundPaths, tracker: Tracker | None = Non
                        metrics={f"summary/{k}": float(v) for k, v in head.items() if not isinstance(v, dict)},
                        outputs={"csv": str(out_dir / "accuracy.csv"), "png": str(out_dir / "accuracy.png"),
                                 "health_csv": str(out_dir / "health.csv"), "health_png": str(out_dir / "health.png"),
+                                "curves": str(out_dir / "accuracy_curves.csv"),
                                 "metrics": str(out_dir / "metrics.json")})
+
+
+#: health metrics that are not shares in [0, 1] (counts, nats, tokens): health.png draws them in panels of their own
+NOT_SHARES = ("health/distinct_answers", "health/answer_entropy", "health/mean_length", "acceptance_precision")
+
+
+def _series_name(bucket: str) -> str:
+    """``d4`` -> ``4 digits`` (arithmetic's difficulty); other buckets as they are."""
+    return f"{bucket[1:]} digits" if bucket[:1] == "d" and bucket[1:].isdigit() else bucket
+
+
+def curves_csv(rounds: list[dict], series: list[tuple[str, str]]) -> str:
+    """``round,series,value``, one row per round and metric the round has (none where it has none, so round 0's
+    label precision is absent, not 0): the long form ``dvc plots`` draws one line per series and run from, whatever
+    difficulties or metrics a problem set has (``.dvc/plots/rounds.json``).
+
+    >>> print(curves_csv([{"round": 0, "accuracy": 0.5}, {"round": 1, "accuracy": 0.75, "acceptance_precision": 1.0}],
+    ...                  [("accuracy", "mean"), ("acceptance_precision", "label precision")]), end="")
+    round,series,value
+    0,mean,0.5000
+    1,mean,0.7500
+    1,label precision,1.0000
+    """
+    lines = ["round,series,value"]
+    for r in rounds:
+        for key, name in series:
+            if r.get(key) is not None:
+                lines.append(f"{int(r['round'])},{name},{float(r[key]):.4f}")
+    return "\n".join(lines) + "\n"
 
 
 def health_columns(rounds: list[dict]) -> list[str]:
