@@ -69,20 +69,35 @@ from selfimprove.tracking import MlflowStore, NullTracker, Tracker  # noqa: E402
 ApplyPolicy = Literal["auto", "always", "never"]
 
 
+#: ``extra=`` of a log line meant for the Prefect UI only (the CLI says it once, at the end, in its own words)
+UI_ONLY = {"selfimprove_ui_only": True}
+
+
 class _NoTraceback(logging.Filter):
-    """Console only: the CLI prints a failure once, as one sentence; the Prefect UI keeps the traceback."""
+    """Console only: the CLI prints a failure once, as one sentence and what to do; the Prefect UI keeps the
+    tracebacks and Prefect's state messages (which repeat the whole error, once per task and flow it crossed)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.exc_info is None and "Traceback (most recent call last)" not in str(record.msg)
+        if record.exc_info is not None or getattr(record, "selfimprove_ui_only", False):
+            return False
+        msg = str(record.msg)
+        if "Traceback (most recent call last)" in msg:
+            return False
+        if record.name.startswith("prefect") and record.levelno >= logging.ERROR:
+            return False  # "Encountered exception during execution ...", "Finished in state Failed(...)"
+        return not (record.name.startswith("prefect") and msg.startswith("Finished in state Failed"))
 
 
 def quiet_console_tracebacks() -> None:
+    """Install the console filter on every handler that writes to a terminal: Prefect's console handler, and the
+    CLI's rich handler on the root logger (Prefect's run loggers propagate there)."""
     from prefect.logging.handlers import PrefectConsoleHandler
 
     for name in ("prefect", "selfimprove", ""):
         for h in logging.getLogger(name).handlers:
-            if isinstance(h, PrefectConsoleHandler) and not any(isinstance(f, _NoTraceback) for f in h.filters):
-                h.addFilter(_NoTraceback())
+            if isinstance(h, (PrefectConsoleHandler, logging.StreamHandler)) or type(h).__name__ == "RichHandler":
+                if not any(isinstance(f, _NoTraceback) for f in h.filters):
+                    h.addFilter(_NoTraceback())
 
 
 @contextlib.contextmanager
@@ -463,6 +478,19 @@ def _summary_artifact(experiment: str, config: Config, work: Path, store: Mlflow
     )
 
 
+def _with_report_in_project(e: BaseException, home: Path, record: Any) -> BaseException:
+    """A failed gate's message names its report where the user looks: a copy in the project
+    (``.selfimprove/reports/<run>/``), not the run's workspace, whose ``runs/`` is not the project's."""
+    if not isinstance(e, DataQualityError) or not e.path:
+        return e
+    try:
+        kept = experiments.keep_report(home, record, e.path)
+    except OSError:
+        return e
+    shown = _rel(kept, home)
+    return DataQualityError(str(e).replace(f"Full report: {e.path}", f"Full report: {shown}"), e.report, path=kept)
+
+
 def _default_name(home: Path) -> str:
     """The experiment name of a run started without one: the flow run's name (the form's run name, or Prefect's
     generated one for a Quick run); a scheduled run is named ``<deployment>-<scheduled start, UTC>``, say
@@ -572,12 +600,20 @@ def _loop(overrides: list[str] | None, rounds: int | None, params: str, name: st
         rev = experiments.save(home, record)
     except BaseException as e:
         status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+        shown = _with_report_in_project(e, home, record)
+        # the run's record says how it ended even when the service that failed was MLflow itself
+        experiments.mark(home, record, "killed" if status == "KILLED" else "failed", error=str(shown))
         if store is not None and parent_run_id:
-            store.close(parent_run_id, status, error=e)
-        experiments.mark(home, record, "killed" if status == "KILLED" else "failed", error=str(e))
+            try:
+                store.close(parent_run_id, status, error=shown)
+            except Exception as close_error:  # noqa: BLE001 - MLflow is down: the next run's reconcile closes it
+                logger.warning("MLflow run %s left RUNNING (%s); the next run marks it FAILED", parent_run_id,
+                               type(close_error).__name__)
         logger.error("run %s stopped: %s. Its workspace is kept at %s; continue with: selfimprove run --resume %s",
-                     exp_name, e, work, exp_name)
-        raise
+                     exp_name, shown, work, exp_name, extra=UI_ONLY)
+        if shown is e:
+            raise
+        raise shown from e
     if store is not None and parent_run_id:
         store.set_tags(parent_run_id, {"selfimprove.dvc_experiment_rev": rev})
         store.close(parent_run_id, "FINISHED")

@@ -57,6 +57,8 @@ def setup_logging(verbose: bool | None = None) -> None:
         handler = RichHandler(console=console, show_path=False, rich_tracebacks=False, markup=False)
         logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s", force=True)
     logging.getLogger("selfimprove").setLevel(logging.DEBUG if verbose else logging.INFO)
+    # GX announces its temporary docs folder at INFO on every validation
+    logging.getLogger("great_expectations").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def _fail(e: BaseException | str) -> None:
@@ -236,7 +238,7 @@ def run(
     os.environ.setdefault("PREFECT_HOME", str(home / ".prefect"))
     console.print(f"[bold]run {exp_name}[/]: {'resuming' if resume else 'starting'}; Prefect "
                   f"{os.environ.get('PREFECT_API_URL') or 'temporary local server'}", highlight=False)
-    with guarded():
+    try:
         from flows.loop import loop_flow, quiet_console_tracebacks  # the Prefect layer lives outside the core
 
         if not STATE["verbose"]:
@@ -245,7 +247,27 @@ def run(
         result = loop_flow.with_options(flow_run_name=exp_name)(
             overrides=list(overrides or []), rounds=rounds, params=params, name=None if resume else exp_name,
             resume=resume, from_workspace=True, apply=apply, project=str(home))
+    except (typer.Exit, typer.Abort):
+        raise
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001
+        _fail_run(home, exp_name, e)
     _print_result(home, config, exp_name, result)
+
+
+def _fail_run(home: Path, exp_name: str, e: BaseException) -> None:
+    """A run that stopped: the cause in one sentence (with what to do), then what became of the run."""
+    from selfimprove import experiments
+    from selfimprove.quality import DataQualityError
+
+    rec = experiments.read_record(home, exp_name)
+    if rec is not None and rec.status in ("failed", "killed"):
+        gate = any(isinstance(x, DataQualityError) for x in (e, e.__cause__, e.__context__))
+        again = ("" if gate else f"`selfimprove run --resume {exp_name}` continues it once the cause is fixed; ")
+        console.print(f"run {exp_name} stopped; its workspace is kept ({rec.workdir}): {again}"
+                      f"`selfimprove runs --remove {exp_name}` removes it", highlight=False, soft_wrap=True)
+    if isinstance(e, KeyboardInterrupt):
+        raise typer.Exit(130)
+    _fail(e)
 
 
 def _print_result(home: Path, config: Any, exp_name: str, result: dict[str, Any]) -> None:

@@ -421,6 +421,18 @@ def mark(home: str | Path, record: RunRecord, status: Status, error: str | None 
     write_record(home, record)
 
 
+def keep_report(home: str | Path, record: RunRecord, report: str | Path) -> Path:
+    """A copy of a failure report written inside the run's workspace, at ``.selfimprove/reports/<run>/`` in the
+    project, where a user who reads the message finds it (the workspace's ``runs/r1/...`` is not the project's)."""
+    src = Path(report)
+    if not src.is_absolute():
+        src = Path(record.workdir) / src
+    dst = state_dir(home) / "reports" / record.name / f"{src.parent.name}-{src.name}"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src, dst)
+    return dst
+
+
 def _untracked(workdir: Path) -> list[str]:
     out = _git(["ls-files", "--others", "--exclude-standard", "-z"], workdir)
     return sorted(p for p in out.split("\0") if p)

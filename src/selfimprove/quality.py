@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from selfimprove.config import ExpectationsConfig
@@ -54,9 +55,10 @@ def _stable(obj: Any) -> Any:
 class DataQualityError(RuntimeError):
     """A round's dataset failed its Great Expectations suite; ``report`` holds the details."""
 
-    def __init__(self, message: str, report: dict[str, Any]):
+    def __init__(self, message: str, report: dict[str, Any], path: str | Path | None = None):
         super().__init__(message)
         self.report = report
+        self.path = path  # where the full report was written, if it was
 
 
 @dataclass

@@ -128,7 +128,9 @@ def run_validate(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRe
         except DataQualityError as e:
             write_json(failed_path, json.loads(json.dumps({"error": str(e), "report": e.report}, default=str)))
             tracker.set_tags({"selfimprove.validate_failed": "true"})
-            raise DataQualityError(f"{e}\nFull report: {failed_path}", e.report) from None
+            fix = (f"To go on: give the round more problems (rounds.{paths.key}.problems or sample.problems_per_round) "
+                   "or relax validate.expectations, and start a new run with those -S settings")
+            raise DataQualityError(f"{e}\nFull report: {failed_path}\n{fix}", e.report, path=failed_path) from None
         failed_path.unlink(missing_ok=True)
     n_problems = max(sum(1 for p in problems.values() if not p.meta.get("view_of")), 1)
     metrics = {
