@@ -8,10 +8,11 @@ in the measurements behind ``notes/reliability.md``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from selfimprove.verifiers.code import (
     prepare_tests,
 )
 from selfimprove.verifiers.sandbox import JobResult, Limits, ProcessStatus
+from selfimprove.verifiers.sandbox import pool as sandbox_pool
 
 BENCH = Path(os.environ.get("SELFIMPROVE_BENCHMARKS_DIR", Path(__file__).resolve().parents[3] / "shared" / "benchmarks"))
 HAVE_BWRAP = bool(shutil.which("bwrap") or os.path.exists("/usr/bin/bwrap"))
@@ -291,15 +293,29 @@ def test_verdicts_are_deterministic(verifier):
     assert len(observed) == 1, observed
 
 
-def test_batch_keeps_order_and_runs_concurrently(verifier):
+def test_batch_keeps_order_and_runs_concurrently(verifier, monkeypatch):
     texts = ["def add(x, y):\n    return x + y\n", "def add(x, y):\n    return 0\n"] * 20
     comps = [Completion(id=f"toy/add#{i}", problem_id="toy/add", round=3, sample_idx=i, text=t) for i, t in enumerate(texts)]
-    t0 = time.monotonic()
+    # Concurrency shown by a rendezvous, not by a stopwatch: the first two jobs each wait, inside the sandbox's
+    # run, until the other has started too. Only a pool running two jobs at once gets past that barrier; a
+    # serial one breaks it (BrokenBarrierError, the batch fails). The timeout is a hang guard only.
+    barrier = threading.Barrier(2, timeout=120)
+    started = itertools.count()
+    met: list[int] = []
+    real_run = sandbox_pool._Sandbox.run
+
+    def run(sandbox, job, limits):
+        if next(started) < 2:
+            barrier.wait()
+            met.append(sandbox.index)
+        return real_run(sandbox, job, limits)
+
+    monkeypatch.setattr(sandbox_pool._Sandbox, "run", run)
     verdicts = verifier.verify({"toy/add": ADD}, comps)
     assert [v.sample_id for v in verdicts] == [c.id for c in comps]
     assert [v.passed for v in verdicts] == [True, False] * 20
     assert all(v.round == 3 for v in verdicts)
-    assert time.monotonic() - t0 < 10
+    assert sorted(met) == [0, 1]  # two jobs were in flight at once, one in each of the 2 sandboxes
 
 
 # --------------------------------------------------------------------------------------------- classification

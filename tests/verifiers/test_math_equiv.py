@@ -9,6 +9,7 @@ carry a ``note``); ``docs/verifiers.md`` explains each.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -98,20 +99,39 @@ def test_find_boxes_keeps_positions_and_marks_unclosed():
     assert [(b.content, b.start) for b in boxes] == [("1", 2), (None, 14)]
 
 
+def _cpu_seconds(fn, arg) -> float:
+    """Best of 3 CPU seconds of ``fn(arg)``, collector off: CPU time of this process, so a busy neighbour on a
+    shared machine barely moves it, and the best of 3 drops what still does (a cache flush, an interrupt)."""
+    best = float("inf")
+    for _ in range(3):
+        gc.collect()
+        gc.disable()
+        try:
+            t0 = time.process_time()
+            fn(arg)
+            best = min(best, time.process_time() - t0)
+        finally:
+            gc.enable()
+    return best
+
+
 @pytest.mark.parametrize(
-    "text",
+    ("make", "n"),
     [
-        r"\boxed{" * 30_000,
-        r"\fbox{1}" * 30_000,
-        "{" * 100_000 + r"\boxed{5}",
-        r"\boxed{" * 5_000 + "5" + "}" * 5_000,
+        (lambda n: r"\boxed{" * n, 30_000),
+        (lambda n: r"\fbox{1}" * n, 30_000),
+        (lambda n: "{" * n + r"\boxed{5}", 100_000),
+        (lambda n: r"\boxed{" * n + "5" + "}" * n, 5_000),
     ],
     ids=["open", "many", "braces", "nested"],
 )
-def test_box_search_is_linear(text):
-    t0 = time.perf_counter()
-    last_boxed_group(text)
-    assert time.perf_counter() - t0 < 2.0
+def test_box_search_is_linear(make, n):
+    """Ten times the input costs about ten times the work (a quadratic search would cost 100 times): the ratio
+    of two sizes measured here, never a number of seconds, which depends on the machine and its load."""
+    small, large = make(n // 10), make(n)
+    t_small, t_large = _cpu_seconds(last_boxed_group, small), _cpu_seconds(last_boxed_group, large)
+    ratio = t_large / max(t_small, 1e-9)
+    assert ratio < 40, f"10x the input took {ratio:.0f}x the CPU time ({t_small:.4f} s, then {t_large:.4f} s)"
 
 
 # ----------------------------------------------------------------------------------------------- MATH-500
@@ -417,32 +437,45 @@ def quick():
         yield verifier
 
 
+# A hang guard only (pytest-timeout): a grading that never ends fails the test instead of stalling the suite.
+# What bounds the time is asserted by the verdicts: the worker's timer ("timeout" after timeout_s) or the
+# parent's hard limit (the worker killed), never by timing the call on a machine that may be busy.
+HANG_GUARD_S = 300
+
+
+@pytest.mark.timeout(HANG_GUARD_S)
 @pytest.mark.parametrize(
-    ("text", "gold"),
+    ("text", "gold", "statuses"),
     [
-        ("\\[" * 10_000, "5"),  # catastrophic backtracking in the free-form extraction regexes
-        (r"\boxed{10^{10^{10}}}", "5"),  # a number sympy cannot evaluate
-        (r"\boxed{9^{9^{9}}}", "9^{9^{9}}+1"),
+        # catastrophic backtracking in the free-form extraction regexes: found to hold no answer
+        ("\\[" * 10_000, "5", {"no_answer"}),
+        (r"\boxed{10^{10^{10}}}", "5", {"timeout"}),  # a number sympy cannot evaluate: the timer stops it
+        (r"\boxed{9^{9^{9}}}", "9^{9^{9}}+1", {"fail", "timeout"}),
     ],
     ids=["brackets", "tower", "tower-vs-tower"],
 )
-def test_pathological_answers_time_out_in_bounded_time(quick, text, gold):
-    t0 = time.perf_counter()
+def test_pathological_answers_time_out_in_bounded_time(quick, text, gold, statuses):
     verdict = _grade(quick, text, gold)
-    elapsed = time.perf_counter() - t0
-    assert verdict.status in ("timeout", "fail", "no_answer") and not verdict.passed
-    assert elapsed < 1.5 * 1.0 + 1.0 + 0.5  # the hard deadline, with scheduling slack
+    assert verdict.status in statuses and not verdict.passed, (verdict.status, verdict.reason)
+    if verdict.status == "timeout":
+        assert verdict.reason == "comparison did not finish within 1 s"  # the deadline, not an error
     assert quick.equivalent("2", r"\frac{4}{2}")  # and the verifier still works afterwards
 
 
-def test_a_hung_worker_is_killed_and_replaced(quick):
+@pytest.mark.timeout(HANG_GUARD_S)
+def test_a_hung_worker_is_killed_and_replaced(quick, caplog):
     assert quick.equivalent("3", r"\frac{6}{2}")
     (pid,) = quick.worker_pids()
     os.kill(pid, signal.SIGSTOP)  # a worker stuck where no signal reaches it (e.g. inside C code)
-    t0 = time.perf_counter()
+    caplog.set_level("WARNING", logger="selfimprove.verifiers.math_equiv")
     verdict = _grade(quick, r"\boxed{\frac{6}{2}}", "3")
-    assert verdict.status == "timeout" and time.perf_counter() - t0 < 1.5 * 1.0 + 1.0 + 0.5
+    # A stopped worker never answers, so a verdict at all means the parent gave up at its hard limit
+    # (1.5 * timeout_s + 1 = 2.5 s) and killed the worker: the verdict and the log say which path was taken.
+    assert verdict.status == "timeout", (verdict.status, verdict.reason)
+    assert f"math worker pid {pid} sent no reply within 2.5 s; killing it" in caplog.text
     assert pid not in quick.worker_pids()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # killed and reaped, not just forgotten
     assert _grade(quick, r"\boxed{\frac{6}{2}}", "3").status == "pass"  # not cached as a timeout
     assert quick.worker_pids() and quick.worker_pids()[0] != pid
 

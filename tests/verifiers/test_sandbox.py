@@ -166,6 +166,21 @@ def judge(v: SandboxedTestsVerifier, code: str, problem: Problem = ADD):
     return verdict
 
 
+def judge_with_result(v: SandboxedTestsVerifier, code: str, monkeypatch: pytest.MonkeyPatch):
+    """``judge``, plus the raw ``JobResult`` the verdict was classified from (which limit stopped the job)."""
+    futures = []
+    real_submit = v.pool.submit
+
+    def submit(job):
+        futures.append(real_submit(job))
+        return futures[-1]
+
+    monkeypatch.setattr(v.pool, "submit", submit)
+    verdict = judge(v, code)
+    [fut] = futures
+    return verdict, fut.result()
+
+
 # --------------------------------------------------------------------------------------------- containment
 
 
@@ -258,12 +273,14 @@ def add(a, b):
     assert_no_leftovers()
 
 
-def test_gigabyte_of_stdout_is_cut_off(verifier):
-    t0 = time.monotonic()
-    v = judge(verifier, "import sys\nfor _ in range(1024):\n    sys.stdout.write('x' * (1 << 20))\n"
-                        "def add(a, b):\n    return a + b\n")
+def test_gigabyte_of_stdout_is_cut_off(verifier, monkeypatch):
+    v, r = judge_with_result(verifier, "import sys\nfor _ in range(1024):\n    sys.stdout.write('x' * (1 << 20))\n"
+                                       "def add(a, b):\n    return a + b\n", monkeypatch)
     assert (v.passed, v.status) == (False, "output_limit")
-    assert time.monotonic() - t0 < 3
+    # Cut off at the output limit, not left to run into the wall-clock limit, and read no further than the
+    # limit plus the pipe's last chunks: 1 MiB and a little of the gigabyte, never the rest of it.
+    assert r.output_limit and not r.wall_timeout
+    assert (1 << 20) < r.output_bytes <= (1 << 20) + (1 << 18), r.output_bytes
     assert psutil.Process().memory_info().rss < 2 << 30  # the host never buffered the flood
     assert_no_leftovers()
 
@@ -396,7 +413,7 @@ def add(a, b):
     assert_no_leftovers()
 
 
-def test_process_holding_the_output_pipe_is_swept_promptly(verifier):
+def test_process_holding_the_output_pipe_is_swept_promptly(verifier, monkeypatch):
     code = """
 import os, sys, time
 if os.fork() == 0:
@@ -407,10 +424,9 @@ if os.fork() == 0:
 def add(a, b):
     return a - b
 """
-    t0 = time.monotonic()
-    v = judge(verifier, code)
-    assert v.status == "fail"
-    assert time.monotonic() - t0 < FAST["wall_timeout_s"]  # not the wall deadline: no wait for EOF
+    v, r = judge_with_result(verifier, code, monkeypatch)
+    assert v.status == "fail"  # a job that waited for EOF would end at the wall deadline: 'timeout'
+    assert not r.wall_timeout  # not the wall deadline: the job ended when its tester did, no wait for EOF
     assert v.details.get("swept_processes", 0) >= 1
     assert_no_leftovers()
 
@@ -537,13 +553,19 @@ def test_workers_are_recycled_and_leave_no_zombies():
 
 @needs_bwrap
 def test_throughput_is_pool_like():
+    """Pool-like: 200 runs are forked from the same warm sandboxes, none built per run (what makes a pool
+    ~300-600 runs/s unloaded where a fresh sandbox per run manages ~20). Asserted by counting sandboxes, not
+    by a rate, which depends on the machine and its load; the rate is printed for information only."""
     with SandboxPool(workers=WORKERS, sandbox_uid=TEST_UID) as p:
         p.map([Job.program("pass")] * 20)
-        t0 = time.monotonic()
+        sandboxes = p.worker_pids()
+        t0 = time.perf_counter()
         results = p.map([Job.program("print(1 + 2)")] * 200)
-        rate = 200 / (time.monotonic() - t0)
+        rate = 200 / (time.perf_counter() - t0)
+        assert p.worker_pids() == sandboxes  # not one sandbox was started (or restarted) for the 200 runs
+    print(f"sandbox pool: {rate:.0f} runs/s with {WORKERS} workers (information, not asserted)")
     assert all(r.output == "3\n" for r in results)
-    assert rate > 50, f"{rate:.0f} runs/s"  # ~300-600/s unloaded; a fresh sandbox per run manages ~20
+    assert len(sandboxes) == WORKERS and {r.worker for r in results} == set(range(WORKERS))  # all of them served
 
 
 def test_missing_bwrap_is_refused_with_install_hint():
