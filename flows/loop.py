@@ -41,6 +41,11 @@ for _k, _v in {
     "PREFECT_LOGGING_EXTRA_LOGGERS": "selfimprove",
     # a first start migrates a new database: on a busy 2-core machine that can take longer than the default 20 s
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    # a server that died mid-run is reported in seconds, not after minutes of retries with backoff (Prefect: 5
+    # retries, ~2.5 min measured; MLflow: 7 retries, backoff factor 2, ~4 min)
+    "PREFECT_CLIENT_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
 }.items():
     os.environ.setdefault(_k, _v)
 
@@ -478,6 +483,35 @@ def _summary_artifact(experiment: str, config: Config, work: Path, store: Mlflow
     )
 
 
+def _crash_killed_flow_runs(flow_run_id: str | None) -> None:
+    """The Prefect runs of a killed attempt (its loop flow run, round subflows, task runs) were left Running: the
+    process that would have finished them is gone. Resuming marks them Crashed, as Prefect's own heartbeat
+    monitoring would, so the UI shows one attempt crashed and one running."""
+    if not flow_run_id:
+        return
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+    from prefect.states import Crashed
+
+    message = "the process running it was killed; the run was resumed by a new flow run"
+    try:
+        client = get_client(sync_client=True)
+        with client:
+            root = client.read_flow_run(UUID(flow_run_id))
+            runs = [root, *client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[root.id])))]
+            for fr in runs:
+                if fr.state is not None and not fr.state.is_final():
+                    client.set_flow_run_state(fr.id, Crashed(message=message), force=True)
+                    for tr in client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [fr.id]})):
+                        if tr.state is not None and not tr.state.is_final():
+                            client.set_task_run_state(tr.id, Crashed(message=message), force=True)
+    except Exception as e:  # noqa: BLE001 - cosmetic in the UI; the resume goes on
+        get_run_logger().warning("could not mark the killed attempt's Prefect runs Crashed: %s", e)
+
+
 def _with_report_in_project(e: BaseException, home: Path, record: Any) -> BaseException:
     """A failed gate's message names its report where the user looks: a copy in the project
     (``.selfimprove/reports/<run>/``), not the run's workspace, whose ``runs/`` is not the project's."""
@@ -552,15 +586,23 @@ def _loop(overrides: list[str] | None, rounds: int | None, params: str, name: st
         if overrides or rounds is not None:
             raise ConfigError("--resume continues a run with the params it started with: drop the overrides and rounds")
         record = experiments.resume(home, resume)
+        _crash_killed_flow_runs(record.prefect_flow_run_id)
     else:
-        asked = load_config(home / params, list(overrides or []))  # a bad override fails here, before anything is written
+        # a bad override fails here, before anything is written (with `rounds`, once the rounds are written: an
+        # override may set a round that `rounds` adds)
+        asked = load_config(home / params, list(overrides or []) if rounds is None else None)
         if rounds is not None and asked.loop.policy == "curriculum":
             raise ConfigError("loop.policy is curriculum: the loop decides its rounds; bound them with "
                               f"-S loop.max_rounds={rounds} instead of --rounds")
         record = experiments.create(home, exp_name, overrides=list(overrides or []), rounds=rounds, params_file=params,
                                     from_workspace=from_workspace)
     work = Path(record.workdir)
-    config = load_config(work / experiments.PARAMS)
+    try:
+        config = load_config(work / experiments.PARAMS)
+    except ConfigError:
+        if not resume:  # nothing ran: the name is free again
+            experiments.discard(home, exp_name)
+        raise
     for k, v in runtime_env(config).items():  # before anything imports huggingface_hub, here and on Ray workers
         os.environ.setdefault(k, v)
     problems = preflight(config, work)

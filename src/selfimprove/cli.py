@@ -61,14 +61,14 @@ def setup_logging(verbose: bool | None = None) -> None:
     logging.getLogger("great_expectations").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
-def _fail(e: BaseException | str) -> None:
+def _fail(e: BaseException | str, stores: dict[str, str] | None = None) -> None:
     from rich.markup import escape
 
     from selfimprove.errors import explain
 
     if STATE["verbose"] and isinstance(e, BaseException) and sys.exc_info()[0] is not None:
         console.print_exception(show_locals=False)
-    msg = e if isinstance(e, str) else explain(e)
+    msg = e if isinstance(e, str) else explain(e, stores)
     console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
@@ -159,14 +159,31 @@ def _validate_run(home: Path, params: str, overrides: list[str], rounds: int | N
 
     if not (home / params).exists():
         raise FileNotFoundError(f"{home / params}: params file not found (run from the project folder or pass --project)")
-    asked = load_config(home / params, overrides)  # errors name the user's file and line
+    # errors name the user's file and line; with --rounds, an override may set a round that --rounds adds
+    # (--rounds 2 -S rounds.r2.problems=400): those are checked once the rounds are written, below
+    asked = load_config(home / params, overrides if rounds is None else None)
     if rounds is not None and asked.loop.policy == "curriculum":
         raise ValueError(f"loop.policy is curriculum: the loop decides its rounds; bound them with "
                          f"-S loop.max_rounds={rounds} instead of --rounds")
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copyfile(home / params, Path(tmp) / "params.yaml")
         prepare_params(Path(tmp), home, "params.yaml", overrides, rounds)
-        return load_config(Path(tmp) / "params.yaml")
+        config = load_config(Path(tmp) / "params.yaml")
+    for line in shadowed(config, overrides):
+        console.print(f"[yellow]note:[/] {line}", highlight=False, soft_wrap=True)
+    return config
+
+
+def shadowed(config: Any, overrides: list[str]) -> list[str]:
+    """Overrides that some rounds do not see because the round sets the same thing itself."""
+    out = []
+    if any(o.split("=", 1)[0].strip() == "sample.problems_per_round" for o in overrides):
+        own = {k: r.problems for k, r in config.rounds.items() if r.problems}
+        if own:
+            out.append(f"sample.problems_per_round={config.sample.problems_per_round} applies to the rounds without "
+                       f"their own 'problems'; " + ", ".join(f"{k} keeps {n}" for k, n in own.items()) +
+                       " (set rounds.<key>.problems to change those)")
+    return out
 
 
 def _use_local_prefect_server(home: Path) -> None:
@@ -234,6 +251,7 @@ def run(
                 raise experiments.ExperimentError(why)
         _use_local_prefect_server(home)
         check_prefect_api()
+        experiments.reap_orphan_servers(home)
     sys.path.insert(0, str(home))
     os.environ.setdefault("PREFECT_HOME", str(home / ".prefect"))
     console.print(f"[bold]run {exp_name}[/]: {'resuming' if resume else 'starting'}; Prefect "
@@ -250,11 +268,25 @@ def run(
     except (typer.Exit, typer.Abort):
         raise
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001
-        _fail_run(home, exp_name, e)
+        _fail_run(home, exp_name, e, _stores(home, config))
     _print_result(home, config, exp_name, result)
 
 
-def _fail_run(home: Path, exp_name: str, e: BaseException) -> None:
+def _stores(home: Path, config: Any) -> dict[str, str]:
+    """The services a run writes to, by name: what an error that names none of them is matched against."""
+    out = {}
+    if os.environ.get("PREFECT_API_URL"):
+        out["Prefect"] = os.environ["PREFECT_API_URL"]
+    if config.tracking.enabled:
+        from selfimprove.tracking import resolve_uri
+
+        with contextlib.suppress(Exception):
+            uri, _ = resolve_uri(config, home)
+            out["MLflow"] = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:") else uri
+    return out
+
+
+def _fail_run(home: Path, exp_name: str, e: BaseException, stores: dict[str, str] | None = None) -> None:
     """A run that stopped: the cause in one sentence (with what to do), then what became of the run."""
     from selfimprove import experiments
     from selfimprove.quality import DataQualityError
@@ -267,7 +299,7 @@ def _fail_run(home: Path, exp_name: str, e: BaseException) -> None:
                       f"`selfimprove runs --remove {exp_name}` removes it", highlight=False, soft_wrap=True)
     if isinstance(e, KeyboardInterrupt):
         raise typer.Exit(130)
-    _fail(e)
+    _fail(e, stores)
 
 
 def _print_result(home: Path, config: Any, exp_name: str, result: dict[str, Any]) -> None:
@@ -333,6 +365,7 @@ def runs(
             out.print(f"removed {remove}: " + (", ".join(done) if done else "nothing was left"))
             return
         experiments.reconcile(home)
+        experiments.reap_orphan_servers(home)
         records = experiments.list_records(home)
         exps = experiments.experiment_refs(home)
     if as_json:

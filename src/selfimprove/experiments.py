@@ -227,6 +227,42 @@ def reconcile(home: str | Path) -> list[RunRecord]:
     return dead
 
 
+def reap_orphan_servers(home: str | Path) -> list[int]:
+    """Stop the temporary Prefect servers that runs of this project left behind when killed (-9).
+
+    ``selfimprove run`` without a Prefect server lets Prefect start a temporary one as a child process; a run killed
+    with SIGKILL cannot stop it, and it lived on until killed by hand, one per kill. Ours are recognised by their
+    command (Prefect's ephemeral app), their ``PREFECT_HOME`` (this project's ``.prefect``) and their parent: gone
+    (re-parented to init) or not a live process of a run. Returns the pids stopped."""
+    import psutil
+
+    prefect_home = os.path.realpath(os.environ.get("PREFECT_HOME") or (Path(home) / ".prefect"))
+    stopped = []
+    for proc in psutil.process_iter(["pid", "ppid", "cmdline"]):
+        try:
+            cmd = proc.info["cmdline"] or []
+            if "prefect.server.api.server:create_app" not in cmd:
+                continue
+            env = proc.environ()
+            if env.get("PREFECT__SERVER_EPHEMERAL") != "1" or os.path.realpath(env.get("PREFECT_HOME", "")) != prefect_home:
+                continue
+            parent = psutil.Process(proc.info["ppid"]) if proc.info["ppid"] not in (0, 1) else None
+            if parent is not None and parent.is_running() and parent.status() != psutil.STATUS_ZOMBIE:
+                continue  # a live run's server
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except psutil.TimeoutExpired:
+                proc.kill()
+            stopped.append(proc.info["pid"])
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    if stopped:
+        log.info("stopped %d temporary Prefect server(s) left by killed runs (pid %s)", len(stopped),
+                 ", ".join(map(str, stopped)))
+    return stopped
+
+
 # ------------------------------------------------------------------------------------------------ names
 
 

@@ -72,12 +72,18 @@ def register_round(store: Any, config: Config, paths: RoundPaths, run_id: str, e
         promote, reason = False, f"{key} {value:.3f} < {best_value:.3f} of the current best (version {current.version})"
     else:
         promote, reason = True, f"{key} {value:.3f} is the best so far"
-    if promote and (current is None or current.version != version):
+    moved = promote and (current is None or current.version != version)
+    if moved:
         store.set_alias(version, "best")
     store.set_tags(run_id, {"selfimprove.model_version": version, "selfimprove.promoted": str(promote).lower(),
                             "selfimprove.promotion": reason})
-    log.info("registry: %s version %s%s", config.tracking.registered_model, version,
-             f", alias 'best' ({reason})" if promote else f" (not promoted: {reason})")
+    if moved:
+        said = f", alias 'best' moved here ({reason})"
+    elif promote:  # the same model already holds it (a restored or re-evaluated round): nothing was announced anew
+        said = f", already 'best' (the same model; {reason})"
+    else:
+        said = f" (not promoted: {reason})"
+    log.info("registry: %s version %s%s", config.tracking.registered_model, version, said)
     return {"model_version": version, "promoted": promote, "reason": reason}
 
 

@@ -274,7 +274,10 @@ class MlflowStore:
     # ---------------------------------------------------------------------------------------------- runs
 
     def reconcile(self) -> int:
-        """Mark RUNNING runs KILLED when their owning process on this host no longer exists."""
+        """Close RUNNING runs whose owning process on this host no longer exists: FAILED when the run's record says
+        it failed (it could not close its MLflow run: the server had died), KILLED otherwise."""
+        from selfimprove import experiments
+
         host = socket.gethostname()
         n = 0
         for run in self.search("attributes.status = 'RUNNING'"):
@@ -283,12 +286,17 @@ class MlflowStore:
                 continue
             pid = int(tags[TAG + "pid"])
             if pid != os.getpid() and not _pid_alive(pid):
+                rec = experiments.read_record(self.project, tags.get(TAG + "experiment", "")) \
+                    if tags.get(TAG + "experiment") else None
+                status = "FAILED" if rec is not None and rec.status == "failed" else "KILLED"
                 with self.guard():
                     self.client.set_tag(run.info.run_id, TAG + "reconciled", f"process {pid} gone")
-                    self.client.set_terminated(run.info.run_id, status="KILLED")
+                    if status == "FAILED" and rec is not None and rec.error:
+                        self.client.set_tag(run.info.run_id, TAG + "error", rec.error[:4900])
+                    self.client.set_terminated(run.info.run_id, status=status)
                 n += 1
         if n:
-            log.warning("MLflow: marked %d run(s) KILLED whose process had died", n)
+            log.warning("MLflow: closed %d run(s) whose process had ended (FAILED or KILLED, from the run's record)", n)
         return n
 
     def _reopen(self, run: Any) -> None:
@@ -403,6 +411,12 @@ class MlflowStore:
         name = self.config.tracking.registered_model
         for mv in self._versions():
             if (model_md5 and mv.tags.get(TAG + "model_md5") == model_md5) or mv.tags.get(TAG + "run_id") == run_id:
+                if mv.tags.get(TAG + "run_id") != run_id and description not in (mv.description or ""):
+                    # the same bytes, evaluated by another run (another eval seed or problem set): its numbers join
+                    # the version's description instead of leaving the first evaluation's as the only ones
+                    with self.guard():
+                        self.client.update_model_version(
+                            name, mv.version, description=f"{mv.description or ''}\nEvaluated again: {description}")
                 return mv.version
         group = members(model_dir)
         if not (group[0] / "config.json").exists():

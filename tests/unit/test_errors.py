@@ -65,7 +65,7 @@ def test_cli_prints_one_sentence_for_a_full_disk(tmp_path: Path, monkeypatch) ->
     write_json(tmp_path / "runs" / "metrics" / "r0.json", {"round": 0, "accuracy": 0.5, "accuracy/d1": 0.5})
     monkeypatch.setattr(os, "fsync", no_space)
     result = CliRunner().invoke(app, ["summary", "--project", str(tmp_path)])
-    assert result.exit_code == 1
+    assert result.exit_code == 1, (result.output, result.exception)
     text = " ".join(result.output.split())
-    assert "disk full while writing" in text and "runs/summary" in text, text
+    assert "disk full while writing" in text and "runs/summary" in text, (text, repr(result.exception))
     assert "Traceback" not in result.output
