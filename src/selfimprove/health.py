@@ -127,10 +127,7 @@ def gold_health(samples: Sequence[Completion], problems: dict[str, Problem], gol
         p = problems.get(pid)
         if p is None or p.answer is None:
             continue
-        ok = []
-        for c in cs:
-            a = gold.extract(c.text, p)
-            ok.append(a is not None and gold.equivalent(a, p.answer))
+        ok = [gold.check(p, c).passed for c in cs]  # the evaluation's grading: extraction, then comparison/scorer
         pass1.append(sum(ok) / len(ok))
         passk.append(float(any(ok)))
     if not pass1:

@@ -29,6 +29,7 @@ def preflight(config: Config, project: str | Path = ".", check_workspace: bool =
         from selfimprove.stages.common import eval_problems, problem_set
 
         pset = problem_set(config)
+        problems += verifier_mismatches(config, pset)
         if not eval_problems(config, pset):
             problems.append(f"problems: problem set {config.problems.name!r} has no evaluation problems "
                             f"(evaluate.difficulties={config.evaluate.difficulties})")
@@ -51,3 +52,28 @@ def preflight(config: Config, project: str | Path = ".", check_workspace: bool =
     if not config.rounds:
         problems.append("rounds: no rounds in params.yaml (add r1: {prev: r0, ...} or run 'selfimprove rounds 2')")
     return problems
+
+
+def verifier_mismatches(config: Config, pset: object) -> list[str]:
+    """Verifier settings that would grade this problem set's answers with a reader that cannot read them (a
+    ``reasoning_gym`` task graded by ``exact_match``, GSM8K by ``exact_match``): refused, so no run reports
+    a nonsense accuracy."""
+    from selfimprove.verifiers import VERIFIERS
+
+    name = config.problems.name
+    ok = pset.compatible_verifiers()  # type: ignore[attr-defined]
+    declared = pset.gold_verifier()  # type: ignore[attr-defined]
+    out = []
+    fix = f"{name} problems (the set declares {declared!r}" + (
+        f"; {', '.join(repr(v) for v in ok if v != declared)} also read them)" if len(ok) > 1 else ")")
+    ev = config.evaluate.verifier
+    if ev and ev not in ok:
+        out.append(f"evaluate.verifier = {ev!r} cannot grade {fix}; remove evaluate.verifier to use the set's")
+    rv = config.verify.verifier
+    if rv == "majority_vote":
+        ans = config.verify.majority_vote.answer
+        if ans not in ok:
+            out.append(f"verify.majority_vote.answer = {ans!r} cannot read the answers of {fix}; set it to {declared!r}")
+    elif getattr(VERIFIERS.get(rv), "needs_gold", False) and rv != "judge" and rv not in ok:
+        out.append(f"verify.verifier = {rv!r} cannot grade {fix}")
+    return out

@@ -10,5 +10,6 @@ PROBLEM_SETS.register("gsm8k", "selfimprove.problems.gsm8k:GSM8KProblems")
 PROBLEM_SETS.register("math500", "selfimprove.problems.math500:Math500Problems")
 PROBLEM_SETS.register("mbpp", "selfimprove.problems.mbpp:MBPPProblems")
 PROBLEM_SETS.register("humaneval", "selfimprove.problems.humaneval:HumanEvalProblems")
+PROBLEM_SETS.register("reasoning_gym", "selfimprove.problems.reasoning_gym:ReasoningGymProblems")
 
 __all__ = ["PROBLEM_SETS", "ProblemSet"]

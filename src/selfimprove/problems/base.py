@@ -16,9 +16,20 @@ class ProblemSet:
     name: ClassVar[str] = "base"
     #: Verifier to use for this set's problems unless the config says otherwise.
     default_verifier: ClassVar[str] = "exact_match"
+    #: Gold verifiers that read this set's answers correctly (``selfimprove check`` refuses others for evaluate,
+    #: and as the round verifier or the majority vote's answer reader); empty = only ``gold_verifier()``.
+    verifiers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **options: Any):
         self.options = options
+
+    def gold_verifier(self) -> str:
+        """The verifier this set's evaluation grades with (its declared one: ``default_verifier``, or what its
+        options name, e.g. ``problems.jsonl.verifier``); rows that name their own verifier are routed to it."""
+        return self.default_verifier
+
+    def compatible_verifiers(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((self.gold_verifier(), *self.verifiers)))
 
     def load(self, split: str) -> list[Problem]:
         """All problems of ``split``; raise ``ValueError`` naming the split/file if unavailable."""

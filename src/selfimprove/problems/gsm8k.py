@@ -70,6 +70,7 @@ class GSM8KProblems(ProblemSet):
 
     name: ClassVar[str] = "gsm8k"
     default_verifier: ClassVar[str] = "gsm8k"
+    verifiers: ClassVar[tuple[str, ...]] = ("gsm8k", "math_equiv")
 
     def __init__(self, **options: Any):
         super().__init__(**options)

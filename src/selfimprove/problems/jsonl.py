@@ -149,6 +149,7 @@ class JsonlProblems(ProblemSet):
 
     name: ClassVar[str] = "jsonl"
     default_verifier: ClassVar[str] = "exact_match"
+    verifiers: ClassVar[tuple[str, ...]] = ("exact_match", "gsm8k", "math_equiv", "sandboxed_tests")
 
     def __init__(self, **options: Any):
         super().__init__(**options)
@@ -174,6 +175,9 @@ class JsonlProblems(ProblemSet):
         if self.config.verifier is not None:
             _check_verifier_name(self.config.verifier, "problems.jsonl.verifier")
         self._splits: dict[str, list[Problem]] | None = None
+
+    def gold_verifier(self) -> str:
+        return self.config.verifier or self.default_verifier
 
     def splits(self) -> list[str]:
         return list(self._load_all())

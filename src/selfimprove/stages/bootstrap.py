@@ -3,8 +3,11 @@
 - ``model.source: tiny`` (the embedded default): build a character tokenizer and a tiny Llama-style model
   from ``model.tiny``, train it with TRL SFT on labelled easy problems (``bootstrap.difficulties``), stopping
   early once every bootstrap difficulty reaches ``bootstrap.early_stop.target`` greedy accuracy.
-- ``model.source: path | hub``: no training; ``runs/r0/model/model_ref.json`` points at the model, and the
-  labelled split named by ``bootstrap.real_data_split`` (if any) becomes the real data for mixing.
+- ``model.source: gguf`` (or ``path | hub`` with ``model.import_weights``): no training; the model is imported
+  into ``runs/r0/model`` as a Hugging Face folder (``selfimprove.models.importer``), so round 0 is its bytes:
+  DVC-versioned, registered, evaluated. ``path | hub`` without it: ``runs/r0/model/model_ref.json`` points at the
+  model. Either way the labelled split named by ``bootstrap.real_data_split`` (if any) becomes the real data for
+  mixing.
 
 Outputs: ``runs/r0/sample`` (the labelled problems), ``runs/r0/validate`` (the labelled training rows) and
 ``runs/r0/model``. Round 0 is then evaluated by an ordinary ``evaluate@r0``, so the curve starts there.
@@ -74,7 +77,7 @@ class _EarlyStop:
         from selfimprove.samplers import SamplingParams
         from selfimprove.verifiers import VERIFIERS
 
-        self.verifier = VERIFIERS.get(pset.default_verifier)()
+        self.verifier = VERIFIERS.get(pset.gold_verifier())()
         self.params = SamplingParams(k=0, greedy=True, max_new_tokens=config.sample.max_new_tokens,
                                      batch_size=config.sample.batch_size, logprobs=False)
         self.history: list[dict[str, Any]] = []
@@ -150,6 +153,10 @@ def merge_bootstrap(config: Config, paths: RoundPaths, units: list[Unit], parts:
     mc = config.model
     if mc.source == "path" and not Path(mc.path).exists():  # type: ignore[arg-type]
         raise FileNotFoundError(f"model not found: model.path = {mc.path!r} does not exist")
+    if mc.source == "gguf":
+        from selfimprove.models.importer import find_gguf
+
+        find_gguf(mc.path, mc.gguf_file)  # fails before anything is written
     with timer() as t:
         problems = labelled_problems(config)
         rows = labelled_rows(problems)
@@ -170,6 +177,12 @@ def merge_bootstrap(config: Config, paths: RoundPaths, units: list[Unit], parts:
                 train_report = {"steps": sum(r["steps"] for r in parts), "final_loss": sum(r["final_loss"] for r in parts) / n,
                                 "seconds": sum(r["seconds"] for r in parts), "members": parts}
                 metrics.update({"bootstrap/steps": train_report["steps"], "bootstrap/final_loss": train_report["final_loss"]})
+            elif mc.source == "gguf" or mc.import_weights:  # round 0 is the real model's bytes, versioned by DVC
+                from selfimprove.models.importer import import_model
+
+                train_report = {"imported": import_model(mc.source, mc.path, out, gguf_file=mc.gguf_file,
+                                                         revision=mc.revision, trust_remote_code=mc.trust_remote_code)}
+                metrics["bootstrap/parameters"] = train_report["imported"]["parameters"]
             else:
                 write_json(out / "model_ref.json", {"source": mc.source, "path": mc.path, "revision": mc.revision})
             report = StageReport(stage="bootstrap", round=0, metrics=metrics, details=train_report,
@@ -178,16 +191,17 @@ def merge_bootstrap(config: Config, paths: RoundPaths, units: list[Unit], parts:
             write_manifest(out, producer="bootstrap")
     parts_finish(paths, "bootstrap")
     # the stage's time: its members' training (side by side or one after another) and this merge
-    report.seconds = t["seconds"] + (train_report.get("seconds", 0.0))
+    report.seconds = t["seconds"] + (train_report.get("seconds", 0.0) if "members" in train_report else 0.0)
     timings = {"bootstrap/seconds": report.seconds}
-    if train_report:
+    if "members" in train_report:
         timings["bootstrap/train_seconds"] = train_report["seconds"]
     tracker.log_metrics(metrics | timings, step=0)
     tracker.log_params({"bootstrap.rows": len(rows)})
     if rows:
         tracker.log_dataset(paths.validate / "train.jsonl", name="r0/train", context="training")
     log.info("bootstrap: %d labelled rows, %s", len(rows),
-             f"{mc.ensemble} model(s) trained for {train_report['steps']} steps" if train_report else f"model {mc.path}")
+             f"{mc.ensemble} model(s) trained for {train_report['steps']} steps" if "members" in train_report
+             else f"model {mc.path} imported into {paths.model}" if "imported" in train_report else f"model {mc.path}")
     return report
 
 

@@ -114,13 +114,75 @@ def problem_set(config: Config) -> ProblemSet:
 
 
 def gold_verifier_name(config: Config, pset: ProblemSet) -> str:
-    """The verifier that grades against gold: ``evaluate.verifier``, else the problem set's default."""
-    return config.evaluate.verifier or pset.default_verifier
+    """The verifier evaluation grades with: ``evaluate.verifier``, else the one the problem set declares (its
+    default, or what its options name: ``problems.jsonl.verifier``). ``selfimprove check`` refuses an
+    ``evaluate.verifier`` that cannot read the set's answers (``ProblemSet.compatible_verifiers``)."""
+    return config.evaluate.verifier or pset.gold_verifier()
 
 
-def gold_verifier(config: Config, pset: ProblemSet) -> Verifier:
-    name = gold_verifier_name(config, pset)
+def gold_verifier(config: Config, pset: ProblemSet, name: str | None = None) -> Verifier:
+    """The gold grader; a problem whose row names another verifier (a mixed JSONL set) is graded by that one."""
+    name = name or gold_verifier_name(config, pset)
+    return RoutedVerifier(name, config) if name == pset.gold_verifier() else _make(name, config)
+
+
+def set_verifier_name(config: Config, pset: ProblemSet) -> str:
+    """The set's own gold verifier, whatever ``evaluate.verifier`` says: what GRPO's health grades rollouts with
+    (so ``evaluate.verifier``, an evaluation setting, never invalidates ``finetune`` in DVC)."""
+    return pset.gold_verifier()
+
+
+def _make(name: str, config: Config) -> Verifier:
     return VERIFIERS.get(name)(**config.verify.options(name))
+
+
+class RoutedVerifier(AnswerVerifier):
+    """The set's gold verifier for its problems, except a problem that names another (``Problem.verifier``): each
+    is graded by the verifier its set or row declares, never by a default that cannot read it."""
+
+    def __init__(self, name: str, config: Config):
+        super().__init__()
+        self.name = name  # type: ignore[misc]
+        self._config = config
+        self._by_name: dict[str, Verifier] = {name: _make(name, config)}
+
+    def _for(self, problem: Problem | None) -> Verifier:
+        name = (problem.verifier if problem is not None else None) or self.name
+        if name not in self._by_name:
+            self._by_name[name] = _make(name, self._config)
+        return self._by_name[name]
+
+    def verify(self, problems: Any, completions: Sequence[Any]) -> list[Any]:
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, c in enumerate(completions):
+            p = problems.get(c.problem_id)
+            groups[(p.verifier if p is not None else None) or self.name].append(i)
+        out: list[Any] = [None] * len(completions)
+        for name, idx in groups.items():
+            v = self._by_name.get(name) or self._for(problems[completions[idx[0]].problem_id])
+            for i, verdict in zip(idx, v.verify(problems, [completions[i] for i in idx]), strict=True):
+                out[i] = verdict
+        return out
+
+    def extract(self, text: str, problem: Problem | None = None) -> str | None:
+        v = self._for(problem)
+        return v.extract(text, problem) if isinstance(v, AnswerVerifier) else None
+
+    def equivalent(self, answer: str, reference: str) -> bool:
+        v = self._by_name[self.name]
+        return v.equivalent(answer, reference) if isinstance(v, AnswerVerifier) else False
+
+    def check(self, problem: Problem, completion: Any) -> Any:
+        v = self._for(problem)
+        return v.check(problem, completion) if isinstance(v, AnswerVerifier) else v.verify({problem.id: problem}, [completion])[0]
+
+    @property
+    def answers(self) -> bool:
+        return all(isinstance(v, AnswerVerifier) for v in self._by_name.values())
+
+    def close(self) -> None:
+        for v in self._by_name.values():
+            v.close()
 
 
 def round_verifier(config: Config, model_dir: Path | None = None) -> Verifier:
@@ -270,15 +332,17 @@ def label_precision(
     """Share of accepted self-labels that are correct against the hidden gold (reward-hacking check)."""
     if not rows:
         return None, {}
-    if not isinstance(verifier, AnswerVerifier):
+    if not isinstance(verifier, AnswerVerifier) or not getattr(verifier, "answers", True):
         return None, {}
     ok: dict[str, list[bool]] = defaultdict(list)
     for r in rows:
         p = problems.get(r.problem_id)
         if p is None or p.answer is None:
             continue
-        a = verifier.extract(r.completion, p)
-        ok[bucket(p)].append(a is not None and verifier.equivalent(a, p.answer))
+        # the evaluation's own grading of the label (extract, then the set's comparison or scorer)
+        label = Completion(id=f"{r.problem_id}#label", problem_id=r.problem_id, round=0, sample_idx=0,
+                           text=r.completion)
+        ok[bucket(p)].append(verifier.check(p, label).passed)
     flat = [x for v in ok.values() for x in v]
     if not flat:
         return None, {}

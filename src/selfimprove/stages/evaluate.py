@@ -57,7 +57,7 @@ def _health(paths: RoundPaths, problems: dict[str, Problem], verifier: Any) -> d
     from selfimprove.verifiers.base import AnswerVerifier
 
     samples_path = paths.sample / "samples.jsonl"
-    if not samples_path.exists() or not isinstance(verifier, AnswerVerifier):
+    if not samples_path.exists() or not isinstance(verifier, AnswerVerifier) or not getattr(verifier, "answers", True):
         return {}
     return gold_health(read_verified_jsonl(samples_path, Completion), problems, verifier)
 

@@ -25,7 +25,7 @@ from selfimprove.samplers.hf import resolve_model
 from selfimprove.stages.common import (
     StageReport,
     gold_verifier,
-    gold_verifier_name,
+    set_verifier_name,
     problem_set,
     setup_runtime,
     timer,
@@ -87,7 +87,7 @@ class _GRPORound:
     def member_records(self) -> tuple[list[Rollout], dict[str, bool] | None]:
         """This process's rollouts, and the gold verifier's verdicts on them when it was one of the rewards."""
         self.close()
-        gold_name = gold_verifier_name(self.config, problem_set(self.config))
+        gold_name = set_verifier_name(self.config, problem_set(self.config))
         rollouts = [r for rec in self._recorders for r in rec.records()]
         reused: dict[str, bool] | None = {}
         for rec in self._recorders:
@@ -105,7 +105,8 @@ class _GRPORound:
         from selfimprove.trainers.grpo import grade_gold, label_reward_accuracy
 
         self.close()
-        gold_v = gold_verifier(self.config, problem_set(self.config))
+        pset = problem_set(self.config)
+        gold_v = gold_verifier(self.config, pset, set_verifier_name(self.config, pset))
         try:
             if all(r is not None for r in reused):  # the gold verifier was a reward: its verdicts are the gold ones
                 gold = {k: v for r in reused for k, v in (r or {}).items()}

