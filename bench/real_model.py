@@ -162,6 +162,117 @@ def loop_md(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def machine_limits(threads: int) -> dict[str, float]:
+    """This machine's matmul FLOP/s (fp32, ``threads`` torch threads) and memory bandwidth (bytes/s, a large copy),
+    best of 5: the two limits a CPU decoder runs into."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(8):
+            a @ b
+        best = min(best, time.perf_counter() - t0)
+    flops = 8 * 2 * 1024**3 / best
+    x = torch.empty(64 * 2**20 // 4)
+    y = torch.empty_like(x)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        y.copy_(x)
+        best = min(best, time.perf_counter() - t0)
+    return {"flops": flops, "bandwidth": 2 * x.numel() * 4 / best}
+
+
+def speed(family: str, n_problems: int, k: int, max_new: int, batch: int) -> dict:
+    """The product's sampler (prompt shared, log-probs step by step), the same sampler computing each answer's
+    prompt itself, and raw ``generate`` (no log-probs, no records), on the same prompts and the same imported
+    SmolLM2 folder, one after another in one process; each against this machine's limit."""
+    import torch
+
+    from selfimprove.config import load_config
+    from selfimprove.paths import RoundPaths
+    from selfimprove.samplers.base import SamplingParams
+    from selfimprove.samplers.hf import TransformersSampler
+    from selfimprove.stages.bootstrap import run_bootstrap
+    from selfimprove.stages.common import problem_set
+    from selfimprove.tracking import NullTracker
+
+    threads = 2
+    out: dict = {"commit": head_commit(), "problems": n_problems, "k": k, "max_new_tokens": max_new, "batch": batch,
+                 "threads": threads, "limits": machine_limits(threads), "runs": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        shutil.copy(EXAMPLE, "params.yaml")
+        config = load_config("params.yaml", FAMILIES[family] + ["tracking.enabled=false"])
+        paths = RoundPaths.for_round(config, "r0", ".")
+        run_bootstrap(config, paths, NullTracker())
+        torch.set_num_threads(threads)
+        problems = problem_set(config).training_pool(n_problems, [2], 0, 1)
+        params = SamplingParams(k=k, greedy=True, temperature=1.0, max_new_tokens=max_new, batch_size=batch, seed=0)
+        s = TransformersSampler(paths.model, chat="always")
+        n_params = sum(p.numel() for p in s.model.parameters())
+        weight_bytes = sum(p.numel() * p.element_size() for p in s.model.parameters())
+        prompt_lens = [len(s.tok(s.prompt_text(p), add_special_tokens=False)["input_ids"]) for p in problems]
+        for name, share in (("sampler", True), ("sampler, prompt per answer", False)):
+            s.share_prefix = share
+            s.sample(problems[:4], params, round=1, progress=False)  # warm-up
+            t0 = time.perf_counter()
+            comps = s.sample(problems, params, round=1, progress=False)
+            wall = time.perf_counter() - t0
+            gen = sum(c.n_tokens for c in comps)
+            prompt_work = sum(prompt_lens) * (1 if share else params.n_per_problem)
+            out["runs"][name] = {"wall_s": wall, "generated_tokens": gen, "decode_slots": s.decode_tokens,
+                                 "prompt_tokens_processed": prompt_work}
+        # raw generate: one call per batch of prompts, k+1 sampled sequences each, nothing recorded
+        enc_all = [s.prompt_text(p) for p in problems]
+        per_batch = max(1, batch // params.n_per_problem)
+        s.tok.padding_side = "left"
+        t0, gen, slots = time.perf_counter(), 0, 0
+        for i in range(0, len(enc_all), per_batch):
+            enc = s.tok(enc_all[i:i + per_batch], return_tensors="pt", padding=True, add_special_tokens=False)
+            with torch.inference_mode():
+                seqs = s.model.generate(**enc, max_new_tokens=max_new, do_sample=True, temperature=1.0,
+                                        num_return_sequences=params.n_per_problem, pad_token_id=s.tok.pad_token_id,
+                                        eos_token_id=s.stop_ids)
+            new = seqs[:, enc["input_ids"].shape[1]:]
+            slots += new.numel()
+            gen += int((~torch.isin(new, torch.tensor(s.stop_ids + [s.tok.pad_token_id]))).sum())
+        out["runs"]["raw generate"] = {"wall_s": time.perf_counter() - t0, "generated_tokens": gen,
+                                       "decode_slots": slots,
+                                       "prompt_tokens_processed": sum(prompt_lens) * params.n_per_problem}
+    lim = out["limits"]
+    out["model"] = {"parameters": n_params, "weight_bytes": weight_bytes}
+    for name, r in out["runs"].items():
+        # the work a run cannot avoid: every token it processes costs 2 x parameters FLOPs; every decoding step
+        # reads the weights once (batched sequences share that read)
+        steps = r["decode_slots"] / max(1, min(batch, n_problems * params.n_per_problem)) if r["decode_slots"] else 0
+        compute_s = 2 * n_params * (r["prompt_tokens_processed"] + r["decode_slots"]) / lim["flops"]
+        memory_s = steps * weight_bytes / lim["bandwidth"]
+        r["limit_s"] = max(compute_s, memory_s)
+        r["bound"] = "compute" if compute_s >= memory_s else "memory"
+        r["fraction_of_limit"] = r["limit_s"] / r["wall_s"]
+        r["tokens_per_s"] = r["generated_tokens"] / r["wall_s"]
+    return out
+
+
+def speed_md(r: dict) -> str:
+    lim = r["limits"]
+    lines = [f"# Sampling SmolLM2-135M-Instruct on this machine (commit {r['commit']})", "",
+             f"{r['problems']} chain_sum prompts (chat template, system prompt), 1 greedy + {r['k']} sampled answers "
+             f"each, up to {r['max_new_tokens']} new tokens, {r['batch']} sequences per batch, torch {r['threads']} "
+             f"threads. Machine: {lim['flops'] / 1e9:.0f} GFLOP/s fp32 matmul, {lim['bandwidth'] / 1e9:.1f} GB/s copy; "
+             f"model {r['model']['parameters'] / 1e6:.1f} M parameters, {r['model']['weight_bytes'] / 1e6:.0f} MB.",
+             "", "| backend | wall s | generated tokens | tokens/s | prompt tokens processed | limit s (bound) | "
+             "fraction of limit |", "|---|---|---|---|---|---|---|"]
+    for name, x in r["runs"].items():
+        lines.append(f"| {name} | {x['wall_s']:.1f} | {x['generated_tokens']} | {x['tokens_per_s']:.0f} | "
+                     f"{x['prompt_tokens_processed']} | {x['limit_s']:.1f} ({x['bound']}) | {x['fraction_of_limit']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="what", required=True)
@@ -171,6 +282,12 @@ def main() -> None:
     b.add_argument("--per-difficulty", type=int, default=50)
     b.add_argument("--k", type=int, default=8)
     b.add_argument("--set", action="append", default=[])
+    sp = sub.add_parser("speed")
+    sp.add_argument("--family", default="chain_sum")
+    sp.add_argument("--problems", type=int, default=96)
+    sp.add_argument("--k", type=int, default=4)
+    sp.add_argument("--max-new-tokens", type=int, default=16)
+    sp.add_argument("--batch", type=int, default=160)
     lp = sub.add_parser("loop")
     lp.add_argument("--family", default="chain_sum")
     lp.add_argument("--variants", nargs="+", default=["gold", "label_free"])
@@ -179,7 +296,10 @@ def main() -> None:
     lp.add_argument("--tag", default="")
     lp.add_argument("--set", action="append", default=[])
     a = ap.parse_args()
-    if a.what == "base":
+    if a.what == "speed":
+        r = speed(a.family, a.problems, a.k, a.max_new_tokens, a.batch)
+        save_results("real_model_speed", r, speed_md(r))
+    elif a.what == "base":
         r = base(a.families, a.difficulties, a.per_difficulty, a.k, a.set)
         save_results(f"real_model_base{a.set and '_custom' or ''}", r, base_md(r))
     else:

@@ -1,12 +1,15 @@
 """``transformers`` sampler: batched ``model.generate`` with a KV cache, on CPU or one GPU.
 
 Prompts are sorted by length and left-padded in batches of about ``batch_size`` sequences (prompts per batch
-= batch_size / completions per problem), so padding stays small. Per batch, one greedy pass (if asked) and
-one sampling pass with ``num_return_sequences=k``. Token log-probabilities come from the raw logits (the
-model's own distribution, before temperature/top-p), as vLLM's default ``raw_logprobs`` reports them: the
-per-step logits ``generate`` returns (``output_logits``) when sequences x steps x vocabulary fit
-``logits_budget_bytes`` (256 MiB: always for the tiny default), else one teacher-forced pass in chunks (a real
-model's 152k vocabulary would need tens of GiB for the per-step logits).
+= batch_size / completions per problem), so padding stays small. Per batch the prompts are run once
+(``_prefill``: every prompt token but the last, into a KV cache) and that cache is shared by the greedy pass
+and the sampling pass with ``num_return_sequences=k`` (repeated k times per prompt), so the prompt's work is done
+once per problem, not once per answer (a real model's chat prompt, system prompt included, is most of the
+tokens it processes). Token log-probabilities come from the raw logits (the model's own distribution, before
+temperature/top-p), as vLLM's default ``raw_logprobs`` reports them: the per-step logits ``generate`` returns
+(``output_logits``) when sequences x steps x vocabulary fit ``logits_budget_bytes`` (256 MiB: always for the tiny
+default), else recorded step by step by hooks that hold one step's logits (``_StepLogprobs``; a real model's
+49k-152k vocabulary would need GiBs for all steps, and a second forward pass would double the cost).
 Sampling is seeded once per call, so the same problems, params and seed give the same completions.
 With a chat template in use (``model.chat``; selfimprove/chat.py) each problem's messages are rendered with the
 generation prompt, and generation stops on EOS or the template's end-of-turn token (not part of the text).
@@ -70,6 +73,44 @@ def load_model(model_dir: str | Path, device: str = "auto", dtype: str = "auto",
     return model, tok
 
 
+class _StepLogprobs:
+    """The raw log-probability of each generated token, recorded during ``generate``: a hook on the output layer
+    keeps the last position's log-softmax of the current step only, and a hook on the input embeddings (whose
+    input at the next step is the token just chosen) picks that token's value. Memory: one step's logits."""
+
+    def __init__(self, model: Any):
+        self.prev: Any = None
+        self.cols: list[Any] = []
+        self._hooks = [model.get_output_embeddings().register_forward_hook(self._on_logits),
+                       model.get_input_embeddings().register_forward_pre_hook(self._on_tokens)]
+
+    def _on_logits(self, module: Any, args: Any, output: Any) -> None:
+        import torch
+
+        self.prev = torch.log_softmax(output[:, -1, :].float(), dim=-1)
+
+    def _on_tokens(self, module: Any, args: Any) -> None:
+        if self.prev is not None and args and args[0] is not None:
+            ids = args[0][:, -1:]
+            if ids.shape[0] == self.prev.shape[0]:
+                self.cols.append(self.prev.gather(-1, ids).squeeze(-1))
+            self.prev = None
+
+    def remove(self) -> None:
+        for h in self._hooks:
+            h.remove()
+
+    def result(self, seqs: Any) -> Any:
+        """(sequences, steps) log-probs of ``seqs`` (the generated tokens); the last step's comes from the logits
+        still held (no forward pass follows it)."""
+        import torch
+
+        cols = list(self.cols)
+        if self.prev is not None:
+            cols.append(self.prev.gather(-1, seqs[:, len(cols):len(cols) + 1]).squeeze(-1))
+        return torch.stack(cols[: seqs.shape[1]], dim=1).cpu()
+
+
 class TransformersSampler(Sampler):
     name: ClassVar[str] = "transformers"
 
@@ -85,9 +126,13 @@ class TransformersSampler(Sampler):
         self.device = next(self.model.parameters()).device
         # model.chat: prompts rendered with the chat template; generation stops on EOS or the end-of-turn token
         self.chat = use_chat(chat, self.tok, where=str(model_dir))  # type: ignore[arg-type]
-        #: keep generate's per-step logits for log-probs up to this size (else recompute them in one pass)
+        #: keep generate's per-step logits for log-probs up to this size (else record them step by step)
         self.logits_budget_bytes = 256 * 2**20
         self.stop_ids = stop_token_ids(self.tok) if self.chat else [self.tok.eos_token_id]
+        #: the prompt of a batch is computed once and its KV cache shared by the greedy answer and the k samples
+        #: (the tiny model computes its own coupled positions, so it keeps generate's own prefill)
+        self.share_prefix = getattr(self.model.config, "model_type", "") != "selfimprove_llama"
+        self.prefill_tokens = self.decode_tokens = 0
 
     def prompt_text(self, problem: Problem) -> str:
         """What the model continues: the raw prompt, or its messages rendered with the generation prompt."""
@@ -99,39 +144,39 @@ class TransformersSampler(Sampler):
     def from_model(cls, model: Any, tokenizer: Any) -> TransformersSampler:
         return cls("<in-memory>", model=model, tokenizer=tokenizer)
 
-    def _token_logprobs(self, sequences: Any, prompt_mask: Any, prompt_len: int, budget_bytes: float = 2e9) -> Any:
-        """Raw log-probabilities of the generated tokens, from one teacher-forced pass in chunks.
+    def _encode(self, prompts: list[str]) -> Any:
+        self.tok.padding_side = "left"
+        # a rendered chat prompt already holds the template's own special tokens (BOS included where it has one)
+        return self.tok(prompts, return_tensors="pt", padding=True, add_special_tokens=not self.chat).to(self.device)
 
-        Keeping ``generate``'s per-step logits costs batch x steps x vocab floats (74 GiB for 256 sequences of
-        128 tokens with a 152k vocabulary); recomputing costs one extra forward pass and a bounded chunk.
-        """
+    def _prefill(self, enc: Any) -> Any:
+        """The KV cache of every prompt token but the last, computed once for all the answers of a prompt;
+        ``generate`` then runs the last prompt token itself (its logits pick the first answer token)."""
         import torch
 
-        n_seq, total = sequences.shape
-        gen = total - prompt_len
-        vocab = self.model.get_output_embeddings().weight.shape[0]
-        chunk = max(1, int(budget_bytes // (max(gen, 1) * vocab * 4)))
-        out = []
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        if ids.shape[1] < 2:
+            return None
+        pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate computes them (left padding)
         with torch.inference_mode():
-            for i in range(0, n_seq, chunk):
-                seq = sequences[i : i + chunk]
-                mask = torch.cat([prompt_mask[i : i + chunk], torch.ones_like(seq[:, prompt_len:])], dim=1)
-                logits = self.model(input_ids=seq, attention_mask=mask, logits_to_keep=gen + 1).logits[:, :-1]
-                logp = torch.log_softmax(logits.float(), dim=-1)
-                out.append(logp.gather(-1, seq[:, prompt_len:].unsqueeze(-1)).squeeze(-1).cpu())
-        return torch.cat(out)
+            out = self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1],
+                             use_cache=True, logits_to_keep=1)
+        self.prefill_tokens += int(mask[:, :-1].sum())
+        return out.past_key_values
 
     def _generate(self, prompts: list[str], params: SamplingParams, do_sample: bool, n: int,
-                  answer_tokens: int | None = None, min_tokens: int | None = None) -> list[dict[str, Any]]:
+                  answer_tokens: int | None = None, min_tokens: int | None = None, enc: Any = None,
+                  prefix: Any = None) -> list[dict[str, Any]]:
         """Generate ``n`` completions per prompt. ``answer_tokens``: the problems declare their answer length
         (``meta.max_new_tokens``); reaching it ends the answer, so it counts as a natural stop.
-        ``min_tokens`` (``meta.min_new_tokens``): fixed-width answers are decoded to their full width."""
+        ``min_tokens`` (``meta.min_new_tokens``): fixed-width answers are decoded to their full width.
+        ``prefix``: the prompts' KV cache from ``_prefill`` (copied here, repeated ``n`` times per prompt)."""
+        import copy
+
         import torch
 
         tok = self.tok
-        tok.padding_side = "left"
-        # a rendered chat prompt already holds the template's own special tokens (BOS included where it has one)
-        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=not self.chat).to(self.device)
+        enc = enc if enc is not None else self._encode(prompts)
         max_new = min(params.max_new_tokens, answer_tokens) if answer_tokens else params.max_new_tokens
         gen_kwargs: dict[str, Any] = dict(
             max_new_tokens=max_new,
@@ -154,17 +199,29 @@ class TransformersSampler(Sampler):
         vocab = self.model.get_output_embeddings().weight.shape[0]
         keep = params.logprobs and enc["input_ids"].shape[0] * n * max_new * vocab * 4 <= self.logits_budget_bytes
         gen_kwargs["output_logits"] = keep
-        with torch.inference_mode():
-            out = self.model.generate(**enc, **gen_kwargs)
+        if prefix is not None:
+            cache = copy.deepcopy(prefix)
+            if n > 1:
+                cache.batch_repeat_interleave(n)
+            gen_kwargs["cache"] = cache
+        # a large vocabulary (SmolLM2: 49k) with many sequences: the chosen tokens' log-probs recorded step by step
+        # (one step's logits held at a time) instead of keeping every step's logits or a second forward pass
+        steps = _StepLogprobs(self.model) if params.logprobs and not keep else None
+        try:
+            with torch.inference_mode():
+                out = self.model.generate(**enc, **gen_kwargs)
+        finally:
+            if steps is not None:
+                steps.remove()
         seqs = out.sequences[:, enc["input_ids"].shape[1]:]
+        self.decode_tokens += int(seqs.numel())
         lps = None
         if params.logprobs and seqs.shape[1] and keep:
             with torch.inference_mode():
                 logits = torch.stack(out.logits, dim=1).float()  # (sequences, steps, vocab), before any warper
                 lps = torch.log_softmax(logits, dim=-1).gather(-1, seqs.unsqueeze(-1)).squeeze(-1).cpu()
-        elif params.logprobs and seqs.shape[1]:
-            mask = enc["attention_mask"].repeat_interleave(n, dim=0)
-            lps = self._token_logprobs(out.sequences, mask, enc["input_ids"].shape[1])
+        elif steps is not None and seqs.shape[1]:
+            lps = steps.result(seqs)
         eos, pad = tok.eos_token_id, tok.pad_token_id
         stops = set(self.stop_ids)
         all_ids = seqs.tolist()  # one conversion per batch: per-row tensor indexing costs more than the decoding
@@ -199,6 +256,8 @@ class TransformersSampler(Sampler):
         from tqdm.auto import tqdm
 
         torch.manual_seed(params.seed)
+        self.prefill_tokens = self.decode_tokens = 0  # work done, for the sampler benchmark
+
         def answer_len(i: int) -> tuple[int, int]:
             m = problems[i].meta
             return int(m.get("max_new_tokens") or 0), int(m.get("min_new_tokens") or 0)
@@ -221,11 +280,15 @@ class TransformersSampler(Sampler):
             alen, amin = answer_len(idx[0])
             alen, amin = alen or None, amin or None
             per_problem: dict[int, list[dict[str, Any]]] = {i: [] for i in idx}
+            enc = self._encode(prompts)
+            prefix = self._prefill(enc) if self.share_prefix and (params.k or 0) + bool(params.greedy) > 1 else None
             if params.greedy:
-                for i, res in zip(idx, self._generate(prompts, params, do_sample=False, n=1, answer_tokens=alen, min_tokens=amin)):
+                for i, res in zip(idx, self._generate(prompts, params, do_sample=False, n=1, answer_tokens=alen,
+                                                      min_tokens=amin, enc=enc, prefix=prefix)):
                     per_problem[i].append(res | {"greedy": True})
             if params.k:
-                res = self._generate(prompts, params, do_sample=True, n=params.k, answer_tokens=alen, min_tokens=amin)
+                res = self._generate(prompts, params, do_sample=True, n=params.k, answer_tokens=alen, min_tokens=amin,
+                                     enc=enc, prefix=prefix)
                 for j, i in enumerate(idx):
                     per_problem[i].extend(r | {"greedy": False} for r in res[j * params.k : (j + 1) * params.k])
             for i in idx:
