@@ -107,6 +107,35 @@ def setup_runtime(config: Config) -> None:
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.set_flush_denormal(True)
+    if torch.get_num_threads() > 1:  # one thread cannot oversubscribe much; more can, tenfold
+        warning = oversubscribed(torch.get_num_threads())
+        if warning:
+            log.warning(warning)
+
+
+def oversubscribed(threads: int, cores: int | None = None, load: float | None = None) -> str | None:
+    """A warning when this process's torch threads and what else runs here now ask for more than the cores: two
+    torch processes with 2 threads each on this 2-core machine each ran about 10x slower than alone (measured).
+    ``load``: cores busy with other work (default: sampled for 0.2 s, before this stage computes anything).
+
+    >>> oversubscribed(2, cores=2, load=1.5) is not None, oversubscribed(1, cores=2, load=0.5)
+    (True, None)
+    """
+    cores = cores or os.cpu_count() or 1
+    if load is None:
+        try:
+            import psutil
+
+            load = psutil.cpu_percent(interval=0.2) / 100 * cores
+        except Exception:  # noqa: BLE001 - a warning only
+            return None
+    if threads > cores:
+        return f"threads: {threads} torch threads on {cores} cores; set threads: {cores} or fewer"
+    if load + threads > cores + 0.75:
+        return (f"this machine is busy ({load:.1f} of {cores} cores in use) and this stage asks torch for {threads} "
+                f"thread(s): threads contend for the cores and a step can take ~10x longer (two 2-thread torch "
+                f"processes on 2 cores, measured); run one stage at a time, or set threads: 1")
+    return None
 
 
 def problem_set(config: Config) -> ProblemSet:
