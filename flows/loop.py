@@ -465,7 +465,9 @@ def _summary_artifact(experiment: str, config: Config, work: Path, store: Mlflow
              "stages": by_round.get(int(m["round"]), {}).get("states", {})} for m in load_round_metrics(config, work)]
     image = _data_uri(summary_dir(config, work) / "accuracy.png")
     health = _data_uri(summary_dir(config, work) / "health.png")
-    lines = improvement(rows, config.bootstrap.difficulties)
+    from selfimprove.stages.common import problem_set
+
+    lines = improvement(rows, config.bootstrap.difficulties, problem_set(config).difficulty_legend()[1])
     if decisions:
         lines = [*lines, "Rounds decided by the curriculum (loop.policy), each written into the run's params.yaml "
                  "before it ran:", *[f"**{d.split(':', 1)[0]}**:{d.split(':', 1)[1]}" for d in decisions]]

@@ -272,6 +272,16 @@ def run(
     _print_result(home, config, exp_name, result)
 
 
+def _difficulty(config: Any) -> tuple[str, str]:
+    """What difficulty N means for the run's problem set (the report's legend)."""
+    try:
+        from selfimprove.stages.common import problem_set
+
+        return problem_set(config).difficulty_legend()
+    except Exception:  # noqa: BLE001 - a legend only
+        return "difficulty N", "difficulty"
+
+
 def _stores(home: Path, config: Any) -> dict[str, str]:
     """The services a run writes to, by name: what an error that names none of them is matched against."""
     out = {}
@@ -317,8 +327,10 @@ def _print_result(home: Path, config: Any, exp_name: str, result: dict[str, Any]
         else:
             rows = [{"round": int(k[1:]), "metrics": r["metrics"] | r.get("seconds", {}), "stages": r["states"]}
                     for k, r in result.get("rounds_full", {}).items()]
-        wide.print(render(rows, title=f"run '{exp_name}' (loop '{config.loop.name}'): per-round results (from MLflow)"))
-        for line in improvement(rows, config.bootstrap.difficulties):
+        what, unit = _difficulty(config)
+        wide.print(render(rows, title=f"run '{exp_name}' (loop '{config.loop.name}'): per-round results (from MLflow)",
+                          difficulty=what))
+        for line in improvement(rows, config.bootstrap.difficulties, unit):
             wide.print(f"  {line}")
     except TrackingError as e:
         console.print(f"[yellow]could not read MLflow:[/] {e}")
@@ -408,7 +420,8 @@ def report(
         import shutil
 
         wide = Console(width=max(shutil.get_terminal_size((TABLE_WIDTH, 24)).columns, TABLE_WIDTH))
-        wide.print(render(rounds, title=f"run '{exp_name}' (loop '{config.loop.name}', from MLflow)"))
+        wide.print(render(rounds, title=f"run '{exp_name}' (loop '{config.loop.name}', from MLflow)",
+                          difficulty=_difficulty(config)[0]))
 
 
 NamesArg = Annotated[list[str] | None, typer.Argument(help="Runs (experiment names); default: the latest finished ones.")]

@@ -96,9 +96,11 @@ def _short(v: Any, key: str) -> str:
 
 
 TABLE_WIDTH = 120
+#: what difficulty N means for the arithmetic set; other sets say what theirs means (ProblemSet.difficulty_legend)
+DIGITS = "N-digit problems (difficulty N)"
 
 
-def render(rounds: list[dict[str, Any]], title: str = "selfimprove: rounds") -> Any:
+def render(rounds: list[dict[str, Any]], title: str = "selfimprove: rounds", difficulty: str = DIGITS) -> Any:
     """A rich table: greedy accuracy per difficulty ('4d' = 4-digit problems), accepted self-labels, their
     precision against hidden gold, seconds per stage."""
     from rich.table import Table
@@ -122,7 +124,11 @@ def render(rounds: list[dict[str, Any]], title: str = "selfimprove: rounds") -> 
 
     # The legend is printed under the table, not as its caption: a caption wider than the columns would make
     # rich stretch the table and cut its last column.
-    return Group(t, Text(LEGEND, style="dim"))
+    return Group(t, Text(legend(difficulty), style="dim"))
+
+
+def legend(difficulty: str = DIGITS) -> str:
+    return LEGEND.replace(DIGITS, difficulty)
 
 
 LEGEND = ("Nd: held-out greedy accuracy of the round's model on N-digit problems (difficulty N)\n"
@@ -132,7 +138,7 @@ LEGEND = ("Nd: held-out greedy accuracy of the round's model on N-digit problems
           "restored from DVC's run cache)")
 
 
-def improvement(rounds: list[dict[str, Any]], seen: list[int]) -> list[str]:
+def improvement(rounds: list[dict[str, Any]], seen: list[int], unit: str = "-digit") -> list[str]:
     """Plain-language lines on the first two difficulties beyond the labelled (bootstrap) ones: accuracy at round
     0 and at the last round, and the lowest label precision of the rounds. Says so when a difficulty was already
     solved (>= 0.95) at round 0, rather than claiming a rise."""
@@ -147,7 +153,8 @@ def improvement(rounds: list[dict[str, Any]], seen: list[int]) -> list[str]:
         if a0 is None or a1 is None:
             continue
         note = " (already >= 0.95 at round 0)" if a0 >= 0.95 else ""
-        lines.append(f"{d}-digit accuracy: {a0:.2f} at round 0 -> {a1:.2f} at round {rounds[-1]['round']} "
+        name = f"{d}{unit}" if unit == "-digit" else f"{unit} {d}"
+        lines.append(f"{name} accuracy: {a0:.2f} at round 0 -> {a1:.2f} at round {rounds[-1]['round']} "
                      f"({a1 - a0:+.2f}){note}")
     precs = [r["metrics"]["acceptance_precision"] for r in rounds[1:] if "acceptance_precision" in r["metrics"]]
     if precs:

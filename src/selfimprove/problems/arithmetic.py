@@ -255,6 +255,9 @@ class ArithmeticProblems(ProblemSet):
     def splits(self) -> list[str]:
         return ["train", "test"]
 
+    def difficulty_legend(self) -> tuple[str, str]:
+        return "N-digit problems (difficulty N)", "-digit"
+
     def load(self, split: str) -> list[Problem]:
         """A default-sized split: ``test`` = ``eval_set(default_per_difficulty, default_difficulties, 0)``,
         ``train`` = ``labelled(default_per_difficulty, default_difficulties, 0)``."""

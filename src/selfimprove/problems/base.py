@@ -28,6 +28,10 @@ class ProblemSet:
         options name, e.g. ``problems.jsonl.verifier``); rows that name their own verifier are routed to it."""
         return self.default_verifier
 
+    def difficulty_legend(self) -> tuple[str, str]:
+        """What difficulty N means, for the report's legend ("Nd: accuracy on ...") and its summary lines."""
+        return "difficulty N", "difficulty"
+
     def compatible_verifiers(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys((self.gold_verifier(), *self.verifiers)))
 

@@ -166,6 +166,10 @@ class ReasoningGymProblems(ProblemSet):
     def splits(self) -> list[str]:
         return ["train", "test"]
 
+    def difficulty_legend(self) -> tuple[str, str]:
+        knob = ", ".join(self._attrs) or "its parameters"
+        return f"{self.config.task} problems at difficulty N ({knob} at reasoning-gym curriculum level N-1)", "difficulty"
+
     def load(self, split: str) -> list[Problem]:
         if split not in ("train", "test"):
             raise ValueError(f"reasoning_gym has splits 'train' and 'test', not {split!r}")

@@ -133,6 +133,7 @@ class TransformersSampler(Sampler):
         #: (the tiny model computes its own coupled positions, so it keeps generate's own prefill)
         self.share_prefix = getattr(self.model.config, "model_type", "") != "selfimprove_llama"
         self.prefill_tokens = self.decode_tokens = 0
+        self.progress_desc = "sample"  # the progress bar's label; evaluate sets "evaluate"
 
     def prompt_text(self, problem: Problem) -> str:
         """What the model continues: the raw prompt, or its messages rendered with the generation prompt."""
@@ -274,7 +275,7 @@ class TransformersSampler(Sampler):
         out: dict[int, list[Completion]] = {}
         t0 = time.perf_counter()
         quiet = not progress or bool(os.environ.get("TQDM_DISABLE"))  # Ray workers set TQDM_DISABLE
-        bar = tqdm(total=len(problems), desc=f"sample r{round}", unit="prob", disable=quiet, leave=False)
+        bar = tqdm(total=len(problems), desc=f"{self.progress_desc} r{round}", unit="prob", disable=quiet, leave=False)
         for idx in batches:
             prompts = [self.prompt_text(problems[i]) for i in idx]
             alen, amin = answer_len(idx[0])

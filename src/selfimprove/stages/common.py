@@ -349,6 +349,8 @@ def evaluate_with(
     sampler: Sampler, problems: Sequence[Problem], verifier: Verifier, params: SamplingParams, round: int,
     progress: bool = True,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    if hasattr(sampler, "progress_desc"):
+        sampler.progress_desc = "evaluate"
     completions = sampler.sample(problems, params, round=round, progress=progress)
     pmap = {p.id: p for p in problems}
     verdicts = verifier.verify(pmap, completions)

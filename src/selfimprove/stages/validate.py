@@ -130,6 +130,13 @@ def run_validate(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRe
             tracker.set_tags({"selfimprove.validate_failed": "true"})
             fix = (f"To go on: give the round more problems (rounds.{paths.key}.problems or sample.problems_per_round) "
                    "or relax validate.expectations, and start a new run with those -S settings")
+            asked = sum(1 for q in problems.values() if not q.meta.get("view_of"))
+            rows_now = len(prompt_rows if grpo else pairs if dpo else accepted_now)
+            need = vc.expectations.min_rows
+            if 0 < rows_now < need and asked:  # sizing from what this round measured
+                enough = -(-need * asked * 5 // (rows_now * 4))  # +25% for the draw's noise
+                fix += (f". This round kept {rows_now} rows from {asked} problems; about {enough} problems would give "
+                        f"{need}: -S rounds.{paths.key}.problems={enough}")
             raise DataQualityError(f"{e}\nFull report: {failed_path}\n{fix}", e.report, path=failed_path) from None
         failed_path.unlink(missing_ok=True)
     n_problems = max(sum(1 for p in problems.values() if not p.meta.get("view_of")), 1)
