@@ -273,6 +273,53 @@ def speed_md(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def train(steps: int, batch: int, variants: list[str]) -> dict:
+    """Fine-tuning steps/s of the imported SmolLM2 through the product's ``train_sft`` (TRL's SFTTrainer), LoRA
+    (r 16, all linear layers) vs full, on the same chat rows, one after another in one process."""
+    import torch
+
+    from selfimprove.config import TrainConfig, load_config
+    from selfimprove.paths import RoundPaths
+    from selfimprove.stages.bootstrap import run_bootstrap
+    from selfimprove.stages.common import problem_set
+    from selfimprove.trainers.sft import train_sft
+    from selfimprove.tracking import NullTracker
+    from selfimprove.types import TrainRow
+
+    out: dict = {"commit": head_commit(), "steps": steps, "batch": batch, "runs": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        shutil.copy(EXAMPLE, "params.yaml")
+        config = load_config("params.yaml", FAMILIES["chain_sum"] + ["tracking.enabled=false"])
+        paths = RoundPaths.for_round(config, "r0", ".")
+        run_bootstrap(config, paths, NullTracker())
+        torch.set_num_threads(2)
+        problems = problem_set(config).labelled(100, [2], 0)
+        rows = [TrainRow(id=p.id, prompt=p.prompt, messages=p.messages, completion=p.answer, problem_id=p.id,
+                         origin="self", round=1, difficulty=p.difficulty) for p in problems]
+        for name in variants:
+            lora = name == "lora"
+            cfg = config.finetune.train.model_copy(update={"steps": steps, "batch_size": batch, "warmup_steps": 1,
+                                                           "lora": config.finetune.train.lora.model_copy(
+                                                               update={"enabled": lora})})
+            t0 = time.perf_counter()
+            rep = train_sft(str(paths.model), rows, Path(tmp) / name, cfg, NullTracker(), progress=False)
+            wall = time.perf_counter() - t0
+            out["runs"][name] = {"wall_s": round(wall, 1), "train_s": rep.get("seconds"),
+                                 "steps_per_s": steps / rep.get("seconds", wall), "final_loss": rep.get("final_loss")}
+            print(name, out["runs"][name], flush=True)
+    return out
+
+
+def train_md(r: dict) -> str:
+    lines = [f"# Fine-tuning SmolLM2-135M-Instruct on this machine (commit {r['commit']})", "",
+             f"{r['steps']} steps of {r['batch']} chat rows (chain_sum, difficulty 2), TRL SFT through the product's "
+             "train_sft, torch 2 threads.", "", "| variant | steps/s | train s | final loss |", "|---|---|---|---|"]
+    for name, x in r["runs"].items():
+        lines.append(f"| {name} | {x['steps_per_s']:.3f} | {x['train_s']:.1f} | {x['final_loss']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="what", required=True)
@@ -288,6 +335,10 @@ def main() -> None:
     sp.add_argument("--k", type=int, default=4)
     sp.add_argument("--max-new-tokens", type=int, default=16)
     sp.add_argument("--batch", type=int, default=160)
+    tp = sub.add_parser("train")
+    tp.add_argument("--steps", type=int, default=8)
+    tp.add_argument("--batch", type=int, default=8)
+    tp.add_argument("--variants", nargs="+", default=["lora", "full"])
     lp = sub.add_parser("loop")
     lp.add_argument("--family", default="chain_sum")
     lp.add_argument("--variants", nargs="+", default=["gold", "label_free"])
@@ -296,7 +347,10 @@ def main() -> None:
     lp.add_argument("--tag", default="")
     lp.add_argument("--set", action="append", default=[])
     a = ap.parse_args()
-    if a.what == "speed":
+    if a.what == "train":
+        r = train(a.steps, a.batch, a.variants)
+        save_results("real_model_train", r, train_md(r))
+    elif a.what == "speed":
         r = speed(a.family, a.problems, a.k, a.max_new_tokens, a.batch)
         save_results("real_model_speed", r, speed_md(r))
     elif a.what == "base":

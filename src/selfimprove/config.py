@@ -458,6 +458,10 @@ class TrackingConfig(Strict):
     experiment: str = "selfimprove"
     registered_model: str = Field("selfimprove-model", description="Registry name; one version per round.")
     log_model: bool = True
+    model_copy_max_mb: float = Field(
+        200.0, ge=0, description="Models up to this size are copied into MLflow's artifact store; bigger ones (a real "
+        "model, 538 MB for SmolLM2-135M in fp32) are registered by reference to their DVC-versioned folder, so their "
+        "bytes are stored once (the version's description says how to fetch them).")
     best_metric: str = Field("accuracy", description="Metric (higher is better) that picks the 'best' alias.")
     connect_timeout_s: float = Field(5.0, gt=0, description="Fail fast when a tracking server is unreachable.")
 

@@ -424,11 +424,24 @@ class MlflowStore:
             return None
         import mlflow
 
+        size_mb = sum(f.stat().st_size for m in group for f in m.rglob("*") if f.is_file()) / 2**20
+        by_reference = size_mb > self.config.tracking.model_copy_max_mb
         with self.guard():
-            with mlflow.start_run(run_id=run_id, nested=True):
-                info = _log_transformers(group[0])
-            for other in group[1:]:  # the other ensemble members travel with the run
-                self.client.log_artifacts(run_id, str(other), f"ensemble/{other.name}")
+            if by_reference:  # the bytes stay in DVC's cache (content-addressed, shared by every run): stored once
+                ref = {"dvc_path": Path(model_dir).as_posix(), "dvc_md5": model_md5, "size_mb": round(size_mb, 1),
+                       "experiment": tags.get(TAG + "experiment"),
+                       "fetch": f"dvc exp apply {tags.get(TAG + 'experiment')} (then {Path(model_dir).as_posix()}), "
+                                f"or dvc get . {Path(model_dir).as_posix()} --rev <the experiment's commit>"}
+                self.client.log_dict(run_id, ref, "model_ref/dvc.json")
+                info = type("Ref", (), {"model_uri": f"runs:/{run_id}/model_ref", "model_id": None})()
+                description = (f"{description} Weights ({size_mb:.0f} MB) are stored once, in DVC: "
+                               f"{Path(model_dir).as_posix()} of experiment {tags.get(TAG + 'experiment')} "
+                               f"(md5 {model_md5}); model_ref/dvc.json says how to fetch them.")
+            else:
+                with mlflow.start_run(run_id=run_id, nested=True):
+                    info = _log_transformers(group[0])
+                for other in group[1:]:  # the other ensemble members travel with the run
+                    self.client.log_artifacts(run_id, str(other), f"ensemble/{other.name}")
             try:
                 self.client.get_registered_model(name)
             except Exception:  # noqa: BLE001
