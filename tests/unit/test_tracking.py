@@ -106,3 +106,25 @@ def test_full_disk_under_sqlite_names_the_store(cfg, tmp_path: Path, monkeypatch
     monkeypatch.setattr(store.client, "create_run", full)
     with pytest.raises(TrackingError, match=r"MLflow store .*mlruns\.db: the disk is full"):
         store.open_loop("e", baseline="abc", overrides=[])
+
+
+def test_a_model_above_the_copy_limit_is_registered_by_reference(cfg, tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A real model's weights stay in DVC's cache only: the version points at them instead of copying them."""
+    import json
+
+    from mlflow import MlflowClient
+
+    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"model_copy_max_mb": 0.0,
+                                                                               "registered_model": "by-ref"})})
+    store = MlflowStore(cfg, tmp_path)
+    parent = store.open_loop("exp-r", baseline="abc1234", overrides=[])
+    run_id, _ = store.open_round(parent, "r1", "inputs", {"round": 1}, "exp-r")
+    version = store.register(run_id, tiny_model_dir, "md5abc.dir", "Round 1 (r1) of experiment 'exp-r'.",
+                             {"selfimprove.experiment": "exp-r", "selfimprove.round": "1"})
+    client = MlflowClient(tracking_uri=store.uri)
+    mv = client.get_model_version("by-ref", version)
+    assert mv.source.endswith("/model_ref") and "stored once, in DVC" in mv.description, (mv.source, mv.description)
+    ref = json.loads(Path(client.download_artifacts(run_id, "model_ref/dvc.json", str(tmp_path))).read_text())
+    assert ref["dvc_md5"] == "md5abc.dir" and ref["experiment"] == "exp-r" and "dvc exp apply exp-r" in ref["fetch"]
+    assert not client.list_artifacts(run_id, "model"), "no copy of the weights in MLflow"
+    assert store.register(run_id, tiny_model_dir, "md5abc.dir", "again", {}) == version, "one version per model"

@@ -91,7 +91,9 @@ _NUMBER_RE = re.compile(_NUMBER)
 _LOOSE_NUMBER_RE = re.compile(rf"(?<![\w.]){_NUMBER}")
 # What may stand between a marker and its number.
 _LEAD = re.compile(r"(?:\s|[:=*]|\\\(|\\\[|\\boxed\s?\{|\\text(?:bf)?\s?\{|\{|\$(?!\s?\d))*+")
-_PHRASE = re.compile(r"\banswer\s?(?:is\b|:|=)|####", re.IGNORECASE)
+# "answer is", "answer:", "answer =", and "the answer to this problem is / would be" (a bounded gap: linear time)
+_PHRASE = re.compile(r"\banswer(?:\s(?:to|for|of)\b[^.:=\n]{1,60}?)?\s?(?:is\b|would\s++be\b|will\s++be\b|:|=)|####",
+                     re.IGNORECASE)
 # A decimal comma: '3,5', '0,25', '12,3456' (not a thousands group '1,080').
 _DECIMAL_COMMA = re.compile(rf"[{_MINUS}]?+\d++,(?:\d{{1,2}}|\d{{4,}})(?![\d,])|[{_MINUS}]?+0,\d++(?![\d,])")
 _PERCENT_AFTER = re.compile(r"\s?(?:\\?%|percent\b|\\text\s?\{\s?percent\s?\})", re.IGNORECASE)

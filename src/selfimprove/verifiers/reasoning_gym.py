@@ -68,13 +68,28 @@ class ReasoningGymVerifier(AnswerVerifier):
     def extract(self, text: str, problem: Problem | None = None) -> str | None:
         mode = self._mode(problem)
         if mode == "number":
-            return self._numbers.extract(text, problem)
+            reading = self._numbers.read(text)
+            if reading.refusal is not None or reading.value is None:
+                return None
+            if reading.source == "last_number" and problem is not None and self._echoes(reading.answer, text, problem):
+                return None
+            return reading.answer
         if mode == "answer_tag":
             tags = _TAG.findall(text)
             if tags:
                 return tags[-1].strip() or None
         lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
         return lines[-1] if lines else None
+
+    @staticmethod
+    def _echoes(answer: str | None, text: str, problem: Problem) -> bool:
+        """A last number that is one of the question's own numbers, in a completion naming other numbers too and
+        marking none ("No, 0 is the only number that adds up to 7." for 7 + 0): not an answer a careful grader
+        reads."""
+        question = str(problem.meta.get("rg_question", problem.prompt))
+        in_question = set(re.findall(r"-?\d+(?:\.\d+)?", question))
+        in_text = set(re.findall(r"-?\d+(?:\.\d+)?", text))
+        return answer in in_question and len(in_text) > 1
 
     def equivalent(self, answer: str, reference: str) -> bool:
         if _NUMBER.match(answer) and _NUMBER.match(reference):
