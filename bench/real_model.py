@@ -306,7 +306,7 @@ def train(steps: int, batch: int, variants: list[str]) -> dict:
                                                            "lora": config.finetune.train.lora.model_copy(
                                                                update={"enabled": lora})})
             t0 = time.perf_counter()
-            rep = train_sft(str(paths.model), rows, Path(tmp) / name, cfg, NullTracker(), progress=False)
+            rep = train_sft(str(paths.model), rows, Path(tmp) / name, cfg, NullTracker(), progress=False, chat=True)
             wall = time.perf_counter() - t0
             out["runs"][name] = {"wall_s": round(wall, 1), "train_s": rep.get("seconds"),
                                  "steps_per_s": steps / rep.get("seconds", wall), "final_loss": rep.get("final_loss")}
@@ -316,7 +316,8 @@ def train(steps: int, batch: int, variants: list[str]) -> dict:
 
 def train_md(r: dict) -> str:
     lines = [f"# Fine-tuning SmolLM2-135M-Instruct on this machine (commit {r['commit']})", "",
-             f"{r['steps']} steps of {r['batch']} chat rows (chain_sum, difficulty 2), TRL SFT through the product's "
+             f"{r['steps']} steps of {r['batch']} chat rows (chain_sum, difficulty 2; ChatML with the set's system "
+             "prompt, loss on the completion, as the finetune stage trains), TRL SFT through the product's "
              "train_sft, torch 2 threads.", "", "| variant | steps/s | train s | final loss |", "|---|---|---|---|"]
     for name, x in r["runs"].items():
         lines.append(f"| {name} | {x['steps_per_s']:.3f} | {x['train_s']:.1f} | {x['final_loss']:.3f} |")
