@@ -83,3 +83,19 @@ def test_a_jsonl_set_is_graded_by_its_configured_verifier_and_rows_by_their_own(
     v = gold_verifier(c, ps)
     a, b = ps.load("test")
     assert grade(v, a, "67 + 89 equals 156") and grade(v, b, "red") and not grade(v, b, "Red!")
+
+
+def test_the_label_free_vote_reads_numbers_without_seeing_gold() -> None:
+    """verify never sees gold answers: the vote still reads 'The final answer ... is 17.' as 17 (the set records
+    the kind of answer its task asks for, not the answer)."""
+    from selfimprove.verifiers.vote import MajorityVoteVerifier
+
+    c = config("chain_sum")
+    p = problem_set(c).eval_set(3, [1], seed=1)[0]
+    blind = p.model_copy(update={"answer": None})
+    texts = [f"The final answer to the given arithmetic problem is {p.answer}.", p.answer, f"The answer is {p.answer}",
+             "To solve this problem, we need to add"]
+    comps = [Completion(id=f"{p.id}#{i}", problem_id=p.id, round=1, sample_idx=i, text=t) for i, t in enumerate(texts)]
+    verdicts = MajorityVoteVerifier(answer="reasoning_gym").verify({p.id: blind}, comps)
+    assert [v.passed for v in verdicts] == [True, True, True, False], [v.reason for v in verdicts]
+    assert verdicts[0].agreement == pytest.approx(0.75)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import re
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -155,7 +156,10 @@ class ReasoningGymProblems(ProblemSet):
         digest = hashlib.sha256(str(entry["question"]).encode()).hexdigest()[:12]
         messages = ([{"role": "system", "content": self.config.system_prompt}] if self.config.system_prompt else []) \
             + [{"role": "user", "content": question}]
-        meta = {"rg_task": self.config.task, "rg_question": str(entry["question"]),
+        # the kind of answer the task asks for (not the answer): how the label-free vote reads answers, which never
+        # sees the gold answer itself
+        kind = "number" if re.fullmatch(r"\s*-?\d+(?:\.\d+)?(?:/\d+)?\s*", str(entry["answer"])) else "text"
+        meta = {"rg_task": self.config.task, "rg_question": str(entry["question"]), "answer_kind": kind,
                 "rg_metadata": _plain(entry.get("metadata") or {})}
         return Problem(id=f"rg/{self.config.task}/d{difficulty}/{split}/{digest}", prompt=question, messages=messages,
                        answer=str(entry["answer"]), difficulty=difficulty, verifier="reasoning_gym",
