@@ -41,7 +41,7 @@ from selfimprove.config import load_config
 from selfimprove.paths import RoundPaths
 from selfimprove.stages import (run_bootstrap, run_evaluate, run_finetune, run_sample, run_summary, run_validate,
                                 run_verify)
-from selfimprove.tracking import NullTracker
+from selfimprove.tracker import NullTracker
 
 t_start = time.perf_counter()
 config = load_config("params.yaml")

@@ -58,7 +58,7 @@ def base(families: list[str], difficulties: list[int], per_difficulty: int, k: i
     from selfimprove.paths import RoundPaths
     from selfimprove.stages.bootstrap import run_bootstrap
     from selfimprove.stages.evaluate import run_evaluate
-    from selfimprove.tracking import NullTracker
+    from selfimprove.tracker import NullTracker
 
     out: dict = {"commit": head_commit(), "k": k, "per_difficulty": per_difficulty, "families": {}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -201,7 +201,7 @@ def speed(family: str, n_problems: int, k: int, max_new: int, batch: int) -> dic
     from selfimprove.samplers.hf import TransformersSampler
     from selfimprove.stages.bootstrap import run_bootstrap
     from selfimprove.stages.common import problem_set
-    from selfimprove.tracking import NullTracker
+    from selfimprove.tracker import NullTracker
 
     threads = 2
     out: dict = {"commit": head_commit(), "problems": n_problems, "k": k, "max_new_tokens": max_new, "batch": batch,
@@ -286,7 +286,7 @@ def train(steps: int, batch: int, variants: list[str]) -> dict:
     from selfimprove.stages.bootstrap import run_bootstrap
     from selfimprove.stages.common import problem_set
     from selfimprove.trainers.sft import train_sft
-    from selfimprove.tracking import NullTracker
+    from selfimprove.tracker import NullTracker
     from selfimprove.types import TrainRow
 
     out: dict = {"commit": head_commit(), "steps": steps, "batch": batch, "runs": {}}

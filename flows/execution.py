@@ -26,7 +26,7 @@ from selfimprove.config import Config
 from selfimprove.paths import RoundPaths
 from selfimprove.stages import SPLITS
 from selfimprove.stages import parts as stage_parts
-from selfimprove.tracking import Tracker, replay
+from selfimprove.tracker import Tracker, replay
 
 _ROOT = Path(__file__).resolve().parents[1]
 # what a Ray worker needs to behave like the flow's process: offline libraries, no telemetry, one torch thread

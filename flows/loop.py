@@ -69,7 +69,8 @@ from selfimprove.report import artifact_tables, improvement, markdown_summary  #
 from selfimprove.stages import SPLITS  # noqa: E402
 from selfimprove.stages.common import runtime_env  # noqa: E402
 from selfimprove.stages.summary import load_round_metrics  # noqa: E402
-from selfimprove.tracking import MlflowStore, NullTracker, Tracker  # noqa: E402
+from selfimprove.tracker import NullTracker, Tracker  # noqa: E402
+from selfimprove.tracking import MlflowStore  # noqa: E402
 
 ApplyPolicy = Literal["auto", "always", "never"]
 

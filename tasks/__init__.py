@@ -72,7 +72,7 @@ def run_unit(stage: str, config: Any, paths: Any, unit: Any, tracker: Any = None
 
     On a Ray worker (``tracker`` None): work in the run's workspace (``workdir``), keep the unit's tracking calls
     and return them with its part, for the flow to log to MLflow in unit order."""
-    from selfimprove.tracking import RecordingTracker
+    from selfimprove.tracker import RecordingTracker
 
     if workdir is not None:
         os.chdir(workdir)  # the stage's paths are workspace-relative, as in the flow's own process

@@ -58,6 +58,16 @@ FAST_OVERRIDES = MINI_OVERRIDES + [
     "evaluate.k=1",
 ]
 
+# Orchestration on the registered fakes (lm-eval's dummy-LM way): the tiny model is built but never trained, the
+# scripted sampler answers from the gold with a known skill, the noop trainer copies the model and raises that
+# skill. Every stage, DVC, MLflow, GX and Prefect still run for real; only gradient steps and generation are
+# skipped. Tests about learning keep the real tiny model (MINI_OVERRIDES, FAST_OVERRIDES).
+FAKE_OVERRIDES = FAST_OVERRIDES + [
+    "bootstrap.trainer=noop",
+    "sample.sampler=scripted",
+    "finetune.trainer=noop",
+]
+
 
 
 def make_project(dest: Path, overrides: list[str] | None = None) -> Path:
@@ -77,7 +87,7 @@ def make_project(dest: Path, overrides: list[str] | None = None) -> Path:
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True, env=env)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=dest, check=True, env=env)
-    apply_overrides_to_file(dest / "params.yaml", (overrides if overrides is not None else FAST_OVERRIDES))
+    apply_overrides_to_file(dest / "params.yaml", (overrides if overrides is not None else FAKE_OVERRIDES))
     subprocess.run(["git", "add", "-A"], cwd=dest, check=True, env=env)
     subprocess.run(["git", "commit", "-qm", "init"], cwd=dest, check=True, env=env)
     return dest

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from selfimprove.io import MANIFEST, DataError, verify_manifest
 
@@ -79,3 +80,28 @@ def resolve(model_dir: str | Path) -> str:
         )
     check(model_dir)
     return str(model_dir)
+
+
+def adapter_base(path: str | Path) -> str | None:
+    """The base model of an adapter-only folder (PEFT ``adapter_config.json``), else None."""
+    import json
+
+    cfg_file = Path(path) / "adapter_config.json"
+    if not cfg_file.exists():
+        return None
+    return str(json.loads(cfg_file.read_text())["base_model_name_or_path"])
+
+
+def load_merged(path: str | Path, dtype: Any = None) -> tuple[Any, Any]:
+    """An adapter-only folder as a plain model: base weights with the adapter merged in (and its tokenizer)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import selfimprove.models  # noqa: F401 - registers the tiny model class
+
+    base = adapter_base(path)
+    if base is None:
+        raise ValueError(f"{path} is not an adapter-only model folder (no adapter_config.json)")
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype or torch.float32)
+    return PeftModel.from_pretrained(model, str(path)).merge_and_unload(), AutoTokenizer.from_pretrained(path)

@@ -28,7 +28,9 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from selfimprove.options import NonNegInt, PosInt, Prob, Strict
+from selfimprove.options import NonNegInt, PosInt, Prob, Registered, Strict
+from selfimprove.filters import FilterStep
+from selfimprove.problems.arithmetic import ArithmeticConfig
 from selfimprove.problems.gsm8k import GSM8KProblemsConfig
 from selfimprove.problems.humaneval import HumanEvalProblemsConfig
 from selfimprove.problems.jsonl import JsonlProblemsConfig
@@ -38,13 +40,19 @@ from selfimprove.problems.reasoning_gym import ReasoningGymConfig
 from selfimprove.registry import did_you_mean
 from selfimprove.samplers.hf import TransformersSamplerConfig
 from selfimprove.samplers.openai import OpenAISamplerConfig
+from selfimprove.samplers.scripted import ScriptedSamplerConfig
 from selfimprove.samplers.vllm import VllmSamplerConfig
 from selfimprove.trainers.dpo import DPOConfig
 from selfimprove.trainers.grpo import GRPOOptions
+from selfimprove.trainers.noop import NoopTrainerConfig
+from selfimprove.trainers.options import LoraConfig, TrainConfig  # noqa: F401 (part of the schema)
+from selfimprove.verifiers.code import CodeTestsConfig
 from selfimprove.verifiers.exact import ExactMatchConfig
 from selfimprove.verifiers.gsm8k import GSM8KVerifierConfig
+from selfimprove.verifiers.judge import JudgeConfig
 from selfimprove.verifiers.math_equiv import MathEquivConfig
 from selfimprove.verifiers.reasoning_gym import ReasoningGymVerifierConfig
+from selfimprove.verifiers.vote import MajorityVoteConfig
 
 
 class ConfigError(ValueError):
@@ -54,18 +62,8 @@ class ConfigError(ValueError):
 # ----------------------------------------------------------------------------------------------- problems
 
 
-class ArithmeticConfig(Strict):
-    """Synthetic addition; difficulty = digits per operand."""
-
-    reverse: bool = Field(True, description="Write digits least-significant first (operands and answer).")
-    answer_width: Literal["fixed", "natural"] = Field(
-        "fixed", description="'fixed': the answer always has L+1 digits (leading carry 0/1); 'natural': no padding."
-    )
-    eval_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="Share of the problem space reserved for eval.")
-
-
 class ProblemsConfig(Strict):
-    name: str = Field("arithmetic", description="Problem set: arithmetic, jsonl, gsm8k, math500, mbpp, humaneval, "
+    name: Registered("selfimprove.problems:PROBLEM_SETS") = Field("arithmetic", description="Problem set: arithmetic, jsonl, gsm8k, math500, mbpp, humaneval, "
                       "reasoning_gym.")
     arithmetic: ArithmeticConfig = ArithmeticConfig()
     jsonl: JsonlProblemsConfig = JsonlProblemsConfig()
@@ -77,12 +75,6 @@ class ProblemsConfig(Strict):
     train_split: str = Field("train", description="Split sampled in rounds (ignored by generators).")
     eval_split: str = Field("test", description="Split used by evaluate.")
 
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        from selfimprove.problems import PROBLEM_SETS
-
-        return PROBLEM_SETS.check(v)
 
     def options(self) -> dict[str, Any]:
         section = getattr(self, self.name, None)
@@ -141,32 +133,6 @@ class ModelConfig(Strict):
 # ----------------------------------------------------------------------------------------------- training
 
 
-class LoraConfig(Strict):
-    enabled: bool = False
-    r: PosInt = 16
-    alpha: PosInt = 32
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
-    merge: bool = Field(True, description="Merge the adapter into the weights after training (else save adapter-only).")
-
-
-class TrainConfig(Strict):
-    steps: PosInt = Field(300, description="Optimizer steps.")
-    batch_size: PosInt = 128
-    grad_accum: PosInt = 1
-    lr: float = Field(1e-3, gt=0.0, le=1.0)
-    warmup_steps: NonNegInt = 50
-    scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
-    weight_decay: float = Field(0.0, ge=0.0)
-    max_grad_norm: float = Field(1.0, gt=0.0)
-    max_length: PosInt = 512
-    seed: NonNegInt = 0
-    logging_steps: PosInt = 25
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (large models on small GPUs).")
-    lora: LoraConfig = LoraConfig()
-
-
 class EarlyStopConfig(Strict):
     eval_every: PosInt = Field(250, description="Steps between quick in-distribution evals during bootstrap.")
     target: Prob = Field(0.99, description="Stop once every bootstrap difficulty reaches this greedy accuracy.")
@@ -176,18 +142,27 @@ class EarlyStopConfig(Strict):
 class BootstrapConfig(Strict):
     difficulties: list[PosInt] = Field(default_factory=lambda: [1, 2, 3])
     examples_per_difficulty: PosInt = 20000
+    trainer: str = Field("sft", description="sft | noop (the registered fake: the built model, untrained)")
     train: TrainConfig = TrainConfig(steps=1000, lr=2e-3, warmup_steps=100)
     early_stop: EarlyStopConfig | None = EarlyStopConfig()
     real_data_split: str | None = Field(
         None, description="For real models: labelled split kept as 'real' data for mixing (e.g. 'train'); None = none."
     )
 
+    @field_validator("trainer")
+    @classmethod
+    def _trainer(cls, v: str) -> str:
+        if v not in ("sft", "noop"):
+            raise ValueError(f"bootstrap.trainer {v!r}: the tiny model is built by sft, or left untrained by noop")
+        return v
+
 
 # ------------------------------------------------------------------------------------------------ sampling
 
 
 class SampleConfig(Strict):
-    sampler: str = Field("transformers", description="transformers | vllm | openai")
+    sampler: Registered("selfimprove.samplers:SAMPLERS") = Field(
+        "transformers", description="transformers | vllm | openai | scripted (a fake for tests)")
     problems_per_round: PosInt = Field(3000, description="Unlabelled problems drawn per round.")
     k: NonNegInt = Field(4, description="Sampled completions per problem (in addition to the greedy one).")
     greedy: bool = Field(True, description="Also record one greedy completion per problem.")
@@ -211,13 +186,8 @@ class SampleConfig(Strict):
     transformers: TransformersSamplerConfig = TransformersSamplerConfig()
     vllm: VllmSamplerConfig = VllmSamplerConfig()
     openai: OpenAISamplerConfig = OpenAISamplerConfig()
+    scripted: ScriptedSamplerConfig = ScriptedSamplerConfig()
 
-    @field_validator("sampler")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        from selfimprove.samplers import SAMPLERS
-
-        return SAMPLERS.check(v)
 
     @model_validator(mode="after")
     def _some_samples(self) -> SampleConfig:
@@ -229,43 +199,8 @@ class SampleConfig(Strict):
 # ------------------------------------------------------------------------------------------------- verify
 
 
-class MajorityVoteConfig(Strict):
-    answer: str = Field("exact_match", description="Answer verifier whose extract/equivalent define the vote.")
-    views: bool = Field(False, description="Also vote across equivalent views of a problem when the set provides them.")
-
-
-class CodeTestsConfig(Strict):
-    """Options of the ``sandboxed_tests`` verifier (see docs/verifiers.md, "Sandboxed code tests")."""
-
-    workers: PosInt | None = Field(None, description="Sandbox workers (None = one per CPU core).")
-    timeout_s: float = Field(5.0, gt=0, description="CPU seconds per job.")
-    wall_timeout_s: float | None = Field(None, gt=0, description="Wall-clock limit per job (None = derived).")
-    memory_mb: PosInt = 1024
-    max_output_bytes: PosInt = 1 << 20
-    max_file_bytes: PosInt = 16 << 20
-    max_processes: PosInt = 8
-    isolation: Literal["bwrap", "none"] = Field("bwrap", description="'none' runs unisolated (loudly logged).")
-    sandbox_uid: int | None = None
-    tmp_mb: PosInt = 64
-    challenge_tests: bool = True
-
-
-class JudgeConfig(Strict):
-    sampler: str = "transformers"
-    model_path: str | None = Field(None, description="Judge model; None = the round's current model.")
-    template: str = Field(
-        "Problem:\n{prompt}\n\nAnswer:\n{completion}\n\nRate the answer from 1 to 10. Score:",
-        description="Prompt template with {prompt} and {completion}.",
-    )
-    score_regex: str = r"(?:score\s*[:=]?\s*)?(\d+(?:\.\d+)?)\s*(?:/\s*10)?"
-    min_score: float = 1.0
-    max_score: float = 10.0
-    threshold: float = Field(7.0, description="Scores at or above pass.")
-    max_new_tokens: PosInt = 16
-
-
 class VerifyConfig(Strict):
-    verifier: str = Field("majority_vote", description="exact_match | majority_vote | gsm8k | math_equiv | sandboxed_tests | "
+    verifier: Registered("selfimprove.verifiers:VERIFIERS") = Field("majority_vote", description="exact_match | majority_vote | gsm8k | math_equiv | sandboxed_tests | "
                           "judge | reasoning_gym")
     exact_match: ExactMatchConfig = ExactMatchConfig()
     majority_vote: MajorityVoteConfig = MajorityVoteConfig()
@@ -275,12 +210,6 @@ class VerifyConfig(Strict):
     judge: JudgeConfig = JudgeConfig()
     reasoning_gym: ReasoningGymVerifierConfig = ReasoningGymVerifierConfig()
 
-    @field_validator("verifier")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        from selfimprove.verifiers import VERIFIERS
-
-        return VERIFIERS.check(v)
 
     def options(self, name: str | None = None) -> dict[str, Any]:
         section = getattr(self, name or self.verifier, None)
@@ -290,32 +219,6 @@ class VerifyConfig(Strict):
 
 
 # ----------------------------------------------------------------------------------------------- validate
-
-
-class FilterStep(BaseModel):
-    """One filter in the pipeline: ``{function: name, **kwargs}`` (checked against the filter's signature)."""
-
-    model_config = ConfigDict(extra="allow")
-    function: str
-
-    @field_validator("function")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        from selfimprove.filters import FILTERS
-
-        return FILTERS.check(v)
-
-    @model_validator(mode="after")
-    def _args(self) -> FilterStep:
-        from selfimprove.filters.builtin import check_kwargs
-
-        if self.function in __import__("selfimprove.filters", fromlist=["FILTERS"]).FILTERS:
-            check_kwargs(self.function, self.kwargs)
-        return self
-
-    @property
-    def kwargs(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
 
 
 class ExpectationsConfig(Strict):
@@ -345,22 +248,18 @@ class ValidateConfig(Strict):
 
 
 class FinetuneConfig(Strict):
-    trainer: str = Field("sft", description="sft | weighted_sft | dpo | grpo")
+    trainer: Registered("selfimprove.trainers:TRAINERS") = Field(
+        "sft", description="sft | weighted_sft | dpo | grpo | noop (a fake for tests)")
     init: Literal["continue", "base"] = Field("continue", description="Start from the previous round's model or from round 0's.")
     train: TrainConfig = TrainConfig()
     dpo: DPOConfig = DPOConfig()
     grpo: GRPOOptions = GRPOOptions()
+    noop: NoopTrainerConfig = NoopTrainerConfig()
     launch: list[str] = Field(
         default_factory=list, description="Train each model in processes of its own started by this command, e.g. "
         "[accelerate, launch, --config_file, infra/accelerate/fsdp.yaml] (several GPUs: DDP, FSDP, DeepSpeed) or "
         "[torchrun, --nproc_per_node, '2']; empty = in the stage's own process. sft, weighted_sft and dpo.")
 
-    @field_validator("trainer")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        from selfimprove.trainers import TRAINERS
-
-        return TRAINERS.check(v)
 
     @model_validator(mode="after")
     def _launch(self) -> FinetuneConfig:

@@ -84,7 +84,7 @@ def sample_health(
     >>> h["health/distinct_answers"], round(h["health/answer_entropy"], 3), h["health/stop_rate"]
     (2.0, 0.918, 1.0)
     """
-    from selfimprove.stages.common import bucket
+    from selfimprove.metrics import bucket
 
     out: dict[str, float] = {}
     drawn = [c for c in samples if not c.greedy] or list(samples)

@@ -7,9 +7,10 @@ defines its options here keeps its heavy imports (torch, TRL, vLLM) inside its f
 
 from __future__ import annotations
 
-from typing import Annotated
+import importlib
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 
 class Strict(BaseModel):
@@ -21,3 +22,15 @@ class Strict(BaseModel):
 PosInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 Prob = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+def Registered(registry: str) -> Any:  # noqa: N802 - used as a type
+    """A plugin's registered name, checked against its registry (``"selfimprove.samplers:SAMPLERS"``) when a config
+    is validated; the registry's module is imported then, not when this type is declared, so a plugin's option model
+    never imports the registries. An unknown name gets "did you mean" from the registry."""
+    module, attr = registry.split(":")
+
+    def check(value: str) -> str:
+        return getattr(importlib.import_module(module), attr).check(value)
+
+    return Annotated[str, AfterValidator(check)]

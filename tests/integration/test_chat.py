@@ -164,7 +164,7 @@ def test_chat_round_through_every_stage(chat_model: Path, tmp_path: Path, traine
     from selfimprove.io import read_verified_jsonl
     from selfimprove.paths import RoundPaths
     from selfimprove.stages import run_bootstrap, run_evaluate, run_finetune, run_sample, run_validate, run_verify
-    from selfimprove.tracking import NullTracker
+    from selfimprove.tracker import NullTracker
     from selfimprove.types import Completion
 
     proj = tmp_path / "p"

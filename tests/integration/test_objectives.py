@@ -23,7 +23,7 @@ from selfimprove.filters import Candidate, FilterContext, run_filters
 from selfimprove.io import read_verified_jsonl
 from selfimprove.paths import RoundPaths
 from selfimprove.stages import run_bootstrap, run_evaluate, run_finetune, run_sample, run_validate, run_verify
-from selfimprove.tracking import NullTracker
+from selfimprove.tracker import NullTracker
 from selfimprove.types import Completion, PreferencePair, Problem, TrainRow, Verdict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,7 +64,7 @@ def weights(model_dir: Path) -> dict[str, torch.Tensor]:
 
     model, _ = load_model(model_dir, device="cpu")
     if hasattr(model, "merge_and_unload") or getattr(model, "_hf_peft_config_loaded", False):
-        from selfimprove.trainers.sft import load_merged
+        from selfimprove.checkpoint import load_merged
 
         model, _ = load_merged(model_dir)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -228,16 +228,16 @@ def test_build_pairs_gold_and_label_free_are_deterministic() -> None:
     ]
     kept = [c for c in cands if c.verdict.passed]
     cfg = Config.model_validate({"finetune": {"trainer": "dpo", "dpo": {"pairs_per_problem": 3}}})
-    pairs = build_pairs(cands, kept, cfg, 1)
+    pairs = build_pairs(cands, kept, cfg.finetune.dpo, 1)
     assert [(p.problem_id, p.chosen, p.rejected) for p in pairs] == [
         ("a", "good", "bad confident"),   # greedy chosen; a parsed, confident mistake first
         ("a", "good too", "bad"),
         ("a", "good", "???"),              # unparseable last
     ]
-    assert build_pairs(list(reversed(cands)), kept, cfg, 1) == pairs  # order of the candidates does not matter
+    assert build_pairs(list(reversed(cands)), kept, cfg.finetune.dpo, 1) == pairs  # order of the candidates does not matter
     assert len({p.id for p in pairs}) == len(pairs)
     # only kept completions can be chosen: the validate filters decide what is good enough
-    assert [p.chosen for p in build_pairs(cands, kept[1:], cfg, 1) if p.problem_id == "a"] == ["good too"] * 3
+    assert [p.chosen for p in build_pairs(cands, kept[1:], cfg.finetune.dpo, 1) if p.problem_id == "a"] == ["good too"] * 3
 
 
 # ------------------------------------------------------------------------------------------------ LoRA

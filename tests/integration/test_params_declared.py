@@ -92,7 +92,7 @@ def traced(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
     from selfimprove.config import load_config
     from selfimprove.paths import RoundPaths
     from selfimprove.stages import STAGES
-    from selfimprove.tracking import NullTracker
+    from selfimprove.tracker import NullTracker
 
     proj = tmp_path_factory.mktemp("traced")
     shutil.copy(ROOT / "params.yaml", proj / "params.yaml")

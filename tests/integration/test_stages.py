@@ -14,7 +14,7 @@ from selfimprove.quality import DataQualityError
 from selfimprove.samplers import SamplingParams
 from selfimprove.samplers.hf import TransformersSampler
 from selfimprove.stages import run_bootstrap, run_evaluate, run_finetune, run_sample, run_validate, run_verify
-from selfimprove.tracking import NullTracker
+from selfimprove.tracker import NullTracker
 from selfimprove.types import Completion, Problem, TrainRow, Verdict
 
 from helpers import MINI_OVERRIDES

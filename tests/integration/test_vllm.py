@@ -34,7 +34,7 @@ from selfimprove.samplers.openai import OpenAISampler
 from selfimprove.samplers.vllm import VllmSampler
 from selfimprove.stages import run_bootstrap
 from selfimprove.stages.common import make_sampler
-from selfimprove.tracking import NullTracker
+from selfimprove.tracker import NullTracker
 from selfimprove.types import Completion, Problem
 
 ROOT = Path(__file__).resolve().parents[2]

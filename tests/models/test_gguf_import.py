@@ -109,7 +109,7 @@ def test_bootstrap_imports_the_gguf_as_round_0s_folder(gguf_file, tmp_path: Path
     from selfimprove.io import verify_manifest
     from selfimprove.paths import RoundPaths
     from selfimprove.stages.bootstrap import run_bootstrap
-    from selfimprove.tracking import NullTracker
+    from selfimprove.tracker import NullTracker
 
     path, original = gguf_file
     os.chdir(tmp_path)

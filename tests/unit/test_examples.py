@@ -13,7 +13,7 @@ import pytest
 from selfimprove.config import load_config
 from selfimprove.io import read_verified_jsonl
 from selfimprove.paths import RoundPaths
-from selfimprove.tracking import NullTracker
+from selfimprove.tracker import NullTracker
 from selfimprove.types import Completion, Verdict
 
 ROOT = Path(__file__).resolve().parents[2]

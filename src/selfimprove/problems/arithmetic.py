@@ -35,6 +35,9 @@ import re
 from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
 
+from pydantic import Field
+
+from selfimprove.options import Strict
 from selfimprove.problems.base import ProblemSet
 from selfimprove.types import Problem
 
@@ -45,6 +48,16 @@ AnswerWidth = Literal["fixed", "natural"]
 MAX_CURRICULUM_DIGITS = 20
 #: Enumerate a difficulty's partition when it has at most this many ordered pairs; sample otherwise.
 _ENUMERATE_MAX = 20_000
+
+
+class ArithmeticConfig(Strict):
+    """Synthetic addition; difficulty = digits per operand."""
+
+    reverse: bool = Field(True, description="Write digits least-significant first (operands and answer).")
+    answer_width: Literal["fixed", "natural"] = Field(
+        "fixed", description="'fixed': the answer always has L+1 digits (leading carry 0/1); 'natural': no padding."
+    )
+    eval_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="Share of the problem space reserved for eval.")
 
 
 def operand_range(digits: int) -> tuple[int, int]:

@@ -22,8 +22,9 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from selfimprove.options import Strict
 from selfimprove.io import DataError
 from selfimprove.problems.base import ProblemSet
 from selfimprove.problems.jsonl import (
@@ -38,10 +39,8 @@ from selfimprove.types import Problem
 _CALCULATOR = re.compile(r"<<[^<>\n]*>>")
 
 
-class GSM8KProblemsConfig(BaseModel):
+class GSM8KProblemsConfig(Strict):
     """Options of the ``gsm8k`` problem set (``problems.gsm8k.*`` in params.yaml)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     data_dir: str | None = Field(default=None, description="Folder holding train.jsonl and test.jsonl.")
     prompt_template: str = Field(

@@ -19,18 +19,17 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from selfimprove.options import Strict
 from selfimprove.io import DataError
 from selfimprove.problems.base import ProblemSet
 from selfimprove.problems.jsonl import benchmark_file, iter_numbered_jsonl, require_file, row_field
 from selfimprove.types import Problem
 
 
-class HumanEvalProblemsConfig(BaseModel):
+class HumanEvalProblemsConfig(Strict):
     """Options of the ``humaneval`` problem set (``problems.humaneval.*`` in params.yaml)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     data_dir: str | None = Field(default=None, description="Folder holding HumanEval.jsonl.")
     path: str | None = Field(default=None, description="The data file itself (overrides data_dir).")

@@ -27,8 +27,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from selfimprove.options import Strict
 from selfimprove.io import MAX_LINE_BYTES, DataError, parse_json_line
 from selfimprove.problems.base import ProblemSet
 from selfimprove.registry import did_you_mean
@@ -121,10 +122,8 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 _ROW_KEYS = ("id", "prompt", "answer", "solution", "tests", "difficulty", "verifier", "meta", "source")
 
 
-class JsonlProblemsConfig(BaseModel):
+class JsonlProblemsConfig(Strict):
     """Options of the ``jsonl`` problem set (``problems.jsonl.*`` in params.yaml)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     path: str | dict[str, str] | None = Field(
         default=None,

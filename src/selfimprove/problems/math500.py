@@ -21,8 +21,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from selfimprove.options import Strict
 from selfimprove.io import DataError
 from selfimprove.problems.base import ProblemSet
 from selfimprove.problems.jsonl import (
@@ -35,10 +36,8 @@ from selfimprove.problems.jsonl import (
 from selfimprove.types import Problem
 
 
-class Math500ProblemsConfig(BaseModel):
+class Math500ProblemsConfig(Strict):
     """Options of the ``math500`` problem set (``problems.math500.*`` in params.yaml)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     data_dir: str | None = Field(default=None, description="Folder holding test.jsonl.")
     path: str | None = Field(default=None, description="The data file itself (overrides data_dir).")

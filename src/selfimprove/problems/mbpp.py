@@ -25,8 +25,9 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from selfimprove.options import Strict
 from selfimprove.io import DataError, parse_json_line
 from selfimprove.problems.base import ProblemSet
 from selfimprove.problems.jsonl import (
@@ -50,10 +51,8 @@ _DEF = re.compile(r"^def\s+([A-Za-z_]\w*)\s*\(", re.MULTILINE)
 _CALL = re.compile(r"\b([A-Za-z_]\w*)\s*\(")
 
 
-class MBPPProblemsConfig(BaseModel):
+class MBPPProblemsConfig(Strict):
     """Options of the ``mbpp`` problem set (``problems.mbpp.*`` in params.yaml)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     variant: Literal["full", "sanitized"] = Field(
         default="full", description="mbpp.jsonl or sanitized-mbpp.json."

@@ -29,18 +29,17 @@ import random
 import re
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from selfimprove.options import Strict
 from selfimprove.problems.base import ProblemSet
 from selfimprove.types import Problem
 
 log = logging.getLogger(__name__)
 
 
-class ReasoningGymConfig(BaseModel):
+class ReasoningGymConfig(Strict):
     """Options of the ``reasoning_gym`` problem set (``problems.reasoning_gym.*`` in params.yaml)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     task: str = Field("chain_sum", description="A reasoning-gym dataset name (reasoning_gym.factory.DATASETS).")
     attributes: list[str] | None = Field(

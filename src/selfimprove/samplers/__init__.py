@@ -7,5 +7,6 @@ SAMPLERS: Registry[type[Sampler]] = Registry("sampler")
 SAMPLERS.register("transformers", "selfimprove.samplers.hf:TransformersSampler")
 SAMPLERS.register("vllm", "selfimprove.samplers.vllm:VllmSampler")
 SAMPLERS.register("openai", "selfimprove.samplers.openai:OpenAISampler")
+SAMPLERS.register("scripted", "selfimprove.samplers.scripted:ScriptedSampler")  # a fake for orchestration tests
 
 __all__ = ["SAMPLERS", "Sampler", "SamplingParams"]

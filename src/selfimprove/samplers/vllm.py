@@ -93,7 +93,7 @@ def servable_model(model_dir: str | Path, scratch: Path) -> str:
     path = Path(resolve_model(model_dir))
     if not (path / "adapter_config.json").exists():
         return str(path)
-    from selfimprove.trainers.sft import load_merged
+    from selfimprove.checkpoint import load_merged
 
     out = scratch / "merged"
     model, tok = load_merged(path)

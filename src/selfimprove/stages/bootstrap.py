@@ -27,7 +27,7 @@ from selfimprove.paths import RoundPaths
 from selfimprove.stages.common import StageReport, evaluate_with, problem_set, setup_runtime, timer
 from selfimprove.stages.parts import Split, Unit, move_members, run_split
 from selfimprove.stages.parts import finish as parts_finish
-from selfimprove.tracking import Tracker
+from selfimprove.tracker import Tracker
 from selfimprove.types import Problem, TrainRow
 
 log = logging.getLogger(__name__)
@@ -126,8 +126,9 @@ def bootstrap_units(config: Config, paths: RoundPaths) -> list[Unit]:
 
 def run_bootstrap_unit(config: Config, paths: RoundPaths, unit: Unit, tracker: Tracker) -> dict[str, Any]:
     """Build and train member ``unit.member`` from its own seed into the unit's part folder."""
-    from selfimprove.trainers.sft import train_sft
+    from selfimprove.trainers import TRAINERS
 
+    train = TRAINERS.get(config.bootstrap.trainer)
     setup_runtime(config)
     rows = labelled_rows(labelled_problems(config))
     if not rows:
@@ -139,8 +140,8 @@ def run_bootstrap_unit(config: Config, paths: RoundPaths, unit: Unit, tracker: T
         model, tok = _build_tiny(config, rows, Path(tmp), seed=config.seed * 1000 + i)
         stopper = _EarlyStop(config, tok, tracker, prefix) if config.bootstrap.early_stop else None
         cfg = config.bootstrap.train.model_copy(update={"seed": config.bootstrap.train.seed + i})
-        rep = train_sft(tmp, rows, target, cfg, tracker, prefix=prefix, model=model, tokenizer=tok,
-                        callbacks=[stopper.callback] if stopper else [])
+        rep = train(tmp, rows, target, cfg, tracker, prefix=prefix, model=model, tokenizer=tok,
+                    callbacks=[stopper.callback] if stopper else [])
     if stopper:
         rep["early_stop_history"] = stopper.history
     return rep

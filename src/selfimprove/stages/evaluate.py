@@ -35,7 +35,7 @@ from selfimprove.stages.common import (
 )
 from selfimprove.stages.parts import Split, Unit, run_split
 from selfimprove.stages.parts import finish as parts_finish
-from selfimprove.tracking import Tracker
+from selfimprove.tracker import Tracker
 from selfimprove.types import Problem, TrainRow
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ from selfimprove.stages.common import (
 )
 from selfimprove.stages.parts import Split, Unit, move_members, run_split
 from selfimprove.stages.parts import finish as parts_finish
-from selfimprove.tracking import Tracker
+from selfimprove.tracker import Tracker
 from selfimprove.trainers import TRAINERS
 from selfimprove.types import PreferencePair, Problem, PromptRow, Rollout, TrainRow
 
@@ -167,7 +167,7 @@ def launch_unit(config: Config, paths: RoundPaths, unit: Unit, tracker: Tracker)
     import subprocess
     import sys
 
-    from selfimprove.tracking import replay
+    from selfimprove.tracker import replay
 
     part = unit.dir(paths) / "part.json"
     part.unlink(missing_ok=True)
@@ -193,7 +193,7 @@ def launch_unit(config: Config, paths: RoundPaths, unit: Unit, tracker: Tracker)
 
 def run_launched_unit(config: Config, paths: RoundPaths, member: int) -> None:
     """One process of a launched member (``selfimprove finetune-unit``): train; the main process writes part.json."""
-    from selfimprove.tracking import RecordingTracker
+    from selfimprove.tracker import RecordingTracker
 
     unit = next(u for u in finetune_units(config, paths) if (u.member or 0) == member)
     rec = RecordingTracker()
@@ -219,7 +219,7 @@ def run_finetune_unit(config: Config, paths: RoundPaths, unit: Unit, tracker: Tr
     target.parent.mkdir(parents=True, exist_ok=True)
     cfg = fc.train.model_copy(update={"seed": fc.train.seed + i})
     prefix = f"finetune/{unit.member_name}" if unit.member_name else "finetune"
-    kwargs: dict[str, Any] = {"dpo": fc.dpo} if fc.trainer == "dpo" else {}
+    kwargs: dict[str, Any] = {"dpo": {"dpo": fc.dpo}, "noop": fc.noop.model_dump()}.get(fc.trainer, {})
     with _closing(grpo):
         if grpo is not None:
             kwargs = grpo.kwargs(unit.member_name)

@@ -17,7 +17,7 @@ from selfimprove.samplers.hf import resolve_model
 from selfimprove.stages.common import StageReport, make_sampler, problem_set, sampling_params, setup_runtime, timer
 from selfimprove.stages.parts import Split, Unit, concat_lines, run_split, shard_groups, unit_seed
 from selfimprove.stages.parts import finish as parts_finish
-from selfimprove.tracking import Tracker
+from selfimprove.tracker import Tracker
 from selfimprove.types import Completion, Problem
 
 log = logging.getLogger(__name__)

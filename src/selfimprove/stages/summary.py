@@ -18,7 +18,7 @@ from selfimprove.config import Config
 from selfimprove.io import atomic_path, write_json
 from selfimprove.paths import RoundPaths, metrics_dir, summary_dir
 from selfimprove.stages.common import StageReport
-from selfimprove.tracking import Tracker
+from selfimprove.tracker import Tracker
 
 log = logging.getLogger(__name__)
 

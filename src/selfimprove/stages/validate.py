@@ -24,7 +24,7 @@ from selfimprove.io import read_verified_jsonl, staged_output, write_json, write
 from selfimprove.paths import RoundPaths
 from selfimprove.quality import DataQualityError, check_round_data
 from selfimprove.stages.common import StageReport, eval_problems, normalize_prompt, problem_set, setup_runtime, timer
-from selfimprove.tracking import Tracker
+from selfimprove.tracker import Tracker
 from selfimprove.types import Completion, PreferencePair, Problem, PromptRow, TrainRow, Verdict
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def run_validate(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRe
         if dpo:
             from selfimprove.trainers.dpo import build_pairs
 
-            pairs = build_pairs(candidates, kept, config, paths.round)
+            pairs = build_pairs(candidates, kept, config.finetune.dpo, paths.round)
         train: list = prompt_rows if grpo else pairs if dpo else accepted_all + real_rows
         rng.shuffle(train)
         frames = _frames(train, prompt_rows if grpo else pairs if dpo else accepted_now, verdicts, problems,

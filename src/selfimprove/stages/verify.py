@@ -14,7 +14,7 @@ from selfimprove.paths import RoundPaths
 from selfimprove.stages.common import StageReport, round_verifier, setup_runtime, strip_gold, timer
 from selfimprove.stages.parts import Split, Unit, concat_lines, run_split
 from selfimprove.stages.parts import finish as parts_finish
-from selfimprove.tracking import Tracker
+from selfimprove.tracker import Tracker
 from selfimprove.types import Completion, Problem
 
 log = logging.getLogger(__name__)

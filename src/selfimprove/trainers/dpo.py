@@ -1,7 +1,7 @@
 """Preference pairs from a round's own samples, and DPO training on them with TRL's ``DPOTrainer``.
 
 What:
-- ``build_pairs(candidates, kept, config, round)``: per problem, *chosen* completions are the ones the validate
+- ``build_pairs(candidates, kept, options, round)``: per problem, *chosen* completions are the ones the validate
   filters kept (they passed the verifier and every filter); *rejected* ones are the problem's completions the
   verifier failed. With a gold verifier (``gsm8k``, ``exact_match``, ``sandboxed_tests``, ...) that is
   verified-correct vs incorrect, i.e. self-training with DPO (DPO-ST); with ``majority_vote`` (label-free) it is
@@ -41,9 +41,9 @@ from selfimprove.options import PosInt, Strict
 from selfimprove.types import PreferencePair
 
 if TYPE_CHECKING:
-    from selfimprove.config import Config, TrainConfig
+    from selfimprove.trainers.options import TrainConfig
     from selfimprove.filters import Candidate
-    from selfimprove.tracking import Tracker
+    from selfimprove.tracker import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +89,10 @@ def _pair_indices(n_chosen: int, n_rejected: int, limit: int) -> list[tuple[int,
     return out
 
 
-def build_pairs(candidates: Sequence[Candidate], kept: Sequence[Candidate], config: Config, round: int) -> list[PreferencePair]:
+def build_pairs(candidates: Sequence[Candidate], kept: Sequence[Candidate], options: DPOConfig, round: int) -> list[PreferencePair]:
     """DPO pairs for the round: per problem, kept completions (chosen) vs completions the verifier failed
     (rejected), at most ``finetune.dpo.pairs_per_problem`` per problem. Deterministic."""
-    per_problem = config.finetune.dpo.pairs_per_problem
+    per_problem = options.pairs_per_problem
     kept_ids = {c.completion.id for c in kept}
     chosen_by: dict[str, list[Candidate]] = defaultdict(list)
     rejected_by: dict[str, list[Candidate]] = defaultdict(list)
@@ -170,7 +170,7 @@ def train_dpo(
 
     if not pairs:
         raise ValueError("no preference pairs: no problem had both a kept and a rejected completion this round")
-    from selfimprove.tracking import Tracker
+    from selfimprove.tracker import Tracker
 
     dpo = dpo or DPOConfig()
     out_dir = Path(out_dir)

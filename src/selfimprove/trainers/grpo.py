@@ -261,7 +261,7 @@ def train_grpo(
     """GRPO on ``rows``' prompts from ``init_model``; save to ``out_dir``; return a report with the SFT trainer's
     keys plus TRL's last reward, reward std, zero-std share, KL and entropy."""
     from selfimprove.chat import conversational, stop_token_ids
-    from selfimprove.tracking import Tracker
+    from selfimprove.tracker import Tracker
     from selfimprove.trainers.sft import (
         TrackerCallback,
         common_args,

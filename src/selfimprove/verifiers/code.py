@@ -66,8 +66,11 @@ import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
+from pydantic import Field
+
+from selfimprove.options import PosInt, Strict
 from selfimprove.types import Completion, Problem, Verdict
 from selfimprove.verifiers.base import Verifier
 from selfimprove.verifiers.sandbox import (
@@ -90,6 +93,22 @@ _CODE_START = re.compile(r"^(?:def |async def |class |import |from |@)", re.MULT
 
 
 # --------------------------------------------------------------------------------------------- extraction
+
+
+class CodeTestsConfig(Strict):
+    """Options of the ``sandboxed_tests`` verifier (see docs/verifiers.md, "Sandboxed code tests")."""
+
+    workers: PosInt | None = Field(None, description="Sandbox workers (None = one per CPU core).")
+    timeout_s: float = Field(5.0, gt=0, description="CPU seconds per job.")
+    wall_timeout_s: float | None = Field(None, gt=0, description="Wall-clock limit per job (None = derived).")
+    memory_mb: PosInt = 1024
+    max_output_bytes: PosInt = 1 << 20
+    max_file_bytes: PosInt = 16 << 20
+    max_processes: PosInt = 8
+    isolation: Literal["bwrap", "none"] = Field("bwrap", description="'none' runs unisolated (loudly logged).")
+    sandbox_uid: int | None = None
+    tmp_mb: PosInt = 64
+    challenge_tests: bool = True
 
 
 def _parses(code: str) -> bool:

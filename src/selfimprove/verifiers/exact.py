@@ -15,16 +15,15 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
+from selfimprove.options import Strict
 from selfimprove.types import Problem
 from selfimprove.verifiers.base import AnswerVerifier
 
 
-class ExactMatchConfig(BaseModel):
+class ExactMatchConfig(Strict):
     """Options of the ``exact_match`` verifier (``verify.exact_match.*`` in params.yaml)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     answer_regex: str | None = Field(
         default=None,

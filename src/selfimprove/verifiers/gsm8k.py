@@ -39,8 +39,9 @@ from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from selfimprove.options import Strict
 from selfimprove.types import Completion, Problem, Verdict
 from selfimprove.verifiers.base import AnswerVerifier
 from selfimprove.verifiers.math_equiv import find_boxes
@@ -60,10 +61,8 @@ from selfimprove.verifiers.policy import (
 )
 
 
-class GSM8KVerifierConfig(BaseModel):
+class GSM8KVerifierConfig(Strict):
     """Options of the ``gsm8k`` verifier (``verify.gsm8k.*`` in params.yaml)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     fallback: Literal["last_number", "none"] = Field(
         default="last_number",

@@ -28,14 +28,15 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
+from pydantic import Field
+
+from selfimprove.options import PosInt, Strict
 from selfimprove.samplers.base import Sampler, SamplingParams
 from selfimprove.types import Completion, Problem, Verdict
 from selfimprove.verifiers.base import Verifier
-
-if TYPE_CHECKING:
-    from selfimprove.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,17 @@ def _check_template(template: str) -> None:
         )
 
 
+class JudgeConfig(Strict):
+    sampler: str = "transformers"
+    model_path: str | None = Field(None, description="Judge model; None = the round's current model.")
+    template: str = Field(DEFAULT_TEMPLATE, description="Prompt template with {prompt} and {completion}.")
+    score_regex: str = DEFAULT_REGEX
+    min_score: float = 1.0
+    max_score: float = 10.0
+    threshold: float = Field(7.0, description="Scores at or above pass.")
+    max_new_tokens: PosInt = 16
+
+
 class JudgeVerifier(Verifier):
     """Scores completions with a judge model; see the module docstring."""
 
@@ -120,8 +132,9 @@ class JudgeVerifier(Verifier):
         max_new_tokens: int = 16,
         *,
         model_dir: str | None = None,
-        config: Config | None = None,
         judge_sampler: Sampler | None = None,
+        make_sampler: Callable[[str, str], Sampler] | None = None,
+        batch_size: int = 64,
     ):
         _check_template(template)
         if not min_score < max_score:
@@ -140,7 +153,8 @@ class JudgeVerifier(Verifier):
         self.template = template
         self.min_score, self.max_score, self.threshold = float(min_score), float(max_score), float(threshold)
         self.max_new_tokens = max_new_tokens
-        self.config = config
+        self._make_sampler = make_sampler  # (sampler name, model path) -> Sampler: the round's own factory
+        self.batch_size = batch_size
         self._sampler = judge_sampler
         self._owns_sampler = judge_sampler is None
         self.stats: Counter[str] = Counter()
@@ -149,14 +163,12 @@ class JudgeVerifier(Verifier):
 
     def _get_sampler(self) -> Sampler:
         if self._sampler is None:
-            from selfimprove.samplers import SAMPLERS
+            if self._make_sampler is not None:
+                self._sampler = self._make_sampler(self.sampler_name, str(self.model))
+            else:
+                from selfimprove.samplers import SAMPLERS
 
-            options: dict[str, Any] = {}
-            if self.config is not None:
-                options = dict(self.config.sample.model_dump().get(self.sampler_name, {}) or {})
-                if self.sampler_name == "transformers":
-                    options |= {"dtype": self.config.model.dtype, "trust_remote_code": self.config.model.trust_remote_code}
-            self._sampler = SAMPLERS.get(self.sampler_name)(Path(str(self.model)), **options)
+                self._sampler = SAMPLERS.get(self.sampler_name)(Path(str(self.model)))
         return self._sampler
 
     def judge_prompt(self, problem: Problem, completion: Completion) -> str:
@@ -171,8 +183,8 @@ class JudgeVerifier(Verifier):
             Problem(id=c.id, prompt=self.judge_prompt(problems[c.problem_id], c), source="judge")
             for c in completions
         ]
-        batch = self.config.sample.batch_size if self.config is not None else 64
-        params = SamplingParams(k=0, greedy=True, max_new_tokens=self.max_new_tokens, logprobs=False, batch_size=batch)
+        params = SamplingParams(k=0, greedy=True, max_new_tokens=self.max_new_tokens, logprobs=False,
+                                batch_size=self.batch_size)
         judgments = self._get_sampler().sample(judge_problems, params, round=completions[0].round, progress=False)
         by_id = {j.problem_id: j for j in judgments}
         cost = (time.perf_counter() - t0) / len(completions)

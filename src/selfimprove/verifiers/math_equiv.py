@@ -58,8 +58,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from selfimprove.options import Strict
 from selfimprove.types import Completion, Problem, Verdict
 from selfimprove.verifiers.base import AnswerVerifier
 from selfimprove.verifiers.policy import (
@@ -94,10 +95,8 @@ log = logging.getLogger(__name__)
 MatchType = Literal["latex", "expr"]
 
 
-class MathEquivConfig(BaseModel):
+class MathEquivConfig(Strict):
     """Options of the ``math_equiv`` verifier (``verify.math_equiv.*`` in params.yaml)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     timeout_s: float = Field(default=5.0, gt=0, description="Wall-clock limit per extraction or comparison.")
     match_types: list[MatchType] = Field(

@@ -23,15 +23,16 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from selfimprove.options import Strict
 
 PercentRule = Literal["label", "fraction", "either", "strict"]
 
 
-class GradingPolicy(BaseModel):
+class GradingPolicy(Strict):
     """Rules a grader must declare; every verdict's ``reason`` names the rule that decided it."""
 
-    model_config = ConfigDict(extra="forbid")
 
     unordered_lists: bool = Field(
         default=True,

@@ -22,8 +22,9 @@ import time
 from functools import lru_cache
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from selfimprove.options import Strict
 from selfimprove.types import Completion, Problem, Verdict
 from selfimprove.verifiers.base import AnswerVerifier
 
@@ -31,10 +32,8 @@ _TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _NUMBER = re.compile(r"^\s*-?\d+(?:\.\d+)?(?:/\d+)?\s*$")
 
 
-class ReasoningGymVerifierConfig(BaseModel):
+class ReasoningGymVerifierConfig(Strict):
     """Options of the ``reasoning_gym`` verifier (``verify.reasoning_gym.*`` in params.yaml)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     extract: Literal["auto", "number", "answer_tag", "text"] = Field(
         "auto", description="How the answer is read: auto (numbers as gsm8k reads them for numeric gold, else "

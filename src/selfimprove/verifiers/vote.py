@@ -15,8 +15,16 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+from pydantic import Field
+
+from selfimprove.options import Strict
 from selfimprove.types import Completion, Problem, Verdict
 from selfimprove.verifiers.base import AnswerVerifier, Verifier
+
+
+class MajorityVoteConfig(Strict):
+    answer: str = Field("exact_match", description="Answer verifier whose extract/equivalent define the vote.")
+    views: bool = Field(False, description="Also vote across equivalent views of a problem when the set provides them.")
 
 
 class MajorityVoteVerifier(Verifier):

@@ -1,0 +1,35 @@
+"""Options every trainer reads (``finetune.train``, ``bootstrap.train``): steps, batch, optimiser, LoRA."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from selfimprove.options import NonNegInt, PosInt, Strict
+
+
+class LoraConfig(Strict):
+    enabled: bool = False
+    r: PosInt = 16
+    alpha: PosInt = 32
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    merge: bool = Field(True, description="Merge the adapter into the weights after training (else save adapter-only).")
+
+
+class TrainConfig(Strict):
+    steps: PosInt = Field(300, description="Optimizer steps.")
+    batch_size: PosInt = 128
+    grad_accum: PosInt = 1
+    lr: float = Field(1e-3, gt=0.0, le=1.0)
+    warmup_steps: NonNegInt = 50
+    scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    max_length: PosInt = 512
+    seed: NonNegInt = 0
+    logging_steps: PosInt = 25
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (large models on small GPUs).")
+    lora: LoraConfig = LoraConfig()
