@@ -113,7 +113,7 @@ class ModelConfig(Strict):
         "auto", description="Prompts through the tokenizer's chat template: auto = when it has one (instruct "
         "models), never = raw text, always = required (selfimprove/chat.py).")
     ensemble: PosInt = Field(
-        1,
+        3,
         le=16,
         description="Independently seeded models that sample and vote together and are all fine-tuned on the "
         "accepted labels (cross-model self-consistency; see selfimprove/ensemble.py). tiny models only.",
@@ -134,7 +134,7 @@ class ModelConfig(Strict):
 
 
 class EarlyStopConfig(Strict):
-    eval_every: PosInt = Field(250, description="Steps between quick in-distribution evals during bootstrap.")
+    eval_every: PosInt = Field(125, description="Steps between quick in-distribution evals during bootstrap.")
     target: Prob = Field(0.99, description="Stop once every bootstrap difficulty reaches this greedy accuracy.")
     problems_per_difficulty: PosInt = 100
 
@@ -143,7 +143,7 @@ class BootstrapConfig(Strict):
     difficulties: list[PosInt] = Field(default_factory=lambda: [1, 2, 3])
     examples_per_difficulty: PosInt = 20000
     trainer: str = Field("sft", description="sft | noop (the registered fake: the built model, untrained)")
-    train: TrainConfig = TrainConfig(steps=1000, lr=2e-3, warmup_steps=100)
+    train: TrainConfig = TrainConfig(steps=2000, lr=2e-3, warmup_steps=100)
     early_stop: EarlyStopConfig | None = EarlyStopConfig()
     real_data_split: str | None = Field(
         None, description="For real models: labelled split kept as 'real' data for mixing (e.g. 'train'); None = none."
@@ -163,13 +163,13 @@ class BootstrapConfig(Strict):
 class SampleConfig(Strict):
     sampler: Registered("selfimprove.samplers:SAMPLERS") = Field(
         "transformers", description="transformers | vllm | openai | scripted (a fake for tests)")
-    problems_per_round: PosInt = Field(3000, description="Unlabelled problems drawn per round.")
-    k: NonNegInt = Field(4, description="Sampled completions per problem (in addition to the greedy one).")
+    problems_per_round: PosInt = Field(4000, description="Unlabelled problems drawn per round.")
+    k: NonNegInt = Field(0, description="Sampled completions per problem (in addition to the greedy one).")
     greedy: bool = Field(True, description="Also record one greedy completion per problem.")
     temperature: float = Field(1.0, ge=0.0, le=5.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: NonNegInt = 0
-    max_new_tokens: PosInt = 32
+    max_new_tokens: PosInt = 12
     batch_size: PosInt = Field(512, description="Sequences per generation batch.")
     seed: NonNegInt = 0
     shards: PosInt = Field(
@@ -179,7 +179,7 @@ class SampleConfig(Strict):
     logprobs: bool = True
     stop: list[str] = Field(default_factory=list, description="Stop strings (in addition to EOS).")
     views: list[str] = Field(
-        default_factory=list,
+        default_factory=lambda: ["prefix"],
         description="Derived problems sampled alongside each problem as label-free consistency checks "
         "(arithmetic: 'prefix', 'swap'); use with the view_agreement filter. Never trained on.",
     )
@@ -224,9 +224,9 @@ class VerifyConfig(Strict):
 class ExpectationsConfig(Strict):
     """Bounds for the Great Expectations suite run on every round's training set."""
 
-    min_rows: NonNegInt = Field(1, description="Fewest self-generated rows a round may train on.")
+    min_rows: NonNegInt = Field(50, description="Fewest self-generated rows a round may train on.")
     min_parse_rate: Prob = Field(0.5, description="Fewest share of completions with a parseable answer.")
-    acceptance_rate: tuple[Prob, Prob] = Field((0.001, 1.0), description="Allowed [min, max] share of problems accepted.")
+    acceptance_rate: tuple[Prob, Prob] = Field((0.01, 1.0), description="Allowed [min, max] share of problems accepted.")
     max_completion_chars: PosInt = 100_000
 
 
@@ -235,6 +235,8 @@ class ValidateConfig(Strict):
         default_factory=lambda: [
             FilterStep(function="format"),
             FilterStep(function="agreement", min=1.0),
+            FilterStep(function="view_agreement"),
+            FilterStep(function="decontaminate"),
             FilterStep(function="dedup"),
             FilterStep(function="per_problem_cap", max=1),
         ]
@@ -284,7 +286,7 @@ class FinetuneConfig(Strict):
 class EvaluateConfig(Strict):
     verifier: str | None = Field(None, description="Gold verifier for scoring (None = the problem set's default).")
     difficulties: list[int] | None = Field(None, description="Difficulties to report (None = all in the eval split).")
-    problems_per_difficulty: PosInt | None = Field(200, description="Held-out problems per difficulty (None = all).")
+    problems_per_difficulty: PosInt | None = Field(300, description="Held-out problems per difficulty (None = all).")
     k: NonNegInt = Field(4, description="Samples per problem for maj@k and pass@k (0 = greedy only).")
     temperature: float = Field(1.0, ge=0.0, le=5.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -355,7 +357,7 @@ class TrackingConfig(Strict):
     uri: str = Field("sqlite:///mlruns.db", description="MLflow tracking URI; relative sqlite paths are project-relative.")
     artifact_location: str = Field("mlartifacts", description="Artifact root for new experiments (project-relative).")
     experiment: str = "selfimprove"
-    registered_model: str = Field("selfimprove-model", description="Registry name; one version per round.")
+    registered_model: str = Field("selfimprove-tiny-addition", description="Registry name; one version per round.")
     log_model: bool = True
     model_copy_max_mb: float = Field(
         200.0, ge=0, description="Models up to this size are copied into MLflow's artifact store; bigger ones (a real "
@@ -401,7 +403,7 @@ class CurriculumConfig(Strict):
     ahead: NonNegInt = Field(1, description="Difficulties beyond the frontier to sample as well.")
     eval_ahead: NonNegInt = Field(1, description="Evaluate this many difficulties beyond the hardest one sampled.")
     problems_per_difficulty: PosInt | None = Field(
-        None, description="Problems to sample per difficulty of a round (None = sample.problems_per_round per round).")
+        4000, description="Problems to sample per difficulty of a round (None = sample.problems_per_round per round).")
     regress_tolerance: float = Field(
         0.0, ge=0, description="A round counts as regressed (rolled back: it never starts another round) when its "
         "loop.target.metric falls more than this below the round it started from; set it to the evaluation's noise "
@@ -472,7 +474,7 @@ ROUND_KEY = re.compile(r"^r([1-9][0-9]*)$")
 
 
 class Config(Strict):
-    seed: NonNegInt = 0
+    seed: NonNegInt = 3
     workspace: str = Field("runs", description="Folder (project-relative) holding every round's outputs.")
     threads: PosInt | None = Field(1, description="torch CPU threads (1 is fastest for tiny models on shared CPUs).")
     problems: ProblemsConfig = ProblemsConfig()

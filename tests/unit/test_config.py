@@ -150,3 +150,21 @@ def test_a_local_ray_offers_a_cpu_per_model_when_there_are_fewer_cores(monkeypat
     assert local_cpus(load_config(ROOT / "params.yaml", ["execution.num_cpus=5"])) == 5
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     assert local_cpus(load_config(ROOT / "params.yaml")) == 16
+
+
+def test_code_defaults_are_the_committed_params_defaults() -> None:
+    """One set of defaults: ``Config()`` (what a section left out of a params file gets) is the committed
+    params.yaml, apart from the rounds it plans (a run's plan, not a default) and the evaluation's difficulties,
+    which params.yaml spells out for the arithmetic set (the same as its default: None = every difficulty the
+    set has; a set without difficulties, JSONL or MBPP, must keep None)."""
+    from helpers import ROOT
+
+    from selfimprove.config import Config, load_config
+    from selfimprove.tracker import flatten
+
+    plan = ("rounds", "eval_rounds", "evaluate.difficulties")
+    code = {k: v for k, v in flatten(Config().model_dump(mode="json")).items() if not k.startswith(plan)}
+    committed = {k: v for k, v in flatten(load_config(ROOT / "params.yaml").model_dump(mode="json")).items()
+                 if not k.startswith(plan)}
+    assert {k: (code.get(k), committed.get(k)) for k in code.keys() | committed.keys()
+            if code.get(k) != committed.get(k)} == {}

@@ -19,15 +19,15 @@ class LoraConfig(Strict):
 
 
 class TrainConfig(Strict):
-    steps: PosInt = Field(300, description="Optimizer steps.")
-    batch_size: PosInt = 128
+    steps: PosInt = Field(130, description="Optimizer steps.")
+    batch_size: PosInt = 64
     grad_accum: PosInt = 1
     lr: float = Field(1e-3, gt=0.0, le=1.0)
     warmup_steps: NonNegInt = 50
     scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     weight_decay: float = Field(0.0, ge=0.0)
     max_grad_norm: float = Field(1.0, gt=0.0)
-    max_length: PosInt = 512
+    max_length: PosInt = 64
     seed: NonNegInt = 0
     logging_steps: PosInt = 25
     device: Literal["auto", "cpu", "cuda"] = "auto"
