@@ -62,6 +62,7 @@ def test_resume_after_an_edited_output_says_which_file_to_restore(proj: Path) ->
     run_cli(["runs", "--remove", "gate"], proj)
 
 
+@pytest.mark.slow  # minutes of orchestration: .ci/run runs it
 def test_rounds_with_an_override_of_a_round_it_adds_then_a_shorter_run_applied(proj: Path) -> None:
     run_cli(["run", "--name", "two", "--rounds", "2", "-S", "rounds.r2.problems=8", "--apply", "always"], proj,
             timeout=900)

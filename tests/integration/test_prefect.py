@@ -112,7 +112,7 @@ def test_mlflow_runs_have_one_owner_and_say_what_differed(base) -> None:
     runs = mlflow_runs(proj, "base")
     r1 = runs["base/round-1"]
     p = r1.data.params
-    assert p["round_key"] == "r1" and p["difficulties"] == "[3]" and p["trainer"] == "sft"
+    assert p["round_key"] == "r1" and p["difficulties"] == "[3]" and p["trainer"] == "noop"
     assert p["start_model"].startswith("r0") and p["lr"] == "0.001" and p["problems"] == "16"
     assert runs["base/round-0"].data.params["kind"] == "bootstrap"
     client = MlflowClient(tracking_uri=f"sqlite:///{proj / 'mlruns.db'}")
@@ -281,9 +281,9 @@ def test_concurrent_runs_train_with_their_own_params_and_a_killed_one_resumes(ba
         threading.Thread(target=read, daemon=True).start()
         return p
 
-    a = start("lr-a", "finetune.train.lr=0.0005")
+    a = start("lr-a", "finetune.trainer=sft", "finetune.train.lr=0.0005")  # real training: it is killed mid-way
     # lr-b trains long enough to be killed while training
-    b = start("lr-b", "finetune.train.lr=0.003", "finetune.train.steps=1500")
+    b = start("lr-b", "finetune.trainer=sft", "finetune.train.lr=0.003", "finetune.train.steps=1500")
     deadline = time.monotonic() + 300
     while "/1500 [" not in "".join(logs["lr-b"]):  # finetune@r1's progress bar: training has started
         assert b.poll() is None, "".join(logs["lr-b"])

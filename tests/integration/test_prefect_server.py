@@ -73,6 +73,7 @@ def ui(proj: Path, env: dict[str, str], *args: str) -> str:
     return out.stdout
 
 
+@pytest.mark.slow  # minutes of orchestration: .ci/run runs it
 def test_ui_form_quick_run_schedules_and_stop(project) -> None:
     proj, env, api = project
     params = (proj / "params.yaml").read_bytes()

@@ -131,6 +131,7 @@ def test_bootstrap_imports_the_gguf_as_round_0s_folder(gguf_file, tmp_path: Path
     assert AutoTokenizer.from_pretrained(model_dir).chat_template == TEMPLATE
 
 
+@pytest.mark.slow  # minutes of orchestration: .ci/run runs it
 def test_a_run_from_a_gguf_registers_round_0_as_the_first_version(gguf_file, tmp_path: Path, prefect_backend) -> None:
     from mlflow import MlflowClient
 

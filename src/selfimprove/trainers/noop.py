@@ -57,5 +57,5 @@ def train_noop(init_model: str | Path, rows: Sequence[Any], out_dir: str | Path,
         tracker.log_metrics({f"{prefix}/loss": 0.0}, step=0)
     log.info("noop trainer: %s, recorded gain %.2f (%d rows, no steps)", out, total, len(rows))
     return {"rows": len(rows), "steps": 0, "train_loss": 0.0, "final_loss": 0.0,
-            "seconds": round(time.perf_counter() - t0, 2), "learning_rate": 0.0, "processes": 1,
+            "seconds": round(time.perf_counter() - t0, 2), "learning_rate": float(getattr(cfg, "lr", 0.0)), "processes": 1,
             "examples_per_s": 0.0}
