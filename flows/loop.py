@@ -337,10 +337,11 @@ def _data_uri(png: Path) -> str | None:
 def _run_rounds(config: Config, exp_name: str, work: Path, home: Path, parent_run_id: str | None,
                 store: MlflowStore | None, record: Any, results: dict[str, Any], runner: Any = None
                 ) -> tuple[str | None, list[str]]:
-    """Round 0, then round after round until the policy stops (``selfimprove.curriculum``); returns why the run
-    stopped early (None: it ran every round of a fixed list) and the decision lines for the summary artifact.
+    """Round 0, then round after round as the policy layer decides (``selfimprove.curriculum.next_step`` and
+    ``after_failed_validation``); this function only carries the decisions out (round flows, params edits, tags).
+    Returns why the run stopped early (None: it ran every round) and the decision lines for the summary artifact.
     ``runner``: the task runner of every round flow (Ray, ``flows.execution``; None: Prefect's default)."""
-    from selfimprove.curriculum import best_round, decide, outcomes, stop_reason
+    from selfimprove.curriculum import after_failed_validation, next_step, outcomes
     from selfimprove.health import describe_failure
 
     rounds_on = round_flow.with_options(task_runner=runner) if runner is not None else round_flow
@@ -349,62 +350,50 @@ def _run_rounds(config: Config, exp_name: str, work: Path, home: Path, parent_ru
     healthy: dict[str, bool] = {}
     decisions: list[str] = []
     params_file = work / experiments.PARAMS
-    offered: list[int] | None = None
+
+    def offered() -> list[int] | None:
+        from selfimprove.stages.common import problem_set
+
+        return problem_set(config).difficulties(config.problems.train_split)
+
     key: str | None = "r0"
     while key is not None:
         try:
             results[key] = rounds_on(key, experiment=exp_name, workdir=str(work), home=str(home),
                                      parent_run_id=parent_run_id)
         except DataQualityError as e:
-            if config.loop.policy != "curriculum" or key == "r0":
+            step = after_failed_validation(config, key, _gate_failures(e))
+            if step.action == "raise":
                 raise
-            entry = config.rounds[key].model_dump(exclude_none=True)
-            factor = config.loop.curriculum.retry_factor
-            if factor <= 1 or "retried with" in entry.get("why", ""):
+            if step.action == "drop":
                 return _drop_round(config, key, e, exp_name, work, home, store, parent_run_id, record, results), decisions
             _keep_ran(params_file, config, results, None)
             dvcstate.forget_round(work, key, config.workspace)
-            problems = (entry.get("problems") or config.sample.problems_per_round) * factor
-            entry |= {"problems": problems, "why": f"{entry.get('why', '')}; retried with {problems} problems: the "
-                      f"first try made no dataset that passes validation ({_gate_failures(e)})"}
-            config = add_round(params_file, key, entry)
-            decisions.append(f"{key}: {entry['why']}")
-            logger.warning("run %s: %s failed validation; retrying it with %d problems", exp_name, key, problems)
+            config = add_round(params_file, key, step.entry)
+            decisions.append(f"{key}: {step.entry['why']}")
+            logger.warning("run %s: %s failed validation; retrying it with %d problems", exp_name, key,
+                           step.entry["problems"])
             continue
         health = results[key].get("health")
         healthy[key] = health is None or bool(health["success"])
-        history = outcomes(config, work, healthy)
-        keys = config.round_keys()
+        step = next_step(config, outcomes(config, work, healthy), offered)
         tags: dict[str, str] = {}
-        if not healthy[key]:
-            back, _ = best_round(history, config.loop.target.metric, config.loop.curriculum.regress_tolerance)
-            tags["selfimprove.rolled_back_to"] = back.key
+        reason = step.stop
+        if step.rolled_back_to is not None:
+            tags["selfimprove.rolled_back_to"] = step.rolled_back_to
             failure = "; ".join(describe_failure(f) for f in health["failures"])
             experiments.mark(home, record, "running", health=health)
-            logger.warning("run %s: health gate failed after %s: %s; rolled back to %s", exp_name, key, failure, back.key)
-        written = ["r0", *keys]
-        if key != written[-1]:  # the next round is in the params already (a fixed list, or a resumed run)
-            nxt = written[written.index(key) + 1]
-            reason = stop_reason(config, history) if config.loop.policy == "fixed" or not healthy[key] else None
-        elif config.loop.policy == "fixed":
-            nxt = None
-            reason = stop_reason(config, history) if not healthy[key] else None
-        else:
-            if offered is None:
-                from selfimprove.stages.common import problem_set
-
-                offered = problem_set(config).difficulties(config.problems.train_split)
-            decision = decide(config, history, offered)
-            reason, nxt = decision.stop, decision.key
-            if nxt is not None:
-                config = add_round(params_file, nxt, decision.entry)
-                line = f"{nxt}: {decision.entry['why']}"
-                decisions.append(line)
-                logger.info("run %s: next round %s (written into the run's params.yaml)", exp_name, line)
-                if store is not None and parent_run_id:
-                    store.set_tags(parent_run_id, {f"selfimprove.decision.{nxt}": decision.entry["why"][:4900]})
-        if reason == "a health gate failed":
-            reason = f"health gate failed: {failure}; rolled back to {tags['selfimprove.rolled_back_to']}"
+            logger.warning("run %s: health gate failed after %s: %s; rolled back to %s", exp_name, key, failure,
+                           step.rolled_back_to)
+            if reason == "a health gate failed":
+                reason = f"health gate failed: {failure}; rolled back to {step.rolled_back_to}"
+        if step.action == "next" and step.entry:
+            config = add_round(params_file, step.key, step.entry)
+            line = f"{step.key}: {step.entry['why']}"
+            decisions.append(line)
+            logger.info("run %s: next round %s (written into the run's params.yaml)", exp_name, line)
+            if store is not None and parent_run_id:
+                store.set_tags(parent_run_id, {f"selfimprove.decision.{step.key}": step.entry["why"][:4900]})
         if reason:
             stopped = f"stopped after {key}: {reason}"
             logger.warning("run %s %s; no later round runs or stays in the run's params.yaml", exp_name, stopped)
@@ -418,7 +407,7 @@ def _run_rounds(config: Config, exp_name: str, work: Path, home: Path, parent_ru
             return stopped, decisions
         if tags and store is not None and parent_run_id:
             store.set_tags(parent_run_id, tags)
-        key = nxt
+        key = step.key
     return None, decisions
 
 

@@ -363,7 +363,6 @@ class TrackingConfig(Strict):
         200.0, ge=0, description="Models up to this size are copied into MLflow's artifact store; bigger ones (a real "
         "model, 538 MB for SmolLM2-135M in fp32) are registered by reference to their DVC-versioned folder, so their "
         "bytes are stored once (the version's description says how to fetch them).")
-    best_metric: str = Field("accuracy", description="Metric (higher is better) that picks the 'best' alias.")
     connect_timeout_s: float = Field(5.0, gt=0, description="Fail fast when a tracking server is unreachable.")
 
 
@@ -843,29 +842,6 @@ def fill_declared(path: str | Path, keys: list[str]) -> list[str]:
         with atomic_path(path) as tmp:
             tmp.write_text(_dump_params(data), encoding="utf-8")
     return added
-
-
-def plateau_stop(accuracies: Sequence[float | None], patience: int, tolerance: float = 0.0,
-                 metric: str = "accuracy") -> str | None:
-    """The reason to stop a run after its last round, or None: the last ``patience`` rounds did not improve
-    held-out accuracy beyond the best earlier round (round 0 included) by more than ``tolerance``.
-
-    >>> plateau_stop([0.5, 0.7, 0.69, 0.70], 2)
-    'plateau: rounds 2-3 did not improve accuracy beyond 0.700 (round 1) + 0'
-    >>> plateau_stop([0.5, 0.7, 0.75], 2), plateau_stop([0.5, 0.5], 0)
-    (None, None)
-    """
-    if patience <= 0 or len(accuracies) <= patience:
-        return None
-    accs = [float("-inf") if a is None else float(a) for a in accuracies]
-    before, last = accs[: len(accs) - patience], accs[len(accs) - patience :]
-    best = max(before)
-    if max(last) > best + tolerance:
-        return None
-    first = len(before)
-    span = f"round {first}" if patience == 1 else f"rounds {first}-{len(accs) - 1}"
-    return (f"plateau: {span} did not improve {metric} beyond {best:.3f} (round {before.index(best)}) "
-            f"+ {tolerance:g}")
 
 
 def keep_rounds(path: str | Path, keep: Sequence[str], note: str | None) -> Config:

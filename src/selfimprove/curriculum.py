@@ -1,6 +1,12 @@
-"""The loop decides: which round comes next, from which model, and whether to stop (``loop.policy``).
+"""The loop's policy layer: every decision about the next step, and the one definition of "best" (``loop.policy``).
 
-What: after each round's evaluation the Prefect flow asks :func:`decide` what to do next, given every round this
+What: after each round the Prefect flow asks :func:`next_step` what to do (the next round, written or already in
+the params; stop, with the reason; the round to roll back to after a failed health gate), and after a round
+whose data failed validation :func:`after_failed_validation` (retry it with more problems, drop it, or fail the
+run). Promotion in the model registry asks :func:`promotion`, which uses the same metric, tolerance and tie rule
+as :func:`best_round`, the round the next one starts from: the ``best`` alias and the start model agree.
+The curriculum's own step is :func:`decide`, given every round this
+run has run so far given every round this
 run has run so far (its metrics file and whether it passed its health gates). The answer is a :class:`Decision`:
 stop (with the reason), or the next round's entry for ``params.yaml`` (``prev``, ``difficulties``, ``problems``,
 ``eval_difficulties``, ``band``, ``why``). The flow writes that entry into the run's own ``params.yaml`` *before*
@@ -36,7 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from selfimprove.config import Config, RoundConfig, plateau_stop
+from collections.abc import Callable
+
+from selfimprove.config import Config, RoundConfig
 
 DEFAULT_MAX_ROUNDS = 10
 
@@ -59,7 +67,9 @@ class Outcome:
 class Decision:
     stop: str | None = None  # why the run stops here (None = go on)
     key: str | None = None  # the next round's key
-    entry: dict[str, Any] = field(default_factory=dict)  # the next round's params entry
+    entry: dict[str, Any] = field(default_factory=dict)  # the next round's params entry (to write; empty: written)
+    rolled_back_to: str | None = None  # after a failed health gate: the round the loop goes back to
+    action: str = "next"  # next | done | stop | retry (the same round, entry rewritten) | drop (end before it) | raise
 
     @property
     def why(self) -> str:
@@ -161,6 +171,94 @@ def stop_reason(config: Config, history: Sequence[Outcome]) -> str | None:
     if limit is not None and last.index >= limit:
         return f"max_rounds: {limit} rounds ran (loop.max_rounds)"
     return None
+
+
+def plateau_stop(accuracies: Sequence[float | None], patience: int, tolerance: float = 0.0,
+                 metric: str = "accuracy") -> str | None:
+    """The reason to stop a run after its last round, or None: the last ``patience`` rounds did not improve
+    held-out accuracy beyond the best earlier round (round 0 included) by more than ``tolerance``.
+
+    >>> plateau_stop([0.5, 0.7, 0.69, 0.70], 2)
+    'plateau: rounds 2-3 did not improve accuracy beyond 0.700 (round 1) + 0'
+    >>> plateau_stop([0.5, 0.7, 0.75], 2), plateau_stop([0.5, 0.5], 0)
+    (None, None)
+    """
+    if patience <= 0 or len(accuracies) <= patience:
+        return None
+    accs = [float("-inf") if a is None else float(a) for a in accuracies]
+    before, last = accs[: len(accs) - patience], accs[len(accs) - patience :]
+    best = max(before)
+    if max(last) > best + tolerance:
+        return None
+    first = len(before)
+    span = f"round {first}" if patience == 1 else f"rounds {first}-{len(accs) - 1}"
+    return (f"plateau: {span} did not improve {metric} beyond {best:.3f} (round {before.index(best)}) "
+            f"+ {tolerance:g}")
+
+
+def better_or_tie(now: float, than: float, tolerance: float = 0.0) -> bool:
+    """The one comparison behind "best": ``now`` counts as at least ``than`` when it is no more than ``tolerance``
+    below it (ties go to the later round, which has seen more data)."""
+    return now >= than - tolerance
+
+
+def promotion(value_now: float | None, start: float | None, best: float | None, metric: str, tolerance: float,
+              start_key: str | None = None, best_version: str | None = None) -> tuple[bool, str]:
+    """Does a round earn the registry's ``best`` alias? The rule :func:`best_round` applies: it did not regress
+    against the round it started from by more than ``tolerance``, and it ties or beats the current best.
+
+    >>> promotion(0.70, 0.71, 0.72, "accuracy", 0.02)[0], promotion(0.70, 0.75, None, "accuracy", 0.02)[0]
+    (True, False)
+    """
+    if value_now is None:
+        return False, f"no {metric} metric"
+    if start is not None and not better_or_tie(value_now, start, tolerance):
+        return False, f"regressed: {metric} {value_now:.3f} < {start:.3f} of {start_key} - {tolerance:g}"
+    if best is not None and not better_or_tie(value_now, best, tolerance):
+        return False, (f"{metric} {value_now:.3f} < {best:.3f} of the current best (version {best_version})"
+                       + (f" - {tolerance:g}" if tolerance else ""))
+    return True, f"{metric} {value_now:.3f} is the best so far" + (f" (within {tolerance:g})" if tolerance else "")
+
+
+def after_failed_validation(config: Config, key: str, failures: str) -> Decision:
+    """A round made no dataset that passes validation: ``retry`` it once with ``curriculum.retry_factor`` times the
+    problems (curriculum rounds), ``drop`` it (a retried one, or no retries: the run ends before it), or ``raise``
+    (round 0 and fixed rounds: the user's list, the gate's report says what to change)."""
+    if config.loop.policy != "curriculum" or key == "r0":
+        return Decision(action="raise", stop=failures)
+    entry = config.rounds[key].model_dump(exclude_none=True)
+    factor = config.loop.curriculum.retry_factor
+    if factor <= 1 or "retried with" in entry.get("why", ""):
+        return Decision(action="drop", stop=failures)
+    problems = (entry.get("problems") or config.sample.problems_per_round) * factor
+    entry |= {"problems": problems, "why": f"{entry.get('why', '')}; retried with {problems} problems: the first try "
+              f"made no dataset that passes validation ({failures})"}
+    return Decision(action="retry", key=key, entry=entry)
+
+
+def next_step(config: Config, history: Sequence[Outcome], offered: Callable[[], Sequence[int] | None]) -> Decision:
+    """What follows the last round of ``history``: the next round (already in the params, or a new entry the flow
+    writes first), or stop with the reason; after a failed health gate, the round rolled back to.
+    ``offered``: the problem set's difficulties, asked only when the curriculum writes a new round."""
+    last = history[-1]
+    back = None if last.healthy else best_round(history, config.loop.target.metric,
+                                                config.loop.curriculum.regress_tolerance)[0].key
+    written = ["r0", *config.round_keys()]
+    if last.key != written[-1]:  # the next round is in the params already (a fixed list, or a resumed run)
+        nxt = written[written.index(last.key) + 1]
+        reason = stop_reason(config, history) if config.loop.policy == "fixed" or not last.healthy else None
+        step = Decision(key=nxt)
+    elif config.loop.policy == "fixed":
+        reason = stop_reason(config, history) if not last.healthy else None
+        step = Decision()
+    else:
+        step = decide(config, history, offered())
+        reason = step.stop
+    if reason:
+        return Decision(action="stop", stop=reason, rolled_back_to=back)
+    step.rolled_back_to = back
+    step.action = "next" if step.key else "done"  # done: every written round ran
+    return step
 
 
 def max_rounds(config: Config) -> int | None:

@@ -5,9 +5,11 @@ the registry is MLflow state, owned by the round flow. A model is identified by 
 (``selfimprove.model_md5``), so a retried round, a resumed run, or another experiment that restored the same round
 from DVC's run cache gets the existing version instead of a new one.
 
-Promotion (``loop.promote``): ``best`` moves the alias only to a round whose ``tracking.best_metric`` is at
-least the round it started from (it did not regress) and at least the current ``best``; ``last`` always moves it.
-A round that failed a health gate (``loop.health``) is never promoted.
+Promotion (``loop.promote``): ``best`` moves the alias by the policy layer's one definition of best
+(``selfimprove.curriculum.promotion``): on ``loop.target.metric``, a round that did not fall more than
+``loop.curriculum.regress_tolerance`` below the round it started from and ties or beats the current ``best`` within
+it, the rule by which the curriculum picks the round the next one starts from. ``last`` always moves it. A round
+that failed a health gate (``loop.health``) is never promoted.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from selfimprove.config import Config
+from selfimprove.curriculum import promotion, value
 from selfimprove.paths import RoundPaths
 
 log = logging.getLogger(__name__)
@@ -47,31 +50,26 @@ def register_round(store: Any, config: Config, paths: RoundPaths, run_id: str, e
 
     ``veto``: why the round may not be promoted whatever its metrics (a failed health gate)."""
     metrics = json.loads(paths.metrics.read_text()) if paths.metrics.exists() else {}
-    key = config.tracking.best_metric
+    key = config.loop.target.metric
     version = store.register(run_id, paths.model, model_md5, description(experiment, paths, metrics, config),
                              {"selfimprove.round": str(paths.round), "selfimprove.experiment": experiment,
                               "selfimprove.loop": config.loop.name})
     if version is None:
         return {"model_version": None, "promoted": False, "reason": "not registered (external model or log_model off)"}
-    value = metrics.get(key)
+    now = value(metrics, key)
     prev_value = None
     if paths.prev is not None:
         prev = paths.prev_paths.metrics
-        prev_value = json.loads(prev.read_text()).get(key) if prev.exists() else None
+        prev_value = value(json.loads(prev.read_text()), key) if prev.exists() else None
     current = store.alias_version("best")
     best_value = store.version_metric(current, key) if current is not None else None
     if veto is not None:
         promote, reason = False, veto
     elif config.loop.promote == "last":
         promote, reason = True, "loop.promote is 'last'"
-    elif value is None:
-        promote, reason = False, f"no {key} metric"
-    elif prev_value is not None and value < prev_value:
-        promote, reason = False, f"regressed: {key} {value:.3f} < {prev_value:.3f} of {paths.prev}"
-    elif best_value is not None and value < best_value:
-        promote, reason = False, f"{key} {value:.3f} < {best_value:.3f} of the current best (version {current.version})"
     else:
-        promote, reason = True, f"{key} {value:.3f} is the best so far"
+        promote, reason = promotion(now, prev_value, best_value, key, config.loop.curriculum.regress_tolerance,
+                                    paths.prev, current.version if current is not None else None)
     moved = promote and (current is None or current.version != version)
     if moved:
         store.set_alias(version, "best")

@@ -144,3 +144,27 @@ def test_a_regress_tolerance_keeps_noise_from_discarding_a_round(tmp_path):
     assert best.key == "r1" and "rolled back" not in why
     r2 = Outcome("r2", "r1", {"solved_progress": 5.00})  # 0.09 lower: a real regression
     assert best_round([r0, r1, r2], "solved_progress", tolerance=0.03)[0].key == "r1"
+
+
+@pytest.mark.parametrize("tolerance", [0.0, 0.02])
+@pytest.mark.parametrize("accs", [
+    [0.50, 0.60, 0.59, 0.61],   # a dip within noise, then a new best
+    [0.50, 0.70, 0.55, 0.69],   # a regression, then a round from the regressed one
+    [0.50, 0.49, 0.50, 0.50],   # ties: the later round wins
+    [0.50, 0.40, 0.45, 0.30],   # nothing beats round 0
+])
+def test_promotion_and_the_start_model_use_one_definition_of_best(accs: list[float], tolerance: float) -> None:
+    """Rounds in a chain, each promoted or not as the registry step does; after every round the ``best`` alias sits
+    on the round ``best_round`` would start the next one from."""
+    from selfimprove.curriculum import best_round, promotion
+
+    history: list[Outcome] = []
+    alias: tuple[str, float] | None = None
+    for i, a in enumerate(accs):
+        o = Outcome(f"r{i}", f"r{i - 1}" if i else None, {"accuracy": a})
+        start = history[-1].metrics["accuracy"] if history else None
+        ok, _ = promotion(a, start, alias[1] if alias else None, "accuracy", tolerance)
+        if ok:
+            alias = (o.key, a)
+        history.append(o)
+        assert alias is not None and alias[0] == best_round(history, "accuracy", tolerance)[0].key, (i, alias)
