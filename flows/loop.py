@@ -30,24 +30,9 @@ from datetime import timezone
 from pathlib import Path
 from typing import Any, Literal
 
-for _k, _v in {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DVC_NO_ANALYTICS": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    # the core's log lines (counts, acceptance, GX results, where outputs are) go to the Prefect UI too
-    "PREFECT_LOGGING_EXTRA_LOGGERS": "selfimprove",
-    # a first start migrates a new database: on a busy 2-core machine that can take longer than the default 20 s
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-    # a server that died mid-run is reported in seconds, not after minutes of retries with backoff (Prefect: 5
-    # retries, ~2.5 min measured; MLflow: 7 retries, backoff factor 2, ~4 min)
-    "PREFECT_CLIENT_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-}.items():
-    os.environ.setdefault(_k, _v)
+from selfimprove import envdefaults  # noqa: E402 - before Prefect is imported: its settings read them
+
+envdefaults.apply()
 
 _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:

@@ -201,7 +201,8 @@ def list_records(home: str | Path) -> list[RunRecord]:
     return sorted(out, key=lambda r: r.created)
 
 
-def _pid_alive(pid: int | None, host: str | None) -> bool:
+def pid_alive(pid: int | None, host: str | None) -> bool:
+    """Is the process alive? A run on another machine counts as alive: it cannot be told from here."""
     if host and host != socket.gethostname():
         return True  # another machine's run: we cannot tell, so never reconcile it from here
     if pid is None:
@@ -219,7 +220,7 @@ def reconcile(home: str | Path) -> list[RunRecord]:
     """Mark runs whose owning process died as ``killed``; return them."""
     dead = []
     for r in list_records(home):
-        if r.status in ("created", "running") and r.pid != os.getpid() and not _pid_alive(r.pid, r.host):
+        if r.status in ("created", "running") and r.pid != os.getpid() and not pid_alive(r.pid, r.host):
             r.status, r.ended = "killed", time.time()
             r.error = r.error or f"process {r.pid} on {r.host} ended without finishing the run"
             write_record(home, r)
@@ -542,7 +543,7 @@ def remove(home: str | Path, name: str) -> list[str]:
     done = []
     with project_lock(home):
         rec = read_record(home, name)
-        if rec is not None and rec.status in ("created", "running") and _pid_alive(rec.pid, rec.host):
+        if rec is not None and rec.status in ("created", "running") and pid_alive(rec.pid, rec.host):
             raise ExperimentError(f"run {name!r} is running (pid {rec.pid}); stop it first")
         if workdir_of(home, name).exists():
             done.append(f"workspace {workdir_of(home, name)}")

@@ -38,6 +38,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from selfimprove import envdefaults
 from selfimprove.config import Config
 
 log = logging.getLogger(__name__)
@@ -125,16 +126,6 @@ def _params(d: Mapping[str, Any]) -> list[Any]:
     return [Param(k[:250], str(v)[:6000]) for k, v in d.items()]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _owner_tags() -> dict[str, str]:
     return {TAG + "pid": str(os.getpid()), TAG + "host": socket.gethostname()}
 
@@ -146,8 +137,7 @@ class MlflowStore:
     """The project's MLflow store: experiment, loop and round runs, the model registry."""
 
     def __init__(self, config: Config, project: str | Path):
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        envdefaults.apply()
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(10, config.tracking.connect_timeout_s * 4))))
         self.config = config
         self.project = Path(project).resolve()
@@ -212,7 +202,7 @@ class MlflowStore:
             if tags.get(TAG + "host") != host or not tags.get(TAG + "pid", "").isdigit():
                 continue
             pid = int(tags[TAG + "pid"])
-            if pid != os.getpid() and not _pid_alive(pid):
+            if pid != os.getpid() and not experiments.pid_alive(pid, host):
                 rec = experiments.read_record(self.project, tags.get(TAG + "experiment", "")) \
                     if tags.get(TAG + "experiment") else None
                 status = "FAILED" if rec is not None and rec.status == "failed" else "KILLED"
@@ -586,7 +576,7 @@ def _round_rows(client: Any, experiment_id: str, parent: Any) -> list[dict[str, 
 def read_rounds(config: Config, project: str | Path = ".", experiment: str | None = None) -> tuple[str, list[dict[str, Any]]]:
     """(experiment name, per-round rows) of a loop run read back from MLflow: the named experiment's loop run, or
     else the most recent loop run of ``loop.name``."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    envdefaults.apply()
     from mlflow import MlflowClient
 
     uri, _ = resolve_uri(config, project)

@@ -87,14 +87,10 @@ def timer() -> Iterator[dict[str, float]]:
 
 
 def runtime_env(config: Config) -> dict[str, str]:
-    """The environment defaults of a process that runs stages: no telemetry, and offline unless the model comes
-    from a hub. They must be in place before transformers is imported (huggingface_hub reads HF_HUB_OFFLINE once,
-    and a tokenizer saved by a process that read it differently records another ``local_files_only``)."""
-    env = {"HF_HUB_DISABLE_TELEMETRY": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1",
-           "TOKENIZERS_PARALLELISM": "false", "GX_ANALYTICS_ENABLED": "false"}
-    if config.model.source != "hub":
-        env["HF_HUB_OFFLINE"] = "1"
-    return env
+    """The environment defaults of a process that runs stages (``selfimprove.envdefaults``)."""
+    from selfimprove.envdefaults import defaults
+
+    return defaults(config.model.source)
 
 
 def setup_runtime(config: Config) -> None:
