@@ -40,8 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+from common import RESULTS, ROOT, clone, env, fmt, head_commit, read_back, save_results  # noqa: E402,F401
 
 SCENARIOS: dict[str, list[str]] = {
     "curriculum": [
@@ -82,33 +81,6 @@ SCENARIOS: dict[str, list[str]] = {
 }
 
 
-def clone(root: Path, name: str) -> Path:
-    dest = root / name
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(dest)], check=True)
-    return dest
-
-
-def head_commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-
-
-def save_results(stem: str, data: dict[str, Any], md: str) -> None:
-    """``bench/results/<stem>.json`` (the raw data) and ``<stem>.md`` (the summary), and the summary on stdout."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(data, indent=2) + "\n")
-    (RESULTS / f"{stem}.md").write_text(md)
-    print(md)
-
-
-def env() -> dict[str, str]:
-    out = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    out.pop("PREFECT_API_URL", None)
-    return out
-
-
 def run_one(root: Path, scenario: str, seed: int, extra: list[str]) -> dict[str, Any]:
     name = f"{scenario}-s{seed}"
     proj = clone(root, name)
@@ -126,55 +98,6 @@ def run_one(root: Path, scenario: str, seed: int, extra: list[str]) -> dict[str,
                            "exit": os.waitstatus_to_exitcode(status), "wall_s": round(wall, 1),
                            "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "log": str(root / f"{name}.log")}
     return read_back(proj, name, out)
-
-
-def read_back(proj: Path, name: str, out: dict[str, Any]) -> dict[str, Any]:
-    """What a finished run left: its record, its params (the decisions) and per-round metrics."""
-    record_path = proj / ".selfimprove" / "runs" / f"{name}.json"
-    if not record_path.exists():
-        return out
-    record = json.loads(record_path.read_text())
-    out["stopped"] = record.get("stopped")
-    out["health"] = record.get("health")
-    rev = record.get("experiment_rev")
-    if not rev:
-        out["error"] = record.get("error")
-        return out
-    from selfimprove.config import Config, _plain, _yaml
-
-    params = subprocess.run(["git", "show", f"{rev}:params.yaml"], cwd=proj, capture_output=True, text=True).stdout
-    cfg = Config.model_validate(_plain(_yaml().load(params)))
-    report = json.loads(subprocess.run([str(Path(sys.executable).parent / "selfimprove"), "report", "--name", name,
-                                        "--json"], cwd=proj, env=env(), capture_output=True, text=True).stdout)
-    cum = 0.0
-    rounds = []
-    for r in report["rounds"]:
-        m = r["metrics"]
-        key = f"r{r['round']}"
-        if key != "r0" and key not in cfg.rounds:  # a round that failed and left the run's params
-            continue
-        metrics_file = subprocess.run(["git", "show", f"{rev}:runs/metrics/{key}.json"], cwd=proj,
-                                      capture_output=True, text=True).stdout
-        m = json.loads(metrics_file) | {k: v for k, v in m.items() if k.startswith("round/")} if metrics_file else m
-        cum += m.get("round/cpu_seconds", 0.0)
-        acc = {int(k[len("accuracy/d"):]): v for k, v in m.items()
-               if k.startswith("accuracy/d") and k.count("/") == 1}
-        rc = cfg.rounds.get(key)
-        rounds.append({
-            "round": key, "prev": rc.prev if rc else None, "sampled": rc.difficulties if rc else cfg.bootstrap.difficulties,
-            "why": rc.why if rc else "bootstrap", "solved_up_to": m.get("solved_up_to"),
-            "max_at_95": max([d for d, a in acc.items() if a >= 0.95], default=0),
-            "accuracy": {d: round(a, 3) for d, a in sorted(acc.items())},
-            "label_precision": m.get("acceptance_precision"), "proxy_agreement": m.get("health/proxy_agreement"),
-            "pool_gap": m.get("health/pool_gap"), "cpu_s": round(m.get("round/cpu_seconds", 0.0), 1),
-            "cum_cpu_min": round(cum / 60, 2),
-        })
-    out["rounds"] = rounds
-    return out
-
-
-def fmt(v: Any, nd: int = 2) -> str:
-    return "" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
 
 
 def markdown(scenario: str, results: list[dict[str, Any]], command: str) -> str:

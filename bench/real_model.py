@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from loop_policies import head_commit, save_results  # noqa: E402
+from common import head_commit, save_results  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "smollm2.params.yaml"
 

@@ -36,7 +36,7 @@ from selfimprove.io import atomic_path, write_json
 from selfimprove.types import Completion, Problem
 from selfimprove.verifiers.code import build_program, prepare_tests
 from selfimprove.verifiers.sandbox import Job, Limits, SandboxConfig, SandboxPool, bwrap_argv, check_isolation
-from selfimprove.verifiers.sandbox.pool import _sandbox_env
+from selfimprove.verifiers.sandbox.pool import sandbox_env
 
 logger = logging.getLogger("bench.sandbox_throughput")
 
@@ -54,7 +54,7 @@ def _bounded(argv: list[str], user: tuple[int, int] | None, limit: int = 1 << 20
     if user is not None:
         kwargs.update(user=user[0], group=user[1], extra_groups=[])
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            cwd="/", env=_sandbox_env(), **kwargs)
+                            cwd="/", env=sandbox_env(), **kwargs)
     assert proc.stdout is not None
     out = proc.stdout.read(limit)
     proc.stdout.close()

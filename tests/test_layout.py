@@ -127,3 +127,22 @@ def test_cli_errors_name_the_problem(tmp_path: Path, args: list[str], fragment: 
     assert proc.returncode == 1
     assert fragment in proc.stderr + proc.stdout, proc.stderr
     assert not (tmp_path / "runs" / "r9").exists()
+
+
+def test_bench_uses_the_public_api_and_its_own_helpers() -> None:
+    """Benchmarks drive the product's code: they import ``bench/common.py`` and public names only, never tests/."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    bad = []
+    for f in sorted((root / "bench").glob("*.py")):
+        text = f.read_text()
+        if "tests" in "".join(line for line in text.splitlines() if "sys.path" in line):
+            bad.append(f"{f.name}: puts tests/ on sys.path")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                if node.module.split(".")[0] in ("tests", "helpers", "make_case_table", "conftest"):
+                    bad.append(f"{f.name}: imports {node.module}")
+                if node.module.startswith("selfimprove"):
+                    bad += [f"{f.name}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+    assert bad == []

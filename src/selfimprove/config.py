@@ -727,6 +727,18 @@ def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = 
         raise ConfigError(_format_errors(e, merged, source)) from None
 
 
+def config_from_text(text: str, source: str = "<params text>") -> Config:
+    """A params file's text (e.g. ``git show REV:params.yaml`` of a saved experiment) as a ``Config``; errors name
+    ``source`` and the line."""
+    data = _yaml().load(text)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: top level must be a mapping of sections (sample:, verify:, ...)")
+    try:
+        return Config.model_validate(_plain(data))
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, data, source)) from None
+
+
 def _plain(data: Any) -> Any:
     """ruamel containers -> plain dict/list (pydantic and deepcopy-friendly)."""
     if isinstance(data, dict):

@@ -35,6 +35,9 @@ import sys
 from fractions import Fraction
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from common import other_shape as _alt  # noqa: E402 - one copy, shared with bench/verifier_speed.py
+
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = Path(os.environ.get("SELFIMPROVE_BENCHMARKS_DIR", ROOT.parent / "shared" / "benchmarks"))
 OUT = Path(__file__).with_name("case_table.jsonl")
@@ -70,27 +73,6 @@ def _terminates(v: Fraction) -> bool:
         while d % p == 0:
             d //= p
     return d == 1
-
-
-def _alt(g: str) -> str | None:
-    """An equivalent of another surface shape, only where it is certain."""
-    if m := re.fullmatch(r"(-?)\\frac\{(\d+)\}\{(\d+)\}", g):
-        return f"{m.group(1)}{m.group(2)}/{m.group(3)}"
-    if "\\frac" in g and "\\dfrac" not in g:
-        return g.replace("\\frac", "\\dfrac")
-    if m := re.fullmatch(r"\\sqrt\{(\d+)\}", g):
-        return f"\\sqrt {m.group(1)}" if len(m.group(1)) == 1 else f"\\sqrt{{{m.group(1)}}}^{{1}}"
-    if m := re.fullmatch(r"(\d+)\\sqrt\{?(\d+)\}?", g):
-        return f"\\sqrt{{{int(m.group(1)) ** 2 * int(m.group(2))}}}"
-    if m := re.fullmatch(r"\\text\{\(([A-E])\)\}", g):
-        return m.group(1)
-    if m := re.fullmatch(r"(\d+)\^\\circ", g):
-        return f"{m.group(1)} degrees"
-    if re.fullmatch(r"-?\d+", g):
-        return f"{g}.0"
-    if re.fullmatch(r"\(.*\)", g) and ", " in g:
-        return g.replace(", ", ",")
-    return None
 
 
 def _adder(out: list[dict], verifier: str, prefix: str):

@@ -285,7 +285,7 @@ def bwrap_argv(config: SandboxConfig, bwrap: str, command: Sequence[str]) -> lis
         argv.append("--disable-userns")
     argv += ["--cap-drop", "ALL", "--die-with-parent", "--new-session", "--as-pid-1", "--clearenv",
              "--hostname", "sandbox"]
-    for key, value in _sandbox_env().items():
+    for key, value in sandbox_env().items():
         argv += ["--setenv", key, value]
     argv += ["--ro-bind", "/usr", "/usr"]
     for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
@@ -305,7 +305,7 @@ def bwrap_argv(config: SandboxConfig, bwrap: str, command: Sequence[str]) -> lis
     return argv
 
 
-def _sandbox_env() -> dict[str, str]:
+def sandbox_env() -> dict[str, str]:
     # A fixed hash seed makes set/dict-of-str iteration order, and therefore verdicts, reproducible.
     return {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
 
@@ -323,7 +323,7 @@ def _bounded_run(argv: list[str], run_as: tuple[int, int] | None, timeout: float
     with tempfile.TemporaryFile() as out:
         try:
             rc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd="/",
-                                env=_sandbox_env(), timeout=timeout, check=False, **kwargs).returncode
+                                env=sandbox_env(), timeout=timeout, check=False, **kwargs).returncode
         except subprocess.TimeoutExpired:
             rc = -1
         except OSError as e:
@@ -426,7 +426,7 @@ class _Sandbox:
         try:
             self.proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err_w, pass_fds=child,
-                close_fds=True, cwd="/", env=_sandbox_env(), start_new_session=True, **kwargs,
+                close_fds=True, cwd="/", env=sandbox_env(), start_new_session=True, **kwargs,
             )
         except BaseException:
             for fd in (ctl_w, rep_r, tin_w, tout_r, err_r):
