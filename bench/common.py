@@ -56,7 +56,7 @@ def read_back(proj: Path, name: str, out: dict[str, Any]) -> dict[str, Any]:
     if not rev:
         out["error"] = record.get("error")
         return out
-    from selfimprove.config import config_from_text
+    from selfimprove.params import config_from_text
 
     params = subprocess.run(["git", "show", f"{rev}:params.yaml"], cwd=proj, capture_output=True, text=True).stdout
     cfg = config_from_text(params, f"{rev}:params.yaml")

@@ -32,7 +32,7 @@ def main() -> None:
     from selfimprove.problems.arithmetic import ArithmeticProblems
     from selfimprove.samplers import SamplingParams
     from selfimprove.samplers.hf import TransformersSampler
-    from selfimprove.stages.common import evaluate_with
+    from selfimprove.metrics import evaluate_with
     from selfimprove.trainers.dpo import train_dpo
     from selfimprove.trainers.sft import train_sft
     from selfimprove.types import PreferencePair, TrainRow

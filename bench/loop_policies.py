@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -40,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS, ROOT, clone, env, fmt, head_commit, read_back, save_results  # noqa: E402,F401
+from common import RESULTS, clone, env, fmt, read_back, save_results  # noqa: E402
 
 SCENARIOS: dict[str, list[str]] = {
     "curriculum": [

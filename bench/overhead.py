@@ -37,7 +37,7 @@ RESULTS = ROOT / "bench" / "results"
 
 BARE = r'''
 import json, sys, time
-from selfimprove.config import load_config
+from selfimprove.params import load_config
 from selfimprove.paths import RoundPaths
 from selfimprove.stages import (run_bootstrap, run_evaluate, run_finetune, run_sample, run_summary, run_validate,
                                 run_verify)

@@ -54,7 +54,7 @@ FAMILIES: dict[str, list[str]] = {
 
 def base(families: list[str], difficulties: list[int], per_difficulty: int, k: int, extra: list[str]) -> dict:
     """Round 0 of each family: import once, evaluate per family (the product's run_bootstrap / run_evaluate)."""
-    from selfimprove.config import load_config
+    from selfimprove.params import load_config
     from selfimprove.paths import RoundPaths
     from selfimprove.stages.bootstrap import run_bootstrap
     from selfimprove.stages.evaluate import run_evaluate
@@ -195,7 +195,7 @@ def speed(family: str, n_problems: int, k: int, max_new: int, batch: int) -> dic
     SmolLM2 folder, one after another in one process; each against this machine's limit."""
     import torch
 
-    from selfimprove.config import load_config
+    from selfimprove.params import load_config
     from selfimprove.paths import RoundPaths
     from selfimprove.samplers.base import SamplingParams
     from selfimprove.samplers.hf import TransformersSampler
@@ -281,7 +281,8 @@ def train(steps: int, batch: int, variants: list[str]) -> dict:
     (r 16, all linear layers) vs full, on the same chat rows, one after another in one process."""
     import torch
 
-    from selfimprove.config import TrainConfig, load_config
+    from selfimprove.config import TrainConfig
+    from selfimprove.params import load_config
     from selfimprove.paths import RoundPaths
     from selfimprove.stages.bootstrap import run_bootstrap
     from selfimprove.stages.common import problem_set

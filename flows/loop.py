@@ -46,7 +46,8 @@ import tasks  # noqa: E402
 from flows.execution import ray_runner, run_units  # noqa: E402
 from selfimprove import dvcstate, experiments  # noqa: E402
 from selfimprove.dvcstate import stage_id  # noqa: E402
-from selfimprove.config import Config, ConfigError, add_round, clear_rounds, keep_rounds, load_config  # noqa: E402
+from selfimprove.config import Config, ConfigError
+from selfimprove.params import add_round, clear_rounds, keep_rounds, load_config  # noqa: E402
 from selfimprove.paths import RoundPaths, summary_dir  # noqa: E402
 from selfimprove.preflight import preflight  # noqa: E402
 from selfimprove.quality import DataQualityError  # noqa: E402

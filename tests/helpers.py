@@ -72,7 +72,7 @@ FAKE_OVERRIDES = FAST_OVERRIDES + [
 
 def make_project(dest: Path, overrides: list[str] | None = None) -> Path:
     """A selfimprove project in ``dest``: params.yaml, dvc.yaml, flows/, tasks/, code deps; git + DVC init."""
-    from selfimprove.config import apply_overrides_to_file
+    from selfimprove.params import apply_overrides_to_file
 
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("params.yaml", "dvc.yaml", ".dvcignore"):

@@ -36,7 +36,7 @@ def test_every_dvc_stage_has_config_function_cli_and_task() -> None:
 
 
 def test_params_sections_used_by_dvc_exist() -> None:
-    from selfimprove.config import load_config
+    from selfimprove.params import load_config
 
     cfg = load_config(ROOT / "params.yaml").model_dump(by_alias=True)
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())

@@ -85,7 +85,7 @@ def guarded() -> Iterator[None]:
 
 
 def _load(project: Path, params: str = "params.yaml", overrides: list[str] | None = None) -> Any:
-    from selfimprove.config import load_config
+    from selfimprove.params import load_config
 
     with guarded():
         return load_config(project / params, overrides)
@@ -154,7 +154,7 @@ def _validate_run(home: Path, params: str, overrides: list[str], rounds: int | N
     """The run's config, built exactly as the run will build it, in a temporary folder: fails in about a second."""
     import shutil
 
-    from selfimprove.config import load_config
+    from selfimprove.params import load_config
     from selfimprove.experiments import prepare_params
 
     if not (home / params).exists():
@@ -500,7 +500,7 @@ def check(overrides: OverrideOpt = None, project: ProjectOpt = Path("."), params
 @app.command("rounds")
 def set_rounds_cmd(n: int, project: ProjectOpt = Path("."), params: ParamsOpt = "params.yaml") -> None:
     """Set the number of rounds in params.yaml (new rounds extend the curriculum by one difficulty each)."""
-    from selfimprove.config import set_rounds
+    from selfimprove.params import set_rounds
 
     if n < 1:
         _fail("rounds must be >= 1")

@@ -362,7 +362,7 @@ def prepare_params(workdir: Path, home: Path, params_file: str, overrides: list[
 
     DVC reads ``params.yaml``; a run started from another file (``--params examples/x.params.yaml``) gets that
     file's content as its ``params.yaml``, so the experiment records exactly what ran."""
-    from selfimprove.config import apply_overrides_to_file, declared_params, fill_declared, set_rounds
+    from selfimprove.params import apply_overrides_to_file, declared_params, fill_declared, set_rounds
 
     target = workdir / PARAMS
     if params_file != PARAMS:

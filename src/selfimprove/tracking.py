@@ -52,7 +52,7 @@ class TrackingError(RuntimeError):
     pass
 
 
-from selfimprove.tracker import NullTracker, RecordingTracker, Tracker, flatten, replay  # noqa: E402,F401 (the protocol)
+from selfimprove.tracker import NullTracker, Tracker, flatten  # noqa: E402 (the protocol)
 
 
 # ------------------------------------------------------------------------------------------------ helpers

@@ -17,7 +17,8 @@ import pytest
 from helpers import MINI_OVERRIDES
 
 from selfimprove.chat import messages_of, render_prompt, stop_token_ids, use_chat
-from selfimprove.config import TrainConfig, load_config
+from selfimprove.config import TrainConfig
+from selfimprove.params import load_config
 from selfimprove.types import Problem, TrainRow
 
 ROOT = Path(__file__).resolve().parents[2]

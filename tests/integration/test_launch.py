@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from helpers import FAST_OVERRIDES
-from selfimprove.config import ConfigError, apply_overrides_to_file, load_config
+from selfimprove.config import ConfigError
+from selfimprove.params import apply_overrides_to_file, load_config
 from selfimprove.paths import RoundPaths
 from selfimprove.stages import run_bootstrap, run_finetune, run_sample, run_validate, run_verify
 from selfimprove.tracking import NullTracker, RecordingTracker

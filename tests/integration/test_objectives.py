@@ -18,7 +18,8 @@ import pytest
 import torch
 from helpers import MINI_OVERRIDES
 
-from selfimprove.config import Config, LoraConfig, TrainConfig, load_config
+from selfimprove.config import Config, LoraConfig, TrainConfig
+from selfimprove.params import load_config
 from selfimprove.filters import Candidate, FilterContext, run_filters
 from selfimprove.io import read_verified_jsonl
 from selfimprove.paths import RoundPaths

@@ -89,7 +89,7 @@ def undeclared(reads: set[str], decl: list[str]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def traced(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
-    from selfimprove.config import load_config
+    from selfimprove.params import load_config
     from selfimprove.paths import RoundPaths
     from selfimprove.stages import STAGES
     from selfimprove.tracker import NullTracker
@@ -119,7 +119,7 @@ def test_stage_reads_only_declared_params(traced: dict[str, set[str]], stage_key
 
 
 def test_recorder_catches_an_undeclared_read() -> None:
-    from selfimprove.config import load_config
+    from selfimprove.params import load_config
 
     cfg = load_config(ROOT / "params.yaml")
     with recording(cfg) as reads:
@@ -132,7 +132,7 @@ def test_recorder_catches_an_undeclared_read() -> None:
 
 def test_every_declared_params_key_exists_in_the_shipped_params_files() -> None:
     """DVC refuses a declared key the params file lacks: the default params.yaml has every one."""
-    from selfimprove.config import declared_params
+    from selfimprove.params import declared_params
 
     data = yaml.safe_load((ROOT / "params.yaml").read_text())
     for key in declared_params(ROOT / "dvc.yaml"):

@@ -154,7 +154,7 @@ def test_prefect_names_runs_and_tasks_say_what_they_did(base) -> None:
 
 
 def test_noop_rerun_restores_everything_and_leaves_every_run_finished(base) -> None:
-    from selfimprove.config import load_config
+    from selfimprove.params import load_config
     from selfimprove.tracking import MlflowStore
 
     proj, _, params = base
@@ -189,7 +189,7 @@ def test_a_taken_name_is_refused_before_anything_is_written(base) -> None:
 
 
 def test_change_fail_revert_keeps_every_round_in_the_report(base) -> None:
-    from selfimprove.config import apply_overrides_to_file
+    from selfimprove.params import apply_overrides_to_file
     from selfimprove.quality import DataQualityError
 
     proj, _, params = base
@@ -321,7 +321,8 @@ def test_a_plateau_stops_the_run_and_its_params_keep_only_the_rounds_that_ran(ba
     assert list(result["ran"]) == ["r0", "r1"]
     assert result["stopped"].startswith("stopped after r1: plateau: round 1 did not improve accuracy beyond"), result
     run_params = git(["show", f"{result['rev']}:params.yaml"], proj)
-    from selfimprove.config import Config, _plain, _yaml
+    from selfimprove.config import Config
+    from selfimprove.params import _plain, _yaml
 
     cfg = Config.model_validate(_plain(_yaml().load(run_params)))
     assert cfg.round_keys() == ["r1"] and sorted(cfg.eval_rounds) == ["r0", "r1"]
@@ -360,7 +361,7 @@ def test_a_failed_health_gate_stops_the_run_and_rolls_back(base) -> None:
     assert r1.data.tags["selfimprove.promotion"].startswith("health gate failed")
     loop_run = runs["unhealthy/unhealthy"]
     assert loop_run.data.tags["selfimprove.rolled_back_to"] == "r0" and loop_run.info.status == "FINISHED"
-    from selfimprove.config import load_config
+    from selfimprove.params import load_config
 
     model = load_config(proj / "params.yaml").tracking.registered_model
     best = MlflowClient(tracking_uri=f"sqlite:///{proj / 'mlruns.db'}").get_model_version_by_alias(model, "best")
@@ -374,7 +375,8 @@ def test_a_failed_health_gate_stops_the_run_and_rolls_back(base) -> None:
 
 
 def _run_params(proj: Path, rev: str) -> tuple[str, Any]:
-    from selfimprove.config import Config, _plain, _yaml
+    from selfimprove.config import Config
+    from selfimprove.params import _plain, _yaml
 
     text = git(["show", f"{rev}:params.yaml"], proj)
     return text, Config.model_validate(_plain(_yaml().load(text)))
@@ -470,7 +472,7 @@ def test_dvc_reruns_exactly_the_stages_that_declare_a_changed_param(base) -> Non
     just the evaluate keys that pick the held-out problems (decontamination), and bootstrap none."""
     import json as _json
 
-    from selfimprove.config import apply_overrides_to_file
+    from selfimprove.params import apply_overrides_to_file
 
     proj, _, _ = base
     apply_overrides_to_file(proj / "params.yaml", ["evaluate.k=2"])

@@ -121,7 +121,7 @@ def test_ui_form_quick_run_schedules_and_stop(project) -> None:
         print(run.state.type.value)
 """), cenv)
     assert out.strip().splitlines()[-1] == "COMPLETED", (proj / ".prefect" / "serve.log").read_text()[-4000:]
-    from selfimprove.config import apply_overrides_to_file
+    from selfimprove.params import apply_overrides_to_file
 
     apply_overrides_to_file(proj / "params.yaml", ["evaluate.problems_per_difficulty=5"])  # not committed
     out = py(client_code(api, """

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from selfimprove.config import load_config
+from selfimprove.params import load_config
 from selfimprove.io import DataError, read_verified_jsonl
 from selfimprove.paths import RoundPaths
 from selfimprove.quality import DataQualityError

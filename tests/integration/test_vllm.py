@@ -26,7 +26,8 @@ from pathlib import Path
 import pytest
 from helpers import MINI_OVERRIDES
 
-from selfimprove.config import Config, load_config
+from selfimprove.config import Config
+from selfimprove.params import load_config
 from selfimprove.paths import RoundPaths
 from selfimprove.samplers import SamplingParams
 from selfimprove.samplers.hf import TransformersSampler

@@ -105,7 +105,7 @@ def test_bootstrap_imports_the_gguf_as_round_0s_folder(gguf_file, tmp_path: Path
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from helpers import ROOT
-    from selfimprove.config import load_config
+    from selfimprove.params import load_config
     from selfimprove.io import verify_manifest
     from selfimprove.paths import RoundPaths
     from selfimprove.stages.bootstrap import run_bootstrap

@@ -457,7 +457,7 @@ def test_gold_code_solutions_pass_the_sandboxed_verifier():
 
 def test_train_and_eval_splits_from_params(tmp_path):
     """``problems.train_split`` / ``problems.eval_split`` choose the splits rounds sample and evaluate reads."""
-    from selfimprove.config import load_config
+    from selfimprove.params import load_config
     from selfimprove.stages.common import eval_problems, problem_set
 
     f = _write(

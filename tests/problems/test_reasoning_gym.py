@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("reasoning_gym")
 
-from selfimprove.config import load_config  # noqa: E402
+from selfimprove.params import load_config  # noqa: E402
 from selfimprove.preflight import verifier_mismatches  # noqa: E402
 from selfimprove.stages.common import gold_verifier, gold_verifier_name, problem_set  # noqa: E402
 from selfimprove.types import Completion, Problem  # noqa: E402

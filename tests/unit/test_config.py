@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from selfimprove.config import ConfigError, apply_overrides_to_file, load_config, parse_override, set_rounds
+from selfimprove.config import ConfigError
+from selfimprove.params import apply_overrides_to_file, load_config, parse_override, set_rounds
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -159,7 +160,8 @@ def test_code_defaults_are_the_committed_params_defaults() -> None:
     set has; a set without difficulties, JSONL or MBPP, must keep None)."""
     from helpers import ROOT
 
-    from selfimprove.config import Config, load_config
+    from selfimprove.config import Config
+    from selfimprove.params import load_config
     from selfimprove.tracker import flatten
 
     plan = ("rounds", "eval_rounds", "evaluate.difficulties")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from selfimprove.config import ConfigError, add_round, clear_rounds, load_config
+from selfimprove.config import ConfigError
+from selfimprove.params import add_round, clear_rounds, load_config
 from selfimprove.curriculum import (
     Outcome,
     best_round,

@@ -57,7 +57,7 @@ def test_cli_prints_one_sentence_for_a_full_disk(tmp_path: Path, monkeypatch) ->
     """`selfimprove summary` with the disk full under runs/summary: exit 1, the path, no traceback."""
     from helpers import ROOT, MINI_OVERRIDES
     from selfimprove.cli import app
-    from selfimprove.config import apply_overrides_to_file
+    from selfimprove.params import apply_overrides_to_file
     from selfimprove.io import write_json
 
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")

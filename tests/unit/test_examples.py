@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from selfimprove.config import load_config
+from selfimprove.params import load_config
 from selfimprove.io import read_verified_jsonl
 from selfimprove.paths import RoundPaths
 from selfimprove.tracker import NullTracker

@@ -9,7 +9,8 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from selfimprove.config import ConfigError, load_config
+from selfimprove.config import ConfigError
+from selfimprove.params import load_config
 from selfimprove.quality import DataQualityError, check_rollouts
 from selfimprove.trainers.grpo import (
     GRPOOptions,

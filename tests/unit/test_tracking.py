@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from helpers import ROOT
-from selfimprove.config import load_config
+from selfimprove.params import load_config
 from selfimprove.tracking import MlflowStore, Tracker, TrackingError, check_server
 
 

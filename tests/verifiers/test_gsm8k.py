@@ -233,7 +233,7 @@ def test_adversarial_inputs_take_linear_time(v, make, n):
 def test_policy_from_params_reaches_the_round_verifier(tmp_path):
     """``verify.gsm8k.policy.*`` in params.yaml (or a -S override) is what the verify stage grades with; a
     misspelt rule is an error naming the key."""
-    from selfimprove.config import load_config
+    from selfimprove.params import load_config
     from selfimprove.stages.common import round_verifier
 
     params = tmp_path / "params.yaml"

@@ -24,7 +24,8 @@ from selfimprove.config import Config
 from selfimprove.ensemble import member_names
 from selfimprove.io import staged_output, write_json, write_jsonl, write_manifest
 from selfimprove.paths import RoundPaths
-from selfimprove.stages.common import StageReport, evaluate_with, problem_set, setup_runtime, timer
+from selfimprove.metrics import evaluate_with
+from selfimprove.stages.common import StageReport, problem_set, setup_runtime, timer
 from selfimprove.stages.parts import Split, Unit, move_members, run_split
 from selfimprove.stages.parts import finish as parts_finish
 from selfimprove.tracker import Tracker

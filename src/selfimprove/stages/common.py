@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections import defaultdict
@@ -16,10 +15,9 @@ from pydantic import BaseModel, Field
 
 from selfimprove.config import Config
 from selfimprove.io import write_json
-from selfimprove.metrics import bucket, evaluate_with, label_precision, pass_at_k, score_eval  # noqa: F401
 from selfimprove.problems import PROBLEM_SETS, ProblemSet
 from selfimprove.samplers import SAMPLERS, Sampler, SamplingParams
-from selfimprove.types import Completion, Problem, Verdict
+from selfimprove.types import Problem
 from selfimprove.verifiers import VERIFIERS, AnswerVerifier, Verifier
 
 log = logging.getLogger(__name__)

@@ -22,9 +22,7 @@ from selfimprove.samplers.hf import TransformersSampler, resolve_model
 from selfimprove.stages.common import (
     StageReport,
     eval_problems,
-    evaluate_with,
     gold_verifier,
-    label_precision,
     make_sampler,
     problem_set,
     is_timing,
@@ -33,6 +31,7 @@ from selfimprove.stages.common import (
     setup_runtime,
     timer,
 )
+from selfimprove.metrics import evaluate_with, label_precision
 from selfimprove.stages.parts import Split, Unit, run_split
 from selfimprove.stages.parts import finish as parts_finish
 from selfimprove.tracker import Tracker
