@@ -28,7 +28,6 @@ from selfimprove.stages import SPLITS
 from selfimprove.stages import parts as stage_parts
 from selfimprove.tracker import Tracker, replay
 
-_ROOT = Path(__file__).resolve().parents[1]
 # what a Ray worker needs to behave like the flow's process: offline libraries, no telemetry, one torch thread
 # per unit unless the params say otherwise (setup_runtime), the project's flows/ and tasks/ importable
 _WORKER_ENV = ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "MLFLOW_DISABLE_TELEMETRY", "DVC_NO_ANALYTICS",
@@ -51,7 +50,6 @@ def worker_env() -> dict[str, str]:
     process would."""
     env = {k: os.environ[k] for k in _WORKER_ENV if k in os.environ}
     env["PREFECT_API_URL"] = _api_url()
-    env["PYTHONPATH"] = os.pathsep.join([str(_ROOT), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]])
     env.setdefault("RAY_AUTH_MODE", "disabled")
     # progress bars from several workers would interleave on the run's console; the units' Prefect task runs and
     # log lines say where they are

@@ -23,7 +23,6 @@ import contextlib
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Iterator
 from datetime import timezone
@@ -33,10 +32,6 @@ from typing import Any, Literal
 from selfimprove import envdefaults  # noqa: E402 - before Prefect is imported: its settings read them
 
 envdefaults.apply()
-
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
 
 from prefect import flow, get_run_logger  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
@@ -663,8 +658,3 @@ if __name__ not in ("flows.loop", "__main__"):
     # it the flow, so every unit of such a run failed ("No module named 'loop'"). The flows handed out are the
     # importable module's, whatever the entry point.
     from flows.loop import loop_flow, round_flow  # noqa: E402,F811
-
-if __name__ == "__main__":
-    from selfimprove.cli import app
-
-    app(["run", *sys.argv[1:]])

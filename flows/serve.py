@@ -20,12 +20,9 @@ import asyncio
 import hashlib
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from flows.loop import loop_flow  # noqa: E402
 
@@ -134,11 +131,12 @@ def main() -> None:
     ap.add_argument("--name", default="selfimprove")
     ap.add_argument("--cron", action="append", default=[], help="a schedule to declare, e.g. '0 3 * * *' (repeatable)")
     ap.add_argument("--timezone", default="UTC")
-    ap.add_argument("--project", default=str(ROOT))
+    ap.add_argument("--project", default=".", help="the project folder (default: the current one)")
     ap.add_argument("--limit", type=int, default=2, help="runs executing at once (each in its own workspace)")
-    ap.add_argument("--prefect-file", default=str(ROOT / "infra" / "prefect.yaml"))
+    ap.add_argument("--prefect-file", default="infra/prefect.yaml", help="relative to --project")
     a = ap.parse_args()
-    declared = declared_schedules(Path(a.prefect_file), a.name, a.cron, a.timezone)
+    a.project = str(Path(a.project).resolve())
+    declared = declared_schedules(Path(a.project) / a.prefect_file, a.name, a.cron, a.timezone)
     schedules = asyncio.run(merged_schedules(a.name, declared))
     from prefect.types.entrypoint import EntrypointType
 

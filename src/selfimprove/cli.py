@@ -223,8 +223,6 @@ def run(
     with guarded():
         home = experiments.git_root(project)
         experiments.head_commit(home)
-        if not (home / "flows" / "loop.py").exists():
-            raise FileNotFoundError(f"{home / 'flows/loop.py'} not found: run from the selfimprove project folder or pass --project")
         if resume:
             if overrides or rounds is not None or params != "params.yaml" or name:
                 raise ValueError("--resume continues a run with the params it started with: drop -S, --rounds, "
@@ -252,7 +250,6 @@ def run(
         _use_local_prefect_server(home)
         check_prefect_api()
         experiments.reap_orphan_servers(home)
-    sys.path.insert(0, str(home))
     os.environ.setdefault("PREFECT_HOME", str(home / ".prefect"))
     console.print(f"[bold]run {exp_name}[/]: {'resuming' if resume else 'starting'}; Prefect "
                   f"{os.environ.get('PREFECT_API_URL') or 'temporary local server'}", highlight=False)

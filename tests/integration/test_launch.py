@@ -15,7 +15,7 @@ from selfimprove.config import ConfigError
 from selfimprove.params import apply_overrides_to_file, load_config
 from selfimprove.paths import RoundPaths
 from selfimprove.stages import run_bootstrap, run_finetune, run_sample, run_validate, run_verify
-from selfimprove.tracking import NullTracker, RecordingTracker
+from selfimprove.tracker import NullTracker, RecordingTracker
 
 
 def test_a_member_trains_in_two_launched_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,8 @@ import pytest
 
 from helpers import ROOT
 from selfimprove.params import load_config
-from selfimprove.tracking import MlflowStore, Tracker, TrackingError, check_server
+from selfimprove.tracker import Tracker
+from selfimprove.tracking import MlflowStore, TrackingError, check_server
 
 
 @pytest.fixture
