@@ -8,8 +8,6 @@ session: the harness (~10 s to start) and a tiny model trained for a few hundred
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,18 +16,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT.parent / "shared" / "benchmarks"
 
-for k, v in {
-    "HF_HUB_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DVC_NO_ANALYTICS": "1",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "GX_ANALYTICS_ENABLED": "false",
-    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-}.items():
-    os.environ.setdefault(k, v)
+from selfimprove import envdefaults  # noqa: E402
+
+envdefaults.apply("tiny", extra={"HF_DATASETS_DISABLE_PROGRESS_BARS": "1"})  # offline, no telemetry: the product's own
 
 for p in (ROOT, ROOT / "tests"):
     if str(p) not in sys.path:

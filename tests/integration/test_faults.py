@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import cli_env, free_port, make_project, run_cli
+from helpers import cli_env, free_port, make_project, run_cli, start_mlflow_ui
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def _wait_for(log: list[str], p: subprocess.Popen, text: str, limit: float = 600
 @pytest.mark.slow
 def test_kill_9_leaves_no_server_behind_and_a_resume_marks_the_killed_runs_crashed(proj: Path) -> None:
     env = {k: v for k, v in cli_env().items() if k != "PREFECT_API_URL"}  # the CLI's own temporary server
-    p, log = _start(proj, env, "--name", "killed", "-S", "finetune.train.steps=3000")
+    p, log = _start(proj, env, "--name", "killed", "-S", "finetune.trainer=sft", "-S", "finetune.train.steps=3000")
     _wait_for(log, p, "/3000 [")
     assert _ours(proj), "the run's temporary Prefect server is up"
     os.kill(p.pid, signal.SIGKILL)  # the CLI alone, as the OOM killer or `kill -9 PID` does
@@ -151,7 +151,7 @@ def test_the_prefect_server_dying_mid_run_is_named_with_its_url(proj: Path) -> N
     try:
         # steps differ from the other tests': DVC's run cache would restore their finetune instead of running it
         p, log = _start(proj, {**senv, "PREFECT_API_URL": api}, "--name", "no-prefect",
-                        "-S", "finetune.train.steps=3100")
+                        "-S", "finetune.trainer=sft", "-S", "finetune.train.steps=3100")
         _wait_for(log, p, "/3100 [")
         server = int((proj / ".prefect" / "server.pid").read_text())
         os.killpg(server, signal.SIGKILL)
@@ -167,21 +167,12 @@ def test_the_prefect_server_dying_mid_run_is_named_with_its_url(proj: Path) -> N
 @pytest.mark.slow
 def test_the_mlflow_server_dying_mid_run_fails_the_run_and_names_it(proj: Path) -> None:
     port = free_port()
-    env = {**cli_env(), "BIN": str(Path(sys.executable).parent)}
-    server = subprocess.Popen(["bash", "scripts/mlflow_ui.sh", str(port)], cwd=proj, env=env, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    env = cli_env()
+    server = start_mlflow_ui(proj, port, env)
     url = f"http://127.0.0.1:{port}"
     try:
-        import httpx
-
-        for _ in range(240):
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
         p, log = _start(proj, env, "--name", "no-mlflow", "-S", f"tracking.uri={url}",
-                        "-S", "finetune.train.steps=3200")
+                        "-S", "finetune.trainer=sft", "-S", "finetune.train.steps=3200")
         _wait_for(log, p, "/3200 [")
         os.killpg(server.pid, signal.SIGKILL)
         rc = p.wait(timeout=600)

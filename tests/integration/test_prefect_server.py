@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import free_port, make_project
+from helpers import free_port, make_project, prefect_server_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,9 +60,7 @@ def py(code: str, env: dict[str, str], timeout: float = 900) -> str:
 def project(tmp_path: Path):
     proj = make_project(tmp_path / "proj")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env |= {"PREFECT_HOME": str(proj / ".prefect"), "PREFECT_PORT": str(port), "BIN": str(Path(sys.executable).parent),
-            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = prefect_server_env(proj, port)
     yield proj, env, f"http://127.0.0.1:{port}/api"
     subprocess.run(["bash", "scripts/ui.sh", "stop"], cwd=proj, env=env, capture_output=True, timeout=120)
 

@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from conftest import shot
-from helpers import free_port, make_project, run_cli
+from helpers import free_port, make_project, run_cli, start_mlflow_ui
 
 pytestmark = pytest.mark.browser
 
@@ -27,19 +23,9 @@ def mlflow_ui(tmp_path: Path, prefect_backend):
     link = re.search(r"make mlflow-ui\s+->\s+(\S+)", done.stdout)
     assert link, done.stdout[-3000:]
     port = free_port()
-    env = {**os.environ, "BIN": str(Path(sys.executable).parent)}
-    server = subprocess.Popen(["bash", "scripts/mlflow_ui.sh", str(port)], cwd=proj, env=env, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    server = start_mlflow_ui(proj, port, dict(os.environ))
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(240):
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None, "mlflow server exited"
-            time.sleep(0.5)
         yield base, link.group(1).replace("http://127.0.0.1:5000", base)
     finally:
         os.killpg(server.pid, 15)

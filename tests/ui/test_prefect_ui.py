@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from conftest import shot
-from helpers import free_port, make_project
+from helpers import free_port, make_project, prefect_server_env
 
 pytestmark = pytest.mark.browser
 
@@ -23,9 +23,7 @@ pytestmark = pytest.mark.browser
 def served(tmp_path: Path):
     proj = make_project(tmp_path / "proj")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env |= {"PREFECT_HOME": str(proj / ".prefect"), "PREFECT_PORT": str(port), "BIN": str(Path(sys.executable).parent),
-            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = prefect_server_env(proj, port)
     out = subprocess.run(["bash", "scripts/ui.sh", "start"], cwd=proj, env=env, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -7,15 +7,14 @@ repository); tests that need it are skipped with the path in the reason when it 
 
 from __future__ import annotations
 
-import gc
 import os
-import time
 from fractions import Fraction
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from helpers import cpu_seconds
 from selfimprove.problems.gsm8k import GSM8KProblems
 from selfimprove.types import Completion, Problem
 from selfimprove.verifiers import VERIFIERS, make_verifier
@@ -193,22 +192,6 @@ def test_unknown_option_is_rejected():
         GSM8KVerifier(fallbak="none")
 
 
-def _cpu_seconds(fn, arg) -> float:
-    """Best of 3 CPU seconds of ``fn(arg)``, collector off: CPU time of this process, so a busy neighbour on a
-    shared machine barely moves it, and the best of 3 drops what still does (a cache flush, an interrupt)."""
-    best = float("inf")
-    for _ in range(3):
-        gc.collect()
-        gc.disable()
-        try:
-            t0 = time.process_time()
-            fn(arg)
-            best = min(best, time.process_time() - t0)
-        finally:
-            gc.enable()
-    return best
-
-
 @pytest.mark.parametrize(
     ("make", "n"),
     [
@@ -225,7 +208,7 @@ def test_adversarial_inputs_take_linear_time(v, make, n):
     """Ten times the input costs about ten times the work (a quadratic extractor would cost 100 times): the
     ratio of two sizes measured here, never a number of seconds, which depends on the machine and its load."""
     small, large = make(n // 10), make(n)
-    t_small, t_large = _cpu_seconds(v.extract, small), _cpu_seconds(v.extract, large)
+    t_small, t_large = cpu_seconds(v.extract, small), cpu_seconds(v.extract, large)
     ratio = t_large / max(t_small, 1e-9)
     assert ratio < 40, f"10x the input took {ratio:.0f}x the CPU time ({t_small:.4f} s, then {t_large:.4f} s)"
 

@@ -9,14 +9,12 @@ carry a ``note``); ``docs/verifiers.md`` explains each.
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from helpers import cpu_seconds
 from selfimprove.problems.math500 import Math500Problems
 from selfimprove.types import Completion, Problem
 from selfimprove.verifiers import VERIFIERS
@@ -99,22 +98,6 @@ def test_find_boxes_keeps_positions_and_marks_unclosed():
     assert [(b.content, b.start) for b in boxes] == [("1", 2), (None, 14)]
 
 
-def _cpu_seconds(fn, arg) -> float:
-    """Best of 3 CPU seconds of ``fn(arg)``, collector off: CPU time of this process, so a busy neighbour on a
-    shared machine barely moves it, and the best of 3 drops what still does (a cache flush, an interrupt)."""
-    best = float("inf")
-    for _ in range(3):
-        gc.collect()
-        gc.disable()
-        try:
-            t0 = time.process_time()
-            fn(arg)
-            best = min(best, time.process_time() - t0)
-        finally:
-            gc.enable()
-    return best
-
-
 @pytest.mark.parametrize(
     ("make", "n"),
     [
@@ -129,7 +112,7 @@ def test_box_search_is_linear(make, n):
     """Ten times the input costs about ten times the work (a quadratic search would cost 100 times): the ratio
     of two sizes measured here, never a number of seconds, which depends on the machine and its load."""
     small, large = make(n // 10), make(n)
-    t_small, t_large = _cpu_seconds(last_boxed_group, small), _cpu_seconds(last_boxed_group, large)
+    t_small, t_large = cpu_seconds(last_boxed_group, small), cpu_seconds(last_boxed_group, large)
     ratio = t_large / max(t_small, 1e-9)
     assert ratio < 40, f"10x the input took {ratio:.0f}x the CPU time ({t_small:.4f} s, then {t_large:.4f} s)"
 
