@@ -61,8 +61,12 @@ demo: $(STAMP) ## run the default loop (a DVC experiment, applied to the workspa
 	@git rev-parse -q --verify HEAD >/dev/null || { git add -A && git -c user.name=selfimprove -c user.email=selfimprove@localhost commit -qm "selfimprove project"; }
 	$(BIN)/selfimprove run $(if $(NAME),--name $(NAME))
 
-test: $(STAMP) ## run the default test suite (real Prefect, DVC, MLflow, GX, TRL on tiny models; < 10 min)
-	$(BIN)/python -m pytest -m "not slow and not gpu and not vllm and not browser" $(PYTEST_ARGS)
+# the default suite on up to 4 processes (pytest-xdist), a test file per process so that a module's project is
+# built once; torch uses one thread in each (tests/conftest.py)
+TEST_WORKERS ?= $(shell python3 -c "import os; print(min(4, len(os.sched_getaffinity(0))))")
+
+test: $(STAMP) ## run the default test suite (real Prefect, DVC, MLflow, GX, TRL on tiny models and the registered fakes)
+	$(BIN)/python -m pytest -m "not slow and not gpu and not vllm and not browser" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-browser: $(STAMP) browser-deps ## browser tests: the Prefect UI's Custom run form, MLflow's landing page (chromium)
 	SELFIMPROVE_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -m browser tests/ui $(PYTEST_ARGS)

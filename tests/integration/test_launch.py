@@ -18,6 +18,7 @@ from selfimprove.stages import run_bootstrap, run_finetune, run_sample, run_vali
 from selfimprove.tracker import NullTracker, RecordingTracker
 
 
+@pytest.mark.slow  # two training processes (torchrun-style): .ci/run runs it
 def test_a_member_trains_in_two_launched_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from transformers import AutoModelForCausalLM
 

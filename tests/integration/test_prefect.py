@@ -256,6 +256,7 @@ def _exp_file(proj: Path, name: str, path: str) -> str:
     return dvc.api.read(path, repo=str(proj), rev=rev)
 
 
+@pytest.mark.slow  # two runs training at once, one killed and resumed (1.5 min): .ci/run runs it
 def test_concurrent_runs_train_with_their_own_params_and_a_killed_one_resumes(base) -> None:
     """Two runs at once with different learning rates; one is killed -9 in the middle of finetune, then resumed."""
     import signal
