@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from selfimprove import envdefaults  # noqa: E402 - before Prefect is imported: its settings read them
 
-envdefaults.apply()
+envdefaults.apply(extra=envdefaults.PREFECT_FLOW)
 
 from prefect import flow, get_run_logger  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402

@@ -22,8 +22,6 @@ NO_TELEMETRY: dict[str, str] = {
 
 SERVICES: dict[str, str] = {
     "TOKENIZERS_PARALLELISM": "false",
-    # the core's log lines (counts, acceptance, GX results, where outputs are) go to the Prefect UI too
-    "PREFECT_LOGGING_EXTRA_LOGGERS": "selfimprove",
     # a first start migrates a new database: on a busy 2-core machine that can take longer than the default 20 s
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     # a server that died mid-run is reported in seconds, not after minutes of retries with backoff (Prefect: 5
@@ -31,6 +29,14 @@ SERVICES: dict[str, str] = {
     "PREFECT_CLIENT_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+}
+
+# the Prefect layer's process only (flows/loop.py): the core's log lines (counts, acceptance, GX results, where
+# outputs are) go to the Prefect UI too; a stage that logs outside a flow run (dvc repro, a test) logs locally
+# without a warning per line
+PREFECT_FLOW: dict[str, str] = {
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "selfimprove",
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
 }
 
 
