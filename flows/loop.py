@@ -44,7 +44,7 @@ from selfimprove.dvcstate import stage_id  # noqa: E402
 from selfimprove.config import Config, ConfigError
 from selfimprove.params import add_round, clear_rounds, keep_rounds, load_config  # noqa: E402
 from selfimprove.paths import RoundPaths, summary_dir  # noqa: E402
-from selfimprove.preflight import preflight  # noqa: E402
+from selfimprove.prerun import check_preflight, check_resume, check_rounds  # noqa: E402
 from selfimprove.quality import DataQualityError  # noqa: E402
 from selfimprove.report import artifact_tables, improvement, markdown_summary  # noqa: E402
 from selfimprove.stages import SPLITS  # noqa: E402
@@ -315,8 +315,7 @@ def _data_uri(png: Path) -> str | None:
     return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
 
 
-def _run_rounds(config: Config, exp_name: str, work: Path, home: Path, parent_run_id: str | None,
-                store: MlflowStore | None, record: Any, results: dict[str, Any], runner: Any = None
+def _run_rounds(config: Config, run: experiments.Run, results: dict[str, Any], runner: Any = None
                 ) -> tuple[str | None, list[str]]:
     """Round 0, then round after round as the policy layer decides (``selfimprove.curriculum.next_step`` and
     ``after_failed_validation``); this function only carries the decisions out (round flows, params edits, tags).
@@ -326,7 +325,8 @@ def _run_rounds(config: Config, exp_name: str, work: Path, home: Path, parent_ru
     from selfimprove.health import describe_failure
 
     rounds_on = round_flow.with_options(task_runner=runner) if runner is not None else round_flow
-
+    exp_name, work, home, store, parent_run_id, record = (run.name, run.work, run.home, run.store, run.mlflow_parent,
+                                                          run.record)
     logger = get_run_logger()
     healthy: dict[str, bool] = {}
     decisions: list[str] = []
@@ -347,7 +347,7 @@ def _run_rounds(config: Config, exp_name: str, work: Path, home: Path, parent_ru
             if step.action == "raise":
                 raise
             if step.action == "drop":
-                return _drop_round(config, key, e, exp_name, work, home, store, parent_run_id, record, results), decisions
+                return _drop_round(config, key, e, run, results), decisions
             _keep_ran(params_file, config, results, None)
             dvcstate.forget_round(work, key, config.workspace)
             config = add_round(params_file, key, step.entry)
@@ -406,8 +406,8 @@ def _gate_failures(error: DataQualityError) -> str:
     return failed or str(error).splitlines()[0]
 
 
-def _drop_round(config: Config, key: str, error: DataQualityError, exp_name: str, work: Path, home: Path,
-                store: MlflowStore | None, parent_run_id: str | None, record: Any, results: dict[str, Any]) -> str:
+def _drop_round(config: Config, key: str, error: DataQualityError, run: experiments.Run,
+                results: dict[str, Any]) -> str:
     """A round the curriculum chose made no dataset that passes the gate (too few labels at the frontier): the
     run ends after the round before it. The failed round leaves the run's params, dvc.lock and workspace (its
     Prefect round run and MLflow run stay FAILED with the Great Expectations report), so the saved experiment is
@@ -417,13 +417,13 @@ def _drop_round(config: Config, key: str, error: DataQualityError, exp_name: str
     last = ran[-1] if ran else "r0"
     reason = (f"{key} ({config.rounds[key].why or 'curriculum round'}) made no dataset that passes validation "
               f"({_gate_failures(error)}); {key} left the run's params")
-    _keep_ran(work / experiments.PARAMS, config, results, reason)
-    dvcstate.forget_round(work, key, config.workspace)
+    _keep_ran(run.work / experiments.PARAMS, config, results, reason)
+    dvcstate.forget_round(run.work, key, config.workspace)
     stopped = f"stopped after {last}: {reason}"
-    logger.warning("run %s %s", exp_name, stopped)
-    experiments.mark(home, record, "running", stopped=stopped)
-    if store is not None and parent_run_id:
-        store.set_tags(parent_run_id, {"selfimprove.stop_reason": reason[:4900], "selfimprove.stopped_after": last})
+    logger.warning("run %s %s", run.name, stopped)
+    experiments.mark(run.home, run.record, "running", stopped=stopped)
+    if run.store is not None and run.mlflow_parent:
+        run.store.set_tags(run.mlflow_parent, {"selfimprove.stop_reason": reason[:4900], "selfimprove.stopped_after": last})
     return stopped
 
 
@@ -446,7 +446,7 @@ def _summary_artifact(experiment: str, config: Config, work: Path, store: Mlflow
         lines = [*lines, f"The run {stopped}."]
     mlflow_link = ""
     if store is not None and parent_run_id and store.uri.startswith("http"):
-        from selfimprove.tracking import ui_url
+        from selfimprove.tracking_read import ui_url
 
         mlflow_link = f"\n[MLflow run]({ui_url(store.uri, store.experiment_id, parent_run_id)})\n"
     create_markdown_artifact(
@@ -556,17 +556,13 @@ def _loop(overrides: list[str] | None, rounds: int | None, params: str, name: st
     home = experiments.git_root(project)
     exp_name = resume or name or _default_name(home)
     if resume:
-        if overrides or rounds is not None:
-            raise ConfigError("--resume continues a run with the params it started with: drop the overrides and rounds")
+        check_resume(overrides, rounds)
         record = experiments.resume(home, resume)
         _crash_killed_flow_runs(record.prefect_flow_run_id)
     else:
         # a bad override fails here, before anything is written (with `rounds`, once the rounds are written: an
         # override may set a round that `rounds` adds)
-        asked = load_config(home / params, list(overrides or []) if rounds is None else None)
-        if rounds is not None and asked.loop.policy == "curriculum":
-            raise ConfigError("loop.policy is curriculum: the loop decides its rounds; bound them with "
-                              f"-S loop.max_rounds={rounds} instead of --rounds")
+        check_rounds(load_config(home / params, list(overrides or []) if rounds is None else None), rounds)
         record = experiments.create(home, exp_name, overrides=list(overrides or []), rounds=rounds, params_file=params,
                                     from_workspace=from_workspace)
     work = Path(record.workdir)
@@ -578,10 +574,11 @@ def _loop(overrides: list[str] | None, rounds: int | None, params: str, name: st
         raise
     for k, v in runtime_env(config).items():  # before anything imports huggingface_hub, here and on Ray workers
         os.environ.setdefault(k, v)
-    problems = preflight(config, work)
-    if problems:
+    try:
+        check_preflight(config, work)
+    except ConfigError:
         experiments.mark(home, record, "failed", error="preflight failed")
-        raise ConfigError("preflight failed:\n  " + "\n  ".join(problems))
+        raise
     store = None
     parent_run_id = None
     experiments.mark(home, record, "running", prefect_flow_run_id=str(current_flow_run.id or ""))
@@ -602,8 +599,9 @@ def _loop(overrides: list[str] | None, rounds: int | None, params: str, name: st
                 config = clear_rounds(work / experiments.PARAMS)
                 logger.info("run %s: loop.policy is curriculum: the rounds in the params file are dropped; the loop "
                             "decides each round and writes it into the run's params.yaml before it runs", exp_name)
-            stopped, decisions = _run_rounds(config, exp_name, work, home, parent_run_id, store, record, results,
-                                             runner)
+            run = experiments.Run(name=exp_name, home=home, work=work, record=record, store=store,
+                                  mlflow_parent=parent_run_id)
+            stopped, decisions = _run_rounds(config, run, results, runner)
         config = load_config(work / experiments.PARAMS)
         os.chdir(work)
         r0 = RoundPaths.for_round(config, "r0", ".")

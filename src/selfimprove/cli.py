@@ -154,17 +154,15 @@ def _validate_run(home: Path, params: str, overrides: list[str], rounds: int | N
     """The run's config, built exactly as the run will build it, in a temporary folder: fails in about a second."""
     import shutil
 
-    from selfimprove.params import load_config
     from selfimprove.experiments import prepare_params
+    from selfimprove.params import load_config
+    from selfimprove.prerun import check_rounds
 
     if not (home / params).exists():
         raise FileNotFoundError(f"{home / params}: params file not found (run from the project folder or pass --project)")
     # errors name the user's file and line; with --rounds, an override may set a round that --rounds adds
     # (--rounds 2 -S rounds.r2.problems=400): those are checked once the rounds are written, below
-    asked = load_config(home / params, overrides if rounds is None else None)
-    if rounds is not None and asked.loop.policy == "curriculum":
-        raise ValueError(f"loop.policy is curriculum: the loop decides its rounds; bound them with "
-                         f"-S loop.max_rounds={rounds} instead of --rounds")
+    check_rounds(load_config(home / params, overrides if rounds is None else None), rounds)
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copyfile(home / params, Path(tmp) / "params.yaml")
         prepare_params(Path(tmp), home, "params.yaml", overrides, rounds)
@@ -217,6 +215,7 @@ def run(
     setup_logging()
     from selfimprove import experiments
     from selfimprove.errors import check_prefect_api
+    from selfimprove.prerun import check_preflight, check_resume
 
     if apply not in ("auto", "always", "never"):
         _fail(f"--apply must be auto, always or never (got {apply!r})")
@@ -224,9 +223,7 @@ def run(
         home = experiments.git_root(project)
         experiments.head_commit(home)
         if resume:
-            if overrides or rounds is not None or params != "params.yaml" or name:
-                raise ValueError("--resume continues a run with the params it started with: drop -S, --rounds, "
-                                 "--params and --name")
+            check_resume(list(overrides or []), rounds, params=params != "params.yaml", name=bool(name))
             experiments.reconcile(home)
             rec = experiments.read_record(home, resume)
             if rec is None:
@@ -237,11 +234,7 @@ def run(
             exp_name = resume
         else:
             config = _validate_run(home, params, list(overrides or []), rounds)
-            from selfimprove.preflight import preflight
-
-            problems = preflight(config, home, check_workspace=False)
-            if problems:
-                raise ValueError("preflight failed:\n  " + "\n  ".join(problems))
+            check_preflight(config, home, check_workspace=False)
             exp_name = name or experiments.generate_name(home)
             experiments.check_name(exp_name)
             why = experiments.name_taken(home, exp_name)
@@ -315,7 +308,8 @@ def _print_result(home: Path, config: Any, exp_name: str, result: dict[str, Any]
     from rich.console import Console
 
     from selfimprove.report import TABLE_WIDTH, improvement, render
-    from selfimprove.tracking import TrackingError, read_rounds
+    from selfimprove.tracking import TrackingError
+    from selfimprove.tracking_read import read_rounds
 
     wide = Console(width=max(shutil.get_terminal_size((TABLE_WIDTH, 24)).columns, TABLE_WIDTH))
     try:
@@ -340,7 +334,7 @@ def _print_result(home: Path, config: Any, exp_name: str, result: dict[str, Any]
         wide.print(f"[bold]The run {result['stopped']}[/]; the rounds after it are not in its params.yaml, so "
                    "dvc repro reproduces what ran (docs/health.md).", highlight=False)
     applied = result.get("applied")
-    from selfimprove.tracking import experiment_id, ui_url
+    from selfimprove.tracking_read import experiment_id, ui_url
 
     mlflow_url = ui_url("http://127.0.0.1:5000", experiment_id(config, home) if config.tracking.enabled else None,
                         result.get("mlflow_run_id"))
@@ -405,7 +399,7 @@ def report(
 ) -> None:
     """Print a run's per-round table read back from MLflow (accuracy per difficulty, acceptance, time per stage)."""
     from selfimprove.report import TABLE_WIDTH, render, table_rows
-    from selfimprove.tracking import read_rounds
+    from selfimprove.tracking_read import read_rounds
 
     config = _load(project)
     with guarded():

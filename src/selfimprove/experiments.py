@@ -33,6 +33,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -79,6 +80,20 @@ class RunRecord(BaseModel):
 
 
 # ------------------------------------------------------------------------------------------------- git
+
+
+@dataclass
+class Run:
+    """One run of the loop, as the flow carries it: its name (the DVC experiment's), the project (``home``), its
+    own workspace (``work``, a git worktree), its record, and where it is tracked (the MLflow store and the loop's
+    parent run). One object instead of six positional parameters; the record stays the persisted state."""
+
+    name: str
+    home: Path
+    work: Path
+    record: RunRecord
+    store: Any = None  # selfimprove.tracking.MlflowStore, or None with tracking off
+    mlflow_parent: str | None = None
 
 
 def _git(args: list[str], cwd: str | Path, check: bool = True) -> str:

@@ -12,6 +12,10 @@ from pathlib import Path
 from typing import Any
 
 
+class TrackingError(RuntimeError):
+    """MLflow could not be reached or refused a call; the message says which store and what to do."""
+
+
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():

@@ -23,6 +23,10 @@ A process that dies leaves its runs RUNNING; ``reconcile`` (called whenever a fl
 KILLED whose owning process (tags ``selfimprove.pid`` / ``selfimprove.host``) is gone. Models are registered once
 per distinct model (the DVC hash of the model folder, tag ``selfimprove.model_md5``): a retried or restored round
 reuses its version. ``NullTracker`` has the logging interface and does nothing.
+
+By job: this module is the run lifecycle (open, close, reconcile, what a stage logs); the model registry (versions,
+aliases) is ``selfimprove.model_registry``, reading rounds back and the UI's links ``selfimprove.tracking_read``,
+the logging protocol ``selfimprove.tracker``.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from typing import Any
 
 from selfimprove import envdefaults
 from selfimprove.config import Config
+from selfimprove.model_registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +53,9 @@ RUN_ID_ENV = "SELFIMPROVE_MLFLOW_RUN_ID"
 PARENT_ID_ENV = "SELFIMPROVE_MLFLOW_PARENT_RUN_ID"
 
 
-class TrackingError(RuntimeError):
-    pass
 
 
-from selfimprove.tracker import NullTracker, Tracker, flatten  # noqa: E402 (the protocol)
+from selfimprove.tracker import NullTracker, Tracker, TrackingError, flatten  # noqa: E402,F401 (the protocol)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -133,7 +136,7 @@ def _owner_tags() -> dict[str, str]:
 # -------------------------------------------------------------------------------------------------- store
 
 
-class MlflowStore:
+class MlflowStore(ModelRegistry):
     """The project's MLflow store: experiment, loop and round runs, the model registry."""
 
     def __init__(self, config: Config, project: str | Path):
@@ -308,87 +311,6 @@ class MlflowStore:
 
     # ------------------------------------------------------------------------------------------- models
 
-    def _versions(self) -> list[Any]:
-        name = self.config.tracking.registered_model
-        try:
-            with self.guard():
-                return list(self.client.search_model_versions(f"name = '{name}'", max_results=1000))
-        except TrackingError:
-            raise
-        except Exception:  # noqa: BLE001 - no such registered model yet
-            return []
-
-    def register(self, run_id: str, model_dir: Path, model_md5: str | None, description: str,
-                 tags: Mapping[str, str]) -> str | None:
-        """Register the round's model once per distinct model; a retried or restored round gets its version."""
-        if not self.config.tracking.log_model:
-            return None
-        from selfimprove.checkpoint import members
-
-        name = self.config.tracking.registered_model
-        for mv in self._versions():
-            if (model_md5 and mv.tags.get(TAG + "model_md5") == model_md5) or mv.tags.get(TAG + "run_id") == run_id:
-                if mv.tags.get(TAG + "run_id") != run_id and description not in (mv.description or ""):
-                    # the same bytes, evaluated by another run (another eval seed or problem set): its numbers join
-                    # the version's description instead of leaving the first evaluation's as the only ones
-                    with self.guard():
-                        self.client.update_model_version(
-                            name, mv.version, description=f"{mv.description or ''}\nEvaluated again: {description}")
-                return mv.version
-        group = members(model_dir)
-        if not (group[0] / "config.json").exists():
-            log.info("model %s is a pointer to an external model (model_ref.json); not registering it", model_dir)
-            return None
-        import mlflow
-
-        size_mb = sum(f.stat().st_size for m in group for f in m.rglob("*") if f.is_file()) / 2**20
-        by_reference = size_mb > self.config.tracking.model_copy_max_mb
-        with self.guard():
-            if by_reference:  # the bytes stay in DVC's cache (content-addressed, shared by every run): stored once
-                ref = {"dvc_path": Path(model_dir).as_posix(), "dvc_md5": model_md5, "size_mb": round(size_mb, 1),
-                       "experiment": tags.get(TAG + "experiment"),
-                       "fetch": f"dvc exp apply {tags.get(TAG + 'experiment')} (then {Path(model_dir).as_posix()}), "
-                                f"or dvc get . {Path(model_dir).as_posix()} --rev <the experiment's commit>"}
-                self.client.log_dict(run_id, ref, "model_ref/dvc.json")
-                info = type("Ref", (), {"model_uri": f"runs:/{run_id}/model_ref", "model_id": None})()
-                description = (f"{description} Weights ({size_mb:.0f} MB) are stored once, in DVC: "
-                               f"{Path(model_dir).as_posix()} of experiment {tags.get(TAG + 'experiment')} "
-                               f"(md5 {model_md5}); model_ref/dvc.json says how to fetch them.")
-            else:
-                with mlflow.start_run(run_id=run_id, nested=True):
-                    info = _log_transformers(group[0])
-                for other in group[1:]:  # the other ensemble members travel with the run
-                    self.client.log_artifacts(run_id, str(other), f"ensemble/{other.name}")
-            try:
-                self.client.get_registered_model(name)
-            except Exception:  # noqa: BLE001
-                with contextlib.suppress(Exception):  # created concurrently
-                    self.client.create_registered_model(
-                        name, description="Models of selfimprove loops: one version per distinct round model.")
-            mv = self.client.create_model_version(
-                name, source=info.model_uri, run_id=run_id, description=description,
-                tags={TAG + "run_id": run_id, TAG + "model_md5": model_md5 or "", **tags},
-                model_id=getattr(info, "model_id", None),
-            )
-        return mv.version
-
-    def alias_version(self, alias: str) -> Any | None:
-        try:
-            with self.guard():
-                return self.client.get_model_version_by_alias(self.config.tracking.registered_model, alias)
-        except TrackingError:
-            raise
-        except Exception:  # noqa: BLE001 - no such alias yet
-            return None
-
-    def set_alias(self, version: str, alias: str = "best") -> None:
-        with self.guard():
-            self.client.set_registered_model_alias(self.config.tracking.registered_model, alias, version)
-
-    def version_metric(self, mv: Any, key: str) -> float | None:
-        with self.guard():
-            return self.client.get_run(mv.run_id).data.metrics.get(key)
-
 
 class RunTracker(Tracker):
     """Logging into one round run (and, with ``parent=True``, its loop run). Never changes a run's status."""
@@ -477,63 +399,6 @@ class RunTracker(Tracker):
         self.store.set_tags(self.run_id, tags)
 
 
-def _log_transformers(model_dir: Path) -> Any:
-    import mlflow.transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    import selfimprove.models  # noqa: F401 - registers the tiny model class with the Auto* factories
-
-    # Local models have no hub model card or license to look up; those warnings are noise here.
-    logging.getLogger("mlflow.transformers").setLevel(logging.ERROR)
-    # Components rather than a folder path: MLflow 3.17's path-based flavor config breaks on transformers 5.
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    # Explicit requirements: the default probe imports torchvision (a CUDA build on PyPI).
-    reqs = [f"torch=={_version('torch').split('+')[0]}", f"transformers=={_version('transformers')}", "tokenizers", "safetensors"]
-    return mlflow.transformers.log_model(
-        transformers_model={"model": model, "tokenizer": tok}, name="model", task="text-generation", pip_requirements=reqs
-    )
-
-
-def _version(pkg: str) -> str:
-    from importlib.metadata import version
-
-    return version(pkg)
-
-
-# MLflow 3's UI opens every experiment on its GenAI (traces) view unless the link asks for the training view; the
-# experiment tag mlflow.experimentKind is only read by older layouts.
-TRAINING_VIEW = "workflowType=machine_learning"
-
-
-def ui_url(server: str, experiment_id: str | None, run_id: str | None = None) -> str:
-    """A link into the MLflow UI that opens on training runs (not the GenAI view); a run's link opens its
-    metric charts, one point per round (metrics are logged with ``step=round``).
-
-    >>> ui_url("http://127.0.0.1:5000/", "1", "abc")
-    'http://127.0.0.1:5000/#/experiments/1/runs/abc/model-metrics?workflowType=machine_learning'
-    """
-    base = server.rstrip("/")
-    if experiment_id is None:
-        return f"{base}/#/experiments?{TRAINING_VIEW}"
-    run = f"/runs/{run_id}/model-metrics" if run_id else ""
-    return f"{base}/#/experiments/{experiment_id}{run}?{TRAINING_VIEW}"
-
-
-def experiment_id(config: Config, project: str | Path = ".") -> str | None:
-    """The id of ``tracking.experiment`` in the project's store, or None (no store or experiment yet)."""
-    from mlflow import MlflowClient
-
-    uri, _ = resolve_uri(config, project)
-    db = sqlite_path(uri)
-    if db is not None and not db.exists():
-        return None
-    with contextlib.suppress(Exception):
-        exp = MlflowClient(tracking_uri=uri).get_experiment_by_name(config.tracking.experiment)
-        return exp.experiment_id if exp is not None else None
-    return None
-
-
 def stage_tracker(config: Config, project: str | Path, round_key: str) -> Tracker:
     """The tracker of a stage command (``dvc repro``): the run handed through the environment, else none."""
     from selfimprove.config import round_index
@@ -543,58 +408,3 @@ def stage_tracker(config: Config, project: str | Path, round_key: str) -> Tracke
         return NullTracker()
     store = MlflowStore(config, os.environ.get("SELFIMPROVE_HOME", project))
     return store.tracker(run_id, os.environ.get(PARENT_ID_ENV), round_index(round_key))
-
-
-# ------------------------------------------------------------------------------------------- reading back
-
-
-def _round_rows(client: Any, experiment_id: str, parent: Any) -> list[dict[str, Any]]:
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.`{TAG}kind` = 'round'",
-        order_by=["attributes.start_time ASC"],
-        max_results=1000,
-    )
-    by_round: dict[int, Any] = {}
-    for run in runs:
-        if run.data.tags.get(TAG + "superseded") == "true":
-            continue
-        by_round[int(run.data.tags[TAG + "round"])] = run
-    return [
-        {
-            "round": r,
-            "run_id": by_round[r].info.run_id,
-            "status": by_round[r].info.status,
-            "model_version": by_round[r].data.tags.get(TAG + "model_version"),
-            "stages": json.loads(by_round[r].data.tags.get(TAG + "stages", "{}")),
-            "metrics": dict(sorted(by_round[r].data.metrics.items())),
-        }
-        for r in sorted(by_round)
-    ]
-
-
-def read_rounds(config: Config, project: str | Path = ".", experiment: str | None = None) -> tuple[str, list[dict[str, Any]]]:
-    """(experiment name, per-round rows) of a loop run read back from MLflow: the named experiment's loop run, or
-    else the most recent loop run of ``loop.name``."""
-    envdefaults.apply()
-    from mlflow import MlflowClient
-
-    uri, _ = resolve_uri(config, project)
-    check_server(uri, config.tracking.connect_timeout_s)
-    db = sqlite_path(uri)
-    if db is not None and not db.exists():
-        raise TrackingError(f"no MLflow store at {db}; run the loop first (make demo or selfimprove run)")
-    with _guard(uri):
-        client = MlflowClient(tracking_uri=uri)
-        exp = client.get_experiment_by_name(config.tracking.experiment)
-        if exp is None:
-            raise TrackingError(f"no MLflow experiment {config.tracking.experiment!r} at {uri}; run the loop first (make demo)")
-        filt = f"tags.`{TAG}kind` = 'loop' and " + (
-            f"tags.`{TAG}experiment` = '{experiment}'" if experiment else f"tags.`{TAG}loop` = '{config.loop.name}'")
-        parents = client.search_runs([exp.experiment_id], filter_string=filt,
-                                     order_by=["attributes.start_time DESC"], max_results=1)
-        if not parents:
-            what = f"experiment {experiment!r}" if experiment else f"loop {config.loop.name!r}"
-            raise TrackingError(f"no loop run for {what} at {uri}; run the loop first (selfimprove run)")
-        parent = parents[0]
-        return parent.data.tags.get(TAG + "experiment", parent.info.run_name), _round_rows(client, exp.experiment_id, parent)

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from selfimprove.checkpoint import resolve as resolve_model
 from selfimprove.options import Strict
 from selfimprove.samplers.base import Sampler, SamplingParams, completion_id
 from selfimprove.types import Completion, Problem
@@ -45,13 +46,6 @@ def pick_device(device: str = "auto") -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("sample.transformers.device is 'cuda' but torch sees no GPU; use 'auto' or 'cpu'")
     return device
-
-
-def resolve_model(model_dir: str | Path) -> str:
-    """A round's model folder (checked against its manifest), or the external model it points to."""
-    from selfimprove.checkpoint import resolve
-
-    return resolve(model_dir)
 
 
 def load_model(model_dir: str | Path, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False) -> tuple[Any, Any]:

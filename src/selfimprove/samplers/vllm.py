@@ -88,7 +88,7 @@ def free_port() -> int:
 def servable_model(model_dir: str | Path, scratch: Path) -> str:
     """A plain HF folder vLLM can load: the model itself, the external model it points to, or, for an
     adapter-only round (PEFT ``adapter_config.json``), a merged copy written under ``scratch``."""
-    from selfimprove.samplers.hf import resolve_model
+    from selfimprove.checkpoint import resolve as resolve_model
 
     path = Path(resolve_model(model_dir))
     if not (path / "adapter_config.json").exists():

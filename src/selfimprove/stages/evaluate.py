@@ -18,7 +18,8 @@ from selfimprove.config import Config
 from selfimprove.ensemble import members
 from selfimprove.io import read_jsonl, read_verified_jsonl, staged_output, write_json, write_jsonl, write_manifest
 from selfimprove.paths import RoundPaths
-from selfimprove.samplers.hf import TransformersSampler, resolve_model
+from selfimprove.checkpoint import resolve as resolve_model
+from selfimprove.samplers.hf import TransformersSampler
 from selfimprove.stages.common import (
     StageReport,
     eval_problems,

@@ -21,7 +21,7 @@ from selfimprove.config import Config
 from selfimprove.ensemble import members
 from selfimprove.io import read_jsonl, read_verified_jsonl, staged_output, write_json, write_jsonl, write_manifest
 from selfimprove.paths import RoundPaths
-from selfimprove.samplers.hf import resolve_model
+from selfimprove.checkpoint import resolve as resolve_model
 from selfimprove.stages.common import (
     StageReport,
     gold_verifier,

@@ -13,7 +13,7 @@ from selfimprove.config import Config
 from selfimprove.ensemble import members
 from selfimprove.io import staged_output, write_jsonl, write_manifest
 from selfimprove.paths import RoundPaths
-from selfimprove.samplers.hf import resolve_model
+from selfimprove.checkpoint import resolve as resolve_model
 from selfimprove.stages.common import StageReport, make_sampler, problem_set, sampling_params, setup_runtime, timer
 from selfimprove.stages.parts import Split, Unit, concat_lines, run_split, shard_groups, unit_seed
 from selfimprove.stages.parts import finish as parts_finish

@@ -121,7 +121,7 @@ def load_for_training(init_model: str | Path, cfg: TrainConfig) -> tuple[Any, An
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import selfimprove.models  # noqa: F401 - registers the tiny model class
-    from selfimprove.samplers.hf import resolve_model
+    from selfimprove.checkpoint import resolve as resolve_model
 
     path = resolve_model(init_model)
     dtype = torch.bfloat16 if use_cuda(cfg.device) and torch.cuda.is_bf16_supported() else torch.float32
