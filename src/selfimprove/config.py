@@ -9,12 +9,9 @@ walks the imports). The defaults here are the committed ``params.yaml``'s (a tes
 
 from __future__ import annotations
 
-import copy
-import io
 import os
 import re
 from typing import Any, Literal
-from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 

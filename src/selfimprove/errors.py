@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+from pathlib import Path
 
 KNOWN = (
     "ConfigError", "DataError", "DataQualityError", "DiskFullError", "ExperimentError", "TrackingError", "DvcError",

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import random
 import re
 from typing import Any, ClassVar
 
