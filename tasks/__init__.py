@@ -22,6 +22,7 @@ from selfimprove.stages import (
     run_bootstrap,
     run_evaluate,
     run_finetune,
+    run_propose,
     run_sample,
     run_summary,
     run_validate,
@@ -56,6 +57,7 @@ def _task(fn: Any, name: str, run_name: str) -> Any:
 
 
 bootstrap = _task(run_bootstrap, "bootstrap", "bootstrap")
+propose = _task(run_propose, "propose", "propose@{paths.key}")
 sample = _task(run_sample, "sample", "sample@{paths.key}")
 verify = _task(run_verify, "verify", "verify@{paths.key}")
 validate = _task(run_validate, "validate", "validate@{paths.key}")
@@ -107,8 +109,8 @@ def _unit_run_name() -> str:  # e.g. finetune@r1/m2, sample@r1/m0/s1, bootstrap/
 unit = _task(run_unit, "unit", _unit_run_name)
 merge = _task(run_merge, "merge", _stage_id)
 
-ROUND_TASKS = {"sample": sample, "verify": verify, "validate": validate, "finetune": finetune, "evaluate": evaluate}
+ROUND_TASKS = {"propose": propose, "sample": sample, "verify": verify, "validate": validate, "finetune": finetune, "evaluate": evaluate}
 STAGE_TASKS = {"bootstrap": bootstrap, **ROUND_TASKS, "summary": summary}
 
-__all__ = ["ROUND_TASKS", "STAGE_TASKS", "bootstrap", "evaluate", "finetune", "merge", "register", "run_merge",
+__all__ = ["ROUND_TASKS", "STAGE_TASKS", "bootstrap", "evaluate", "finetune", "merge", "propose", "register", "run_merge",
            "run_unit", "sample", "summary", "unit", "validate", "verify"]

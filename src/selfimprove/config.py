@@ -182,6 +182,45 @@ class SampleConfig(Strict):
         return self
 
 
+# ------------------------------------------------------------------------------------------------ propose
+
+
+class NoveltyConfig(Strict):
+    """Near-duplicate rejection of proposals (MinHash over character n-grams, ``datasketch``)."""
+
+    threshold: Prob = Field(0.7, description="Reject a proposal whose estimated Jaccard similarity to a seed, an "
+                            "earlier proposal or an evaluation problem is at least this.")
+    ngram: PosInt = Field(3, description="Character n-gram size of the shingles (after whitespace normalisation).")
+    num_perm: PosInt = Field(128, description="MinHash permutations (more: a finer similarity estimate).")
+
+
+class ProposeConfig(Strict):
+    """``propose``: the model writes new problems before ``sample`` (labels by construction, validity, novelty,
+    a pass-rate band). Off by default: the round's problems then come from the problem set alone."""
+
+    enabled: bool = Field(False, description="Rounds propose problems (the propose stage writes an empty set when off).")
+    model: str | None = Field(None, description="A named proposer model folder; None = the round's start model.")
+    per_round: NonNegInt = Field(64, description="Proposals asked per round (one sampled answer per proposal prompt).")
+    shots: PosInt = Field(3, description="Example problems in each proposal prompt: earlier accepted proposals "
+                          "first, then seed problems from the problem set.")
+    temperature: float = Field(1.0, ge=0.0, le=5.0, description="Sampling temperature of the proposer.")
+    max_new_tokens: PosInt | None = Field(None, description="None = what the problem set's proposal prompt asks.")
+    mix: Prob = Field(1.0, description="The round's problems (sample.problems_per_round or rounds.rN.problems): up to "
+                      "this share from accepted proposals, the rest from the problem set (1.0: proposals only).")
+    band: tuple[Prob, Prob] = Field((0.2, 0.8), description="Train only on proposals whose pass rate in the round's "
+                                    "own samples lies in [low, high] (validate applies it; needs k >= 1).")
+    min_chars: NonNegInt = Field(3, description="Reject proposals shorter than this (Self-Instruct's length filter).")
+    max_chars: PosInt = Field(2000, description="Reject proposals longer than this.")
+    novelty: NoveltyConfig = NoveltyConfig()
+    min_accepted: NonNegInt = Field(1, description="Great Expectations: fewest accepted proposals a round may use.")
+
+    @model_validator(mode="after")
+    def _band(self) -> ProposeConfig:
+        if self.band[0] > self.band[1]:
+            raise ValueError(f"propose.band must be [low, high] with low <= high, got {list(self.band)}")
+        return self
+
+
 # ------------------------------------------------------------------------------------------------- verify
 
 
@@ -465,6 +504,7 @@ class Config(Strict):
     problems: ProblemsConfig = ProblemsConfig()
     model: ModelConfig = ModelConfig()
     bootstrap: BootstrapConfig = BootstrapConfig()
+    propose: ProposeConfig = ProposeConfig()
     sample: SampleConfig = SampleConfig()
     verify: VerifyConfig = VerifyConfig()
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")

@@ -6,6 +6,8 @@ Layout under the workspace (``runs/`` by default); every directory is one DVC ou
     runs/r0/sample/     the labelled problems the bootstrap trained on (problems.jsonl; samples.jsonl is empty)
     runs/r0/validate/   labelled data the bootstrap trained on (train.jsonl) + empty accepted.jsonl
     runs/r0/model/      round-0 model (trained from scratch, or a pointer to a local/hub model)
+    runs/rN/propose/    proposals.jsonl (every problem the model wrote, accepted or not, with its checks) +
+                        problems.jsonl (the accepted ones, which sample mixes into the round; empty when propose is off)
     runs/rN/sample/     problems.jsonl (with hidden gold) + samples.jsonl (completions only)
     runs/rN/verify/     verdicts.jsonl
     runs/rN/validate/   train.jsonl (what finetune trains on: TrainRows; PreferencePairs for DPO; PromptRows for GRPO),
@@ -53,6 +55,11 @@ class RoundPaths:
         return self.workspace / self.key
 
     # outputs of this round
+    @property
+    def propose(self) -> Path:
+        """The problems the model wrote this round (proposals.jsonl, problems.jsonl: the accepted ones)."""
+        return self.dir / "propose"
+
     @property
     def sample(self) -> Path:
         return self.dir / "sample"

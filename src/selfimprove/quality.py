@@ -230,6 +230,25 @@ def check_rollouts(df: Any, num_generations: int, reward_bounds: tuple[float, fl
     return _check({"rollouts": df, "groups": sizes}, {"rollouts": rows, "groups": groups}, name, raise_on_failure)
 
 
+def check_proposals(df: Any, eval_texts: list[str], min_accepted: int, name: str = "proposals",
+                    raise_on_failure: bool = True) -> QualityReport:
+    """Validate a round's accepted proposals (one row each: ``id``, ``problem_id``, ``text_normalized``,
+    ``label_source``, ``labelled``) with GX: at least ``min_accepted``, unique, labelled by construction or left to
+    the vote, and **no evaluation problem** among them (the normalised texts of the round's evaluation problems)."""
+    import great_expectations.expectations as gxe
+
+    rows = [
+        gxe.ExpectTableRowCountToBeBetween(min_value=min_accepted),
+        gxe.ExpectColumnValuesToBeUnique(column="problem_id"),
+        gxe.ExpectColumnValuesToBeInSet(column="label_source", value_set=["execution", "vote", "gold-of-parent"]),
+        gxe.ExpectColumnValuesToBeInSet(column="labelled", value_set=[True],
+                                        condition_parser="pandas", row_condition='label_source=="execution"'),
+    ]
+    if eval_texts:
+        rows.append(gxe.ExpectColumnValuesToNotBeInSet(column="text_normalized", value_set=eval_texts))
+    return _check({"proposals": df}, {"proposals": rows}, name, raise_on_failure)
+
+
 def _check(frames: dict[str, Any], specs: dict[str, list[Any]], name: str, raise_on_failure: bool) -> QualityReport:
     report = QualityReport(success=True)
     for batch, expectations in specs.items():

@@ -146,3 +146,33 @@ class Rollout(Record):
     answer: str | None = None
     pseudo_label: str | None = None
     gold_passed: bool | None = None
+
+
+class Proposal(Record):
+    """One problem the model wrote in a round's ``propose`` stage, accepted or not (``proposals.jsonl``).
+
+    ``text`` is what the proposer wrote; ``problem`` the problem parsed from it (absent when it did not parse),
+    with its label computed by the problem set (``label_source`` ``execution``: from the proposed expression or by
+    running the proposed tests against the proposed reference), or left to the round's vote (``vote``).
+    ``checks`` holds each validity check's outcome; ``novelty`` is 1 - the highest estimated similarity to a seed,
+    an earlier proposal or an evaluation problem (``nearest`` names which). ``pass_rate`` and ``band`` are filled
+    by ``validate`` from the round's own samples (in its ``proposals.jsonl``, the pool later rounds draw on)."""
+
+    id: str = Field(description="'p/<round>/<index>'")
+    round: int
+    parents: list[str] = Field(default_factory=list, description="Ids of the example problems in its prompt.")
+    text: str
+    problem: Problem | None = None
+    label: str | None = None
+    label_source: Literal["execution", "vote", "gold-of-parent"] | None = None
+    checks: dict[str, bool] = Field(default_factory=dict)
+    novelty: float | None = None
+    nearest: str | None = None
+    length: int = 0
+    complexity: float | None = Field(default=None, description="The problem set's size measure (operands' digits, "
+                                     "terms, test count): the drift signal of a proposer.")
+    difficulty: int | None = None
+    accepted: bool = False
+    rejected_reason: str | None = None
+    pass_rate: float | None = None
+    band: Literal["in", "too_easy", "too_hard"] | None = None

@@ -67,26 +67,31 @@ def _norm(text: str) -> str:
 
 
 @FILTERS.register("keep_correct")
-def keep_correct(rows: list[Candidate], ctx: FilterContext) -> list[Candidate]:
-    return [r for r in rows if r.verdict.passed]
+def keep_correct(rows: list[Candidate], ctx: FilterContext, proposals_only: bool = False) -> list[Candidate]:
+    """Rows whose verdict passed (``proposals_only``: only model-written problems are filtered, others pass)."""
+    return [r for r in rows if r.verdict.passed or (proposals_only and not r.problem.meta.get("proposal"))]
 
 
 @FILTERS.register("agreement")
 def agreement(rows: list[Candidate], ctx: FilterContext, min: float = 0.5, max: float = 1.0) -> list[Candidate]:  # noqa: A002
     if not 0.0 <= min <= max <= 1.0:
         raise ValueError(f"agreement needs 0 <= min <= max <= 1, got min {min}, max {max}")
-    return [r for r in rows if r.verdict.passed and min - 1e-12 <= (r.verdict.agreement or 0.0) <= max + 1e-12]
+    # a problem labelled by construction (a model-written one, graded against its computed label) has no vote to agree
+    return [r for r in rows if r.verdict.passed and (min - 1e-12 <= (r.verdict.agreement or 0.0) <= max + 1e-12 or (
+        r.verdict.agreement is None and r.problem.meta.get("label_source") == "execution"))]
 
 
 @FILTERS.register("pass_rate_band")
-def pass_rate_band(rows: list[Candidate], ctx: FilterContext, min: float = 0.0, max: float = 1.0) -> list[Candidate]:  # noqa: A002
+def pass_rate_band(rows: list[Candidate], ctx: FilterContext, min: float = 0.0, max: float = 1.0,  # noqa: A002
+                   proposals_only: bool = False) -> list[Candidate]:
     """Rows of problems whose pass rate lies in [min, max]: the share of the problem's samples that passed the
     round's verifier, or, for a label-free vote, the vote share of its majority answer. Put it first: it must
-    see every sample of a problem (``loop.curriculum.band`` does)."""
+    see every sample of a problem (``loop.curriculum.band`` does). ``proposals_only``: the band applies to
+    model-written problems (``meta.proposal``, ``propose.band``) and every other row passes."""
     if not 0.0 <= min <= max <= 1.0:
         raise ValueError(f"pass_rate_band needs 0 <= min <= max <= 1, got min {min}, max {max}")
     keep = {pid for pid, rate in pass_rates(rows).items() if min - 1e-12 <= rate <= max + 1e-12}
-    return [r for r in rows if r.problem.id in keep]
+    return [r for r in rows if r.problem.id in keep or (proposals_only and not r.problem.meta.get("proposal"))]
 
 
 def pass_rates(rows: list[Candidate]) -> dict[str, float]:

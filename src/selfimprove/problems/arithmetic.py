@@ -33,13 +33,16 @@ import logging
 import random
 import re
 from collections.abc import Iterator
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
 from selfimprove.options import Strict
 from selfimprove.problems.base import ProblemSet
 from selfimprove.types import Problem
+
+if TYPE_CHECKING:
+    from selfimprove.proposals import Parsed
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +165,47 @@ class ArithmeticProblems(ProblemSet):
                 "min_new_tokens": digits + 1 if self.answer_width == "fixed" else digits,
             },
         )
+
+    # ------------------------------------------------------------------ model-written problems (propose)
+    # The tiny model writes digits only (its vocabulary and training are digits after "a+b="), so its proposal is
+    # the second operand of a new problem whose first operand comes from an example problem: the model continues
+    # "<a>+" with L digits. The label is computed from the operands, never read from the model.
+
+    def proposal_prompt(self, examples: list[Problem], index: int, rng: random.Random) -> Problem:
+        parent = examples[0]
+        a, digits = int(parent.meta["a"]), int(parent.difficulty or 1)
+        sa = str(a)[::-1] if self.reverse else str(a)
+        return Problem(id=f"propose/{index}", prompt=f"{sa}+", answer=self.reference_proposal(examples, rng),
+                       source=self.name, meta={"parents": [parent.id], "a": a, "difficulty": digits,
+                                               "max_new_tokens": digits, "min_new_tokens": digits})
+
+    def reference_proposal(self, examples: list[Problem], rng: random.Random) -> str | None:
+        parent = examples[0]
+        a, digits = int(parent.meta["a"]), int(parent.difficulty or 1)
+        lo, hi = operand_range(digits)
+        for _ in range(100):
+            b = rng.randint(lo, hi)
+            if not self.is_eval_pair(a, b):
+                return str(b)[::-1] if self.reverse else str(b)
+        return None
+
+    def parse_proposal(self, text: str, examples: list[Problem], round: int) -> Parsed:
+        from selfimprove.proposals import Parsed
+
+        parent = examples[0]
+        a, digits = int(parent.meta["a"]), int(parent.difficulty or 1)
+        body = text.strip()[:digits]
+        if len(body) < digits or not body.isdigit():
+            return Parsed.reject("malformed", parsed=False)
+        b = int(body[::-1] if self.reverse else body)
+        if digits > 1 and b < 10 ** (digits - 1):  # a leading zero: a shorter operand than the difficulty says
+            return Parsed.reject("wrong_difficulty", parsed=True, difficulty=False)
+        if self.is_eval_pair(a, b):  # the evaluation partition: never trained on, whoever proposed it
+            return Parsed.reject("eval_problem", parsed=True, difficulty=True, not_eval=False)
+        problem = self.make_problem(a, b, digits, "propose")
+        problem = problem.model_copy(update={"meta": {**problem.meta, "label_source": "execution"}})
+        return Parsed(problem, "execution", {"parsed": True, "difficulty": True, "not_eval": True}, None,
+                      float(2 * digits))
 
     def swap_operands(self, problem: Problem) -> Problem:
         """The commuted view b + a of a problem (same answer, same partition): a label-free second opinion."""

@@ -7,9 +7,18 @@ guarantees that nothing in its evaluation split can appear in what it hands out 
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import hashlib
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from selfimprove.types import Problem
+
+if TYPE_CHECKING:
+    import random
+
+    from selfimprove.proposals import Parsed
+
+#: the proposer's system message in the default (chat) proposal prompt
+PROPOSER_SYSTEM = "You write new practice problems. Reply with the problem only."
 
 
 class ProblemSet:
@@ -34,6 +43,46 @@ class ProblemSet:
 
     def compatible_verifiers(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys((self.gold_verifier(), *self.verifiers)))
+
+    # ------------------------------------------------------------------------- model-written problems (propose)
+
+    def proposal_prompt(self, examples: list[Problem], index: int, rng: random.Random) -> Problem:
+        """What the proposer continues to write one new problem like ``examples`` (default: a chat request listing
+        them). ``answer`` holds a valid proposal where the set can make one (the ``scripted`` fake writes it);
+        ``meta.max_new_tokens`` the room a proposal needs."""
+        from selfimprove.proposals import problem_text
+
+        listed = "\n".join(f"{i + 1}. {problem_text(e)}" for i, e in enumerate(examples))
+        user = (f"Here are example problems:\n\n{listed}\n\nWrite one new problem of the same kind, different "
+                "from these. Reply with the problem only.")
+        return Problem(id=f"propose/{index}", prompt=user,
+                       messages=[{"role": "system", "content": PROPOSER_SYSTEM}, {"role": "user", "content": user}],
+                       answer=self.reference_proposal(examples, rng), source=self.name,
+                       meta={"parents": [e.id for e in examples], "max_new_tokens": 96})
+
+    def reference_proposal(self, examples: list[Problem], rng: random.Random) -> str | None:
+        """A valid proposal text like ``examples`` (None: the set cannot make one)."""
+        return None
+
+    def parse_proposal(self, text: str, examples: list[Problem], round: int) -> Parsed:
+        """The problem a proposal's text states (default: the text itself, as free text whose label the round's
+        majority vote decides, with the examples' system prompt)."""
+        from selfimprove.proposals import Parsed
+
+        body = text.strip()
+        if not body:
+            return Parsed.reject("empty", parsed=False)
+        system = [m for m in (examples[0].messages or []) if m.get("role") == "system"] if examples else []
+        digest = hashlib.sha256(body.encode()).hexdigest()[:12]
+        problem = Problem(id=f"{self.name}/propose/r{round}/{digest}", prompt=body,
+                          messages=[*system, {"role": "user", "content": body}] if system else None,
+                          difficulty=examples[0].difficulty if examples else None, source=self.name,
+                          meta={"label_source": "vote"})
+        return Parsed(problem, "vote", {"parsed": True}, None, float(len(body.split())))
+
+    def check_proposals(self, parsed: list[Parsed], sandbox: dict[str, Any]) -> None:
+        """Checks that run the proposals (in the sandbox, with ``verify.sandboxed_tests``' limits), batched, in
+        place; sets whose proposals need none do nothing."""
 
     def load(self, split: str) -> list[Problem]:
         """All problems of ``split``; raise ``ValueError`` naming the split/file if unavailable."""

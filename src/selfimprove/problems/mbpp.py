@@ -111,6 +111,25 @@ class MBPPProblems(ProblemSet):
         self.path = benchmark_file("mbpp", self.config.path, self.config.data_dir, file_name)
         self._all: list[Problem] | None = None
 
+    # --------------------------------------------------------------------------- model-written tasks (propose)
+
+    def proposal_prompt(self, examples: list[Problem], index: int, rng: Any) -> Problem:
+        from selfimprove.problems.code_proposals import proposal_messages
+
+        messages = proposal_messages(examples)
+        return Problem(id=f"propose/{index}", prompt=messages[-1]["content"], messages=messages, source=self.name,
+                       meta={"parents": [e.id for e in examples], "max_new_tokens": 384})
+
+    def parse_proposal(self, text: str, examples: list[Problem], round: int) -> Any:
+        from selfimprove.problems.code_proposals import parse_code_proposal
+
+        return parse_code_proposal(text, round, self.config.prompt_template, self.name)
+
+    def check_proposals(self, parsed: list[Any], sandbox: dict[str, Any]) -> None:
+        from selfimprove.problems.code_proposals import check_code_proposals
+
+        check_code_proposals(parsed, sandbox)
+
     def splits(self) -> list[str]:
         return list(SPLITS)
 

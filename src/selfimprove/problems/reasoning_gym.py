@@ -163,6 +163,54 @@ class ReasoningGymProblems(ProblemSet):
                        answer=str(entry["answer"]), difficulty=difficulty, verifier="reasoning_gym",
                        source=f"reasoning_gym/{self.config.task}", meta=meta)
 
+    # --------------------------------------------------------------------------- model-written problems (propose)
+    # Tasks whose questions state an integer expression (chain_sum, products, basic_arithmetic): the proposal is read
+    # for its expression, which must use the examples' operators; the question keeps an example's wording with the
+    # new expression, and the label is the expression's value, computed from its syntax tree. Other tasks fall back
+    # to free text (the round's vote labels them).
+
+    def _expression_task(self, examples: list[Problem]) -> bool:
+        from selfimprove.proposals import find_expression
+
+        return bool(examples) and all(find_expression(str(e.meta.get("rg_question", e.prompt))) for e in examples)
+
+    def reference_proposal(self, examples: list[Problem], rng: Any) -> str | None:
+        from selfimprove.proposals import find_expression, reseed_expression
+
+        if not self._expression_task(examples):
+            return None
+        q = str(examples[0].meta.get("rg_question", examples[0].prompt))
+        expr = find_expression(q) or ""
+        return q.replace(expr, reseed_expression(expr, rng), 1)
+
+    def parse_proposal(self, text: str, examples: list[Problem], round: int) -> Any:
+        from selfimprove.proposals import Parsed, evaluate_expression, find_expression, operand_digits, operators
+
+        if not self._expression_task(examples):
+            return super().parse_proposal(text, examples, round)
+        expr = find_expression(text)
+        if expr is None:
+            return Parsed.reject("no_expression", parsed=False)
+        allowed = set().union(*(operators(find_expression(str(e.meta.get("rg_question", e.prompt))) or "")
+                                for e in examples))
+        if not operators(expr) <= allowed:
+            return Parsed.reject("wrong_family", parsed=True, family=False)
+        try:
+            value = evaluate_expression(expr)
+        except ValueError:
+            return Parsed.reject("unparsable_expression", parsed=False)
+        template = str(examples[0].meta.get("rg_question", examples[0].prompt))
+        question = template.replace(find_expression(template) or "", expr, 1)
+        if _keep_for_eval(question, self.config.eval_fraction):  # the evaluation partition: never trained on
+            return Parsed.reject("eval_problem", parsed=True, family=True, not_eval=False)
+        digits = operand_digits(expr)
+        difficulty = max(1, min(max(digits), max(self.difficulties())))
+        entry = {"question": question, "answer": str(value), "metadata": {"proposed": True}}
+        problem = self._problem(entry, difficulty, "propose")
+        problem = problem.model_copy(update={"meta": {**problem.meta, "label_source": "execution"}})
+        return Parsed(problem, "execution", {"parsed": True, "family": True, "not_eval": True}, None,
+                      float(sum(digits)))
+
     # ----------------------------------------------------------------------------------- problem set API
 
     def splits(self) -> list[str]:

@@ -10,12 +10,14 @@ from selfimprove.stages.common import StageReport
 from selfimprove.stages.evaluate import EVALUATE, run_evaluate
 from selfimprove.stages.finetune import FINETUNE, run_finetune
 from selfimprove.stages.parts import Split, Unit
+from selfimprove.stages.propose import run_propose
 from selfimprove.stages.sample import SAMPLE, run_sample
 from selfimprove.stages.summary import run_summary
 from selfimprove.stages.validate import run_validate
 from selfimprove.stages.verify import VERIFY, run_verify
 
 ROUND_STAGES = {
+    "propose": run_propose,
     "sample": run_sample,
     "verify": run_verify,
     "validate": run_validate,
@@ -36,6 +38,7 @@ __all__ = [
     "run_bootstrap",
     "run_evaluate",
     "run_finetune",
+    "run_propose",
     "run_sample",
     "run_summary",
     "run_validate",

@@ -38,7 +38,14 @@ def round_problems(config: Config, paths: RoundPaths) -> tuple[list[Problem], in
     rc = config.round_config(paths.key)
     pset = problem_set(config)
     n = rc.problems or config.sample.problems_per_round
-    problems = pset.training_pool(n, rc.difficulties, _seed(config, paths), paths.round, split=config.problems.train_split)
+    proposed: list[Problem] = []
+    if config.propose.enabled:  # the model's own problems first (propose.mix of the round), then the problem set's
+        from selfimprove.stages.propose import accepted_problems
+
+        proposed = accepted_problems(paths)[:round(n * config.propose.mix)]
+        n -= round(n * config.propose.mix)
+    problems = proposed + (pset.training_pool(n, rc.difficulties, _seed(config, paths), paths.round,
+                                              split=config.problems.train_split) if n > 0 else [])
     if not problems:
         raise ValueError(
             f"problem set {config.problems.name!r} gave no problems for round {paths.key} "

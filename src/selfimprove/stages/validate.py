@@ -25,7 +25,7 @@ from selfimprove.paths import RoundPaths
 from selfimprove.quality import DataQualityError, check_round_data
 from selfimprove.stages.common import StageReport, eval_problems, normalize_prompt, problem_set, setup_runtime, timer
 from selfimprove.tracker import Tracker
-from selfimprove.types import Completion, PreferencePair, Problem, PromptRow, TrainRow, Verdict
+from selfimprove.types import Completion, PreferencePair, Problem, PromptRow, Proposal, TrainRow, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,24 @@ def _frames(train: list, accepted_now: list, verdicts: list[Verdict], problems: 
     }
 
 
+def _proposal_pool(config: Config, paths: RoundPaths, candidates: list[Candidate], problems: dict[str, Problem]
+                   ) -> list[Proposal]:
+    """This round's accepted proposals that were sampled, each with its pass rate in the round's own samples and
+    where that falls against ``propose.band``."""
+    from selfimprove.proposals import band_of
+
+    rates = pass_rates(candidates)
+    sampled = {p.meta["proposal"]: p.id for p in problems.values() if p.meta.get("proposal")}
+    mine = []
+    for prop in read_verified_jsonl(paths.propose / "proposals.jsonl", Proposal):
+        pid = sampled.get(prop.id)
+        if pid is None or pid not in rates:
+            continue
+        rate = round(rates[pid], 6)
+        mine.append(prop.model_copy(update={"pass_rate": rate, "band": band_of(rate, config.propose.band)}))
+    return mine
+
+
 def run_validate(config: Config, paths: RoundPaths, tracker: Tracker) -> StageReport:
     setup_runtime(config)
     vc = config.validate_cfg
@@ -92,6 +110,11 @@ def run_validate(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRe
         band = config.round_config(paths.key).band
         if band is not None:  # the curriculum's pass-rate band (loop.curriculum.band)
             steps.insert(0, ("pass_rate_band", {"min": band[0], "max": band[1]}))
+        proposed = config.propose.enabled and any(p.meta.get("proposal") for p in problems.values())
+        if proposed:  # model-written problems: train on those the model solves sometimes, not always or never
+            steps[:0] = [("pass_rate_band", {"min": config.propose.band[0], "max": config.propose.band[1],
+                                             "proposals_only": True}),
+                         ("keep_correct", {"proposals_only": True})]  # graded against their computed labels
         grpo = config.finetune.trainer == "grpo"
         if grpo:  # online RL: only groups with some reward variance teach anything
             lo, hi = config.finetune.grpo.prompt_band
@@ -156,6 +179,19 @@ def run_validate(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRe
     for s in stats:
         metrics[f"validate/removed/{s.function}"] = s.removed
     metrics.update(sample_health(completions, verdicts, problems, accepted_now))
+    pool = None
+    if config.propose.enabled:  # every proposal sampled so far, with its pass rate and band (later rounds' pool)
+        from selfimprove.proposals import band_metrics
+        from selfimprove.stages.propose import earlier_proposals
+
+        from selfimprove.stages.common import is_timing, read_report
+
+        mine = _proposal_pool(config, paths, candidates, problems)
+        pool = earlier_proposals(paths) + mine
+        metrics.update(band_metrics(mine))
+        proposed_report = read_report(paths.propose)  # the round's proposal health joins its metrics file through here
+        if proposed_report is not None:
+            metrics.update({k: v for k, v in proposed_report.metrics.items() if not is_timing(k)})
     report = StageReport(
         stage="validate", round=paths.round, seconds=t["seconds"], metrics=metrics,
         outputs={"train": str(paths.validate / "train.jsonl")},
@@ -169,6 +205,8 @@ def run_validate(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRe
         write_jsonl(out / "train.jsonl", train)
         write_jsonl(out / "accepted.jsonl", accepted_all)
         write_json(out / "quality.json", json.loads(json.dumps(quality.to_stable_dict(), default=str)))
+        if pool is not None:
+            write_jsonl(out / "proposals.jsonl", pool)
         report.write(out)
         write_manifest(out, producer=f"validate@{paths.key}")
     tracker.log_metrics(metrics)

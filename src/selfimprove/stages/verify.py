@@ -40,9 +40,26 @@ def run_verify_unit(config: Config, paths: RoundPaths, unit: Unit, tracker: Trac
     by_id = {p.id: p for p in problems}
     verifier = round_verifier(config, model_dir=paths.prev_paths.model)
     visible = by_id if verifier.needs_gold else strip_gold(by_id)
+    # a model-written problem labelled by construction (propose: computed from its expression, or its own tests) is
+    # graded against that label by the set's grader, whatever the round's verifier: the label is the proposal's,
+    # not hidden gold; the rest goes to the round's verifier
+    constructed = set() if verifier.needs_gold else {pid for pid, p in by_id.items()
+                                                     if p.meta.get("label_source") == "execution"}
     with timer() as t:
         try:
-            verdicts = verifier.verify(visible, completions) if completions else []
+            rest = [c for c in completions if c.problem_id not in constructed]
+            verdicts = verifier.verify(visible, rest) if rest else []
+            if constructed:
+                from selfimprove.stages.common import gold_verifier, problem_set
+
+                grader = gold_verifier(config, problem_set(config))
+                try:
+                    own = [c for c in completions if c.problem_id in constructed]
+                    graded = {v.sample_id: v for v in grader.verify(by_id, own)}
+                finally:
+                    grader.close()
+                routed = iter(verdicts)
+                verdicts = [graded[c.id] if c.problem_id in constructed else next(routed) for c in completions]
         finally:
             verifier.close()
     if len(verdicts) != len(completions):
