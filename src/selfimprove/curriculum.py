@@ -26,7 +26,9 @@ Policies:
   ``curriculum.solved``; a difficulty never evaluated counts as unsolved) plus ``curriculum.ahead`` difficulties
   beyond them, and evaluates every difficulty up to ``curriculum.eval_ahead`` past the hardest one sampled. For
   a problem set without a difficulty knob the round samples all difficulties and keeps the problems whose
-  label agreement lies in ``curriculum.band`` (a pass-rate band).
+  label agreement lies in ``curriculum.band`` (a pass-rate band). With model-written problems (``propose``), a round
+  whose proposals fell mostly above ``propose.band`` (the model solves what it writes) moves the frontier one
+  difficulty past the easiest unsolved one: harder proposals when the band empties from below.
 
 Why: difficulty should grow with solvability (SIT, SEC, ADCL), and a loop must not build on a round that went
 wrong (LRM-Self-Train's sudden collapse, SRT's "consistent but wrong").
@@ -286,6 +288,10 @@ def decide(config: Config, history: Sequence[Outcome], difficulties: Sequence[in
         if not unsolved:
             return Decision(stop=f"every difficulty of the problem set is solved ({_span(offered)} >= {cur.solved:g})")
         frontier = unsolved[: cur.width]
+        easy = proposals_too_easy(config, history[-1].metrics)
+        if easy is not None and [d for d in unsolved if d > frontier[0]]:
+            # the band emptied from below: the model's own problems at the frontier no longer teach it anything
+            frontier = [d for d in unsolved if d > frontier[0]][: cur.width]
         beyond = [d for d in offered if d > frontier[-1]][: cur.ahead]
         chosen = frontier + beyond
         top = max(chosen) + cur.eval_ahead
@@ -298,6 +304,8 @@ def decide(config: Config, history: Sequence[Outcome], difficulties: Sequence[in
         entry |= {"difficulties": chosen, "problems": problems, "eval_difficulties": evals}
         why = (f"curriculum: {why_start}; frontier {_span(frontier)} ({_span([first])} {seen}), "
                f"sample {_span(chosen)}, evaluate {_span(evals)}")
+        if easy is not None:
+            why += f"; proposals {easy:.0%} above propose.band: one difficulty harder"
     else:
         band = cur.band or (0.0, 1.0)
         entry |= {"band": list(band), "problems": cur.problems_per_difficulty or config.sample.problems_per_round}
@@ -305,6 +313,26 @@ def decide(config: Config, history: Sequence[Outcome], difficulties: Sequence[in
     entry["why"] = why
     RoundConfig.model_validate(entry)  # never write an entry the loader would refuse
     return Decision(key=key, entry=entry)
+
+
+#: the share of a round's sampled proposals above ``propose.band`` at which the curriculum proposes harder problems
+TOO_EASY_SHARE = 0.5
+
+
+def proposals_too_easy(config: Config, metrics: dict[str, Any]) -> float | None:
+    """The share of the round's sampled proposals above ``propose.band`` when it is at least ``TOO_EASY_SHARE``
+    (the model solves its own problems: the curriculum moves past the frontier), else None.
+
+    >>> from selfimprove.config import Config
+    >>> c = Config(propose={"enabled": True})
+    >>> proposals_too_easy(c, {"proposals/sampled": 10, "proposals/too_easy": 7}), proposals_too_easy(c, {})
+    (0.7, None)
+    """
+    sampled = metrics.get("proposals/sampled") or 0
+    if not config.propose.enabled or not sampled:
+        return None
+    share = (metrics.get("proposals/too_easy") or 0) / sampled
+    return share if share >= TOO_EASY_SHARE else None
 
 
 def outcomes(config: Config, project: str | Path, healthy: dict[str, bool] | None = None) -> list[Outcome]:

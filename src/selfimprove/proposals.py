@@ -152,7 +152,7 @@ def band_of(rate: float, band: tuple[float, float]) -> str:
 
 def health(proposals: Sequence[Proposal], ngram: int = 3, num_perm: int = 128) -> dict[str, float]:
     """The round's ``propose/*`` metrics (see the module docstring)."""
-    from selfimprove.health import distinct_n
+    from selfimprove.textstats import distinct_n
 
     n = len(proposals)
     accepted = [p for p in proposals if p.accepted]

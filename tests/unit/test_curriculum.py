@@ -169,3 +169,17 @@ def test_promotion_and_the_start_model_use_one_definition_of_best(accs: list[flo
             alias = (o.key, a)
         history.append(o)
         assert alias is not None and alias[0] == best_round(history, "accuracy", tolerance)[0].key, (i, alias)
+
+
+def test_proposals_the_model_solves_move_the_frontier_one_difficulty_harder(tmp_path):
+    cfg = _cfg(tmp_path, "propose.enabled=true")
+    r0 = Outcome("r0", None, _acc(d1=1.0, d2=1.0, d3=0.99, d4=0.6, d5=0.2, d6=0.0))
+    r1_easy = Outcome("r1", "r0", _acc(d1=1.0, d2=1.0, d3=0.99, d4=0.7, d5=0.3, d6=0.0)
+                      | {"proposals/sampled": 100, "proposals/too_easy": 80, "proposals/in_band": 20})
+    d = decide(cfg, [r0, r1_easy], list(range(1, 21)))
+    assert d.entry["difficulties"] == [5, 6], d.entry
+    assert d.entry["why"].endswith("proposals 80% above propose.band: one difficulty harder")
+    r1_band = Outcome("r1", "r0", r1_easy.metrics | {"proposals/too_easy": 20, "proposals/in_band": 80})
+    assert decide(cfg, [r0, r1_band], list(range(1, 21))).entry["difficulties"] == [4, 5]
+    off = _cfg(tmp_path)  # without propose the same metrics change nothing
+    assert decide(off, [r0, r1_easy], list(range(1, 21))).entry["difficulties"] == [4, 5]
