@@ -10,6 +10,7 @@ from typing import Any
 
 STAGE_TIMES = [
     ("bootstrap", "bootstrap/seconds"),
+    ("propose", "propose/seconds"),
     ("sample", "sample/seconds"),
     ("verify", "verify/seconds"),
     ("validate", "validate/seconds"),
@@ -37,8 +38,12 @@ def table_rows(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row["accepted"] = m.get("validate/prompts") if grpo else m.get("validate/accepted")
         row["acceptance_rate"] = m.get("validate/acceptance_rate")
         row["label_precision"] = m.get("finetune/label_accuracy") if grpo else m.get("acceptance_precision")
+        if "propose/proposed" in m:  # model-written problems: accepted of those written
+            row["proposals"] = m.get("propose/accepted")
         states = r.get("stages") or {}
         for name, key in STAGE_TIMES:
+            if name == "propose" and "propose/proposed" not in m:
+                continue  # propose is off: no column
             if key in m:
                 row[f"{name}_s"] = m[key]
             elif states.get(name) in ("fresh", "restored"):
@@ -70,7 +75,9 @@ HEADERS = {
     "acceptance_rate": "acc.rate",
     "label_precision": "prec",
     "model_version": "model v",
+    "proposals": "proposed",
     "bootstrap_s": "boot",
+    "propose_s": "prop",
     "sample_s": "sample",
     "verify_s": "verify",
     "validate_s": "valid",
@@ -178,12 +185,37 @@ def artifact_tables(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
     data_cols = ["round", "accepted", "acceptance_rate", "label_precision"] + [f"{n}_s" for n, _ in STAGE_TIMES]
     acc = [{_header(c): _cell(r.get(c), c) for c in acc_cols} for r in rows]
     data = [{_header(c): _cell(r.get(c), c) for c in data_cols if any(x.get(c) is not None for x in rows)} for r in rows]
-    return [
+    tables = [
         {"name": "accuracy", "title": "held-out greedy accuracy per difficulty (Nd = N-digit problems) and mean",
          "rows": acc},
         {"name": "data", "title": "self-labels accepted, their precision against hidden gold, seconds per stage "
          "(c = up to date or restored from DVC's run cache)", "rows": data},
     ]
+    props = proposal_rows(rounds)
+    if props:
+        tables.append({"name": "proposals", "title": "problems the model wrote: accepted of proposed, the pass-rate "
+                       "band's yield, drift (mean complexity, self-similarity), rejections by reason", "rows": props})
+    return tables
+
+
+def proposal_rows(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per round that proposed problems (``propose``): what the model wrote and what became of it."""
+    out = []
+    for r in rounds:
+        m = r["metrics"]
+        if "propose/proposed" not in m:
+            continue
+        rejected = sorted(((k.rsplit("/", 1)[1], int(v)) for k, v in m.items() if k.startswith("propose/rejected/")),
+                          key=lambda x: -x[1])
+        out.append({"round": r["round"], "proposed": int(m["propose/proposed"]),
+                    "accepted": int(m.get("propose/accepted", 0)),
+                    "band yield": _cell(m.get("proposals/band_yield"), ""),
+                    "too easy": _cell(m.get("proposals/too_easy"), "round"),
+                    "too hard": _cell(m.get("proposals/too_hard"), "round"),
+                    "complexity": _cell(m.get("propose/mean_complexity"), ""),
+                    "self-sim.": _cell(m.get("propose/self_similarity"), ""),
+                    "rejected": ", ".join(f"{k} {v}" for k, v in rejected) or "-"})
+    return out
 
 
 def _md_table(rows: list[dict[str, Any]]) -> str:

@@ -71,6 +71,17 @@ def test_proposals_are_checked_versioned_mixed_in_banded_and_tracked(proj: Path)
     report = json.loads(run_cli(["report", "--name", "prop", "--json"], proj).stdout)
     r1 = next(r for r in report["rounds"] if r["round"] == 1)
     assert r1["metrics"]["propose/accepted"] == len(accepted), "MLflow holds the round's proposal metrics"
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    async def tables() -> dict[str, object]:
+        async with get_client() as c:
+            return {a.key: a.data for a in await c.read_artifacts() if a.key and a.key.startswith("prop-")}
+
+    arts = asyncio.run(tables())
+    assert "prop-round-1-proposals" in arts and "prop-summary" in arts, sorted(arts)
+    assert "band yield" in str(arts["prop-round-1-proposals"]) and "proposed" in str(arts["prop-summary"])
     status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=proj, capture_output=True, text=True,
                             check=True).stdout
     assert "changed" not in status, status
