@@ -561,6 +561,19 @@ class Config(Strict):
                                  "trainer: grpo no prompt would be left; drop that filter or lower its min")
         return self
 
+    @model_validator(mode="after")
+    def _propose_band(self) -> Config:
+        """The proposals' band is a pass rate over each problem's samples: refuse settings where none can fall in it."""
+        if not self.propose.enabled:
+            return self
+        per_problem = (self.sample.k + (1 if self.sample.greedy else 0)) * self.model.ensemble
+        lo, hi = self.propose.band
+        if per_problem < 2 and lo > 0 and hi < 1:
+            raise ValueError(f"propose.band [{lo:g}, {hi:g}] keeps proposals by the pass rate of their samples, but each "
+                             f"problem gets {per_problem} sample (0 or 1 right): raise sample.k (or model.ensemble), "
+                             "or widen propose.band to include 0 or 1")
+        return self
+
     @property
     def validate_cfg(self) -> ValidateConfig:
         return self.validate_
