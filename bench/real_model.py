@@ -325,6 +325,50 @@ def train_md(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def propose(family: str, n: int, temperature: float, extra: list[str]) -> dict:
+    """The product's ``propose`` stage on the imported model (round 1 from round 0): how many of its problems are
+    valid, novel and labelled, the rejections by reason, and examples (``run_bootstrap`` + ``run_propose``)."""
+    from selfimprove.params import load_config
+    from selfimprove.paths import RoundPaths
+    from selfimprove.stages.bootstrap import run_bootstrap
+    from selfimprove.stages.propose import run_propose
+    from selfimprove.tracker import NullTracker
+    from selfimprove.io import read_jsonl
+
+    out: dict = {"commit": head_commit(), "family": family, "per_round": n, "temperature": temperature}
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        shutil.copy(EXAMPLE, "params.yaml")
+        config = load_config("params.yaml", FAMILIES[family] + [
+            "tracking.enabled=false", "propose.enabled=true", f"propose.per_round={n}",
+            f"propose.temperature={temperature}", "propose.min_accepted=0", *extra])
+        run_bootstrap(config, RoundPaths.for_round(config, "r0", "."), NullTracker())
+        t0 = time.perf_counter()
+        rep = run_propose(config, RoundPaths.for_round(config, "r1", "."), NullTracker())
+        out["seconds"] = round(time.perf_counter() - t0, 1)
+        out["metrics"] = {k: v for k, v in rep.metrics.items() if not k.endswith("seconds")}
+        rows = read_jsonl(Path("runs/r1/propose/proposals.jsonl"))
+        out["accepted_examples"] = [r["problem"]["prompt"] + " -> " + str(r["label"]) for r in rows if r["accepted"]][:8]
+        out["rejected_examples"] = [{"text": r["text"][:160], "reason": r["rejected_reason"]}
+                                    for r in rows if not r["accepted"]][:8]
+    return out
+
+
+def propose_md(r: dict) -> str:
+    m = r["metrics"]
+    lines = [f"# SmolLM2-135M-Instruct writes `{r['family']}` problems (commit {r['commit']})", "",
+             f"The product's propose stage (round 1 from the imported round 0), {r['per_round']} prompts of 3 examples, "
+             f"temperature {r['temperature']}, {r['seconds']} s on 2 cores.", "",
+             f"Accepted {int(m.get('propose/accepted', 0))} of {int(m.get('propose/proposed', 0))}; rejected: "
+             + (", ".join(f"{k.rsplit('/', 1)[1]} {int(v)}" for k, v in m.items() if k.startswith("propose/rejected/"))
+                or "none")
+             + f"; mean complexity {m.get('propose/mean_complexity', float('nan')):.1f}, self-similarity "
+             f"{m.get('propose/self_similarity', float('nan')):.2f}.", "", "Accepted (question -> computed label):", ""]
+    lines += [f"- `{x}`" for x in r["accepted_examples"]]
+    lines += ["", "Rejected:", ""] + [f"- `{x['text']!r}`: {x['reason']}" for x in r["rejected_examples"]]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="what", required=True)
@@ -351,8 +395,16 @@ def main() -> None:
     lp.add_argument("--root", type=Path, default=Path("/tmp/selfimprove-real"))
     lp.add_argument("--tag", default="")
     lp.add_argument("--set", action="append", default=[])
+    pp = sub.add_parser("propose")
+    pp.add_argument("--family", default="chain_sum")
+    pp.add_argument("--n", type=int, default=64)
+    pp.add_argument("--temperature", type=float, default=1.0)
+    pp.add_argument("--set", action="append", default=[])
     a = ap.parse_args()
-    if a.what == "train":
+    if a.what == "propose":
+        r = propose(a.family, a.n, a.temperature, a.set)
+        save_results(f"real_model_propose_{a.family}", r, propose_md(r))
+    elif a.what == "train":
         r = train(a.steps, a.batch, a.variants)
         save_results("real_model_train", r, train_md(r))
     elif a.what == "speed":
