@@ -11,7 +11,9 @@ Every round samples the same number of problems (``sample.problems_per_round``) 
 - ``proposals``: after round 0 the problems come only from the model (``propose.enabled``, ``propose.mix: 1.0``,
   ``propose.per_round`` = the round's problem count): member m0 writes the second operand of a problem whose first
   operand comes from an example (a seed, or an earlier accepted proposal); the sum is computed; validity, novelty and
-  the band [0.2, 0.8] decide what is trained on.
+  the band [0.2, 0.8] decide what is trained on;
+- ``proposals_diverse``: the same at ``propose.temperature=1.5`` with one example per prompt (``propose.shots=1``:
+  always a seed problem, never an earlier proposal).
 
 Per round: held-out greedy accuracy per length, rows trained on, and for ``proposals`` the acceptance, rejections by
 reason, band yield, mean complexity (the drift signal) and self-similarity; minutes per run.
@@ -41,6 +43,10 @@ VARIANTS: dict[str, list[str]] = {
                            "{function: format}, {function: decontaminate}, {function: dedup}, "
                            "{function: per_problem_cap, max: 1}]"],
     "proposals": ["propose.enabled=true", "propose.mix=1.0", "propose.per_round=4000", f"propose.band={BAND}"],
+    # the same, with a hotter proposer that always writes variants of the problem set's seeds (one example each, so
+    # never an earlier proposal): does diversity, not the earlier rounds' pool, keep the band filled?
+    "proposals_diverse": ["propose.enabled=true", "propose.mix=1.0", "propose.per_round=4000", f"propose.band={BAND}",
+                          "propose.temperature=1.5", "propose.shots=1"],
 }
 KEYS = ("validate/accepted", "validate/train_rows", "propose/accepted", "propose/proposed", "propose/acceptance_rate",
         "proposals/band_yield", "proposals/too_easy", "proposals/too_hard", "propose/mean_complexity",
