@@ -12,6 +12,7 @@ Every round samples the same number of problems (``sample.problems_per_round``) 
   ``propose.per_round`` = the round's problem count): member m0 writes the second operand of a problem whose first
   operand comes from an example (a seed, or an earlier accepted proposal); the sum is computed; validity, novelty and
   the band [0.2, 0.8] decide what is trained on;
+- ``proposals_exact``: ``proposals`` with ``propose.novelty.threshold=0.9`` (near-exact duplicates only);
 - ``proposals_diverse``: the same at ``propose.temperature=1.5`` with one example per prompt (``propose.shots=1``:
   always a seed problem, never an earlier proposal).
 
@@ -47,6 +48,10 @@ VARIANTS: dict[str, list[str]] = {
     # never an earlier proposal): does diversity, not the earlier rounds' pool, keep the band filled?
     "proposals_diverse": ["propose.enabled=true", "propose.mix=1.0", "propose.per_round=4000", f"propose.band={BAND}",
                           "propose.temperature=1.5", "propose.shots=1"],
+    # the default recipe's proposals with novelty at near-exact matches only: on 10-character problems a character
+    # 3-gram Jaccard of 0.7 already joins problems one digit apart at an end ("1234+5678=" vs "9234+5678=": 0.78)
+    "proposals_exact": ["propose.enabled=true", "propose.mix=1.0", "propose.per_round=4000", f"propose.band={BAND}",
+                        "propose.novelty.threshold=0.9"],
 }
 KEYS = ("validate/accepted", "validate/train_rows", "propose/accepted", "propose/proposed", "propose/acceptance_rate",
         "proposals/band_yield", "proposals/too_easy", "proposals/too_hard", "propose/mean_complexity",
