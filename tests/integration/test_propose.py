@@ -95,3 +95,12 @@ def test_a_round_whose_proposals_are_all_rejected_stops_with_the_reasons_counted
     assert "propose@r1: the model's proposals failed validation (0 of 24 accepted" in text, text[-3000:]
     assert re.search(r"rejected: .*near_\w+ \d+", text), text[-3000:]
     assert "propose.per_round" in text and "Full report:" in text, text[-3000:]
+
+
+def test_a_band_emptied_from_below_says_to_propose_harder_problems(proj: Path) -> None:
+    out = run_cli(["run", "--name", "easy", "--rounds", "1", "-S", "propose.mix=1.0", "-S", "propose.band=[0.0, 0.01]"],
+                  proj, check=False, timeout=900)
+    text = " ".join((out.stdout + out.stderr).split())
+    assert out.returncode == 1 and "Traceback" not in text, text[-3000:]
+    assert "validate@r1: dataset failed validation" in text and "above propose.band" in text, text[-3000:]
+    assert "more of them will not fill it" in text and "sample harder problems" in text, text[-3000:]

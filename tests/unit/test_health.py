@@ -101,3 +101,19 @@ def test_a_greedy_only_round_still_gets_its_gold_metrics():
     samples = [c.model_copy(update={"greedy": True}) for c in samples]
     h = gold_health(samples, PROBLEMS, ExactMatchVerifier())
     assert (h["health/pass_at_1"], h["health/pass_at_k"]) == (0.5, 0.5)
+
+
+def test_health_gates_read_the_proposals_drift_and_collapse():
+    """The seed-3 tiny proposer of bench/propose.py: acceptance fell from 0.37 to 0.07 as it rewrote its own problems."""
+    from selfimprove.config import HealthGate
+    from selfimprove.health import check_health
+
+    rounds = [{"round": 0, "accuracy": 0.66},
+              {"round": 1, "propose/acceptance_rate": 0.368, "propose/mean_complexity": 8.0, "proposals/band_yield": 0.70},
+              {"round": 2, "propose/acceptance_rate": 0.0705, "propose/mean_complexity": 8.0, "proposals/band_yield": 0.02}]
+    gates = [HealthGate(metric="propose/acceptance_rate", min_fraction_of_first=0.5),
+             HealthGate(metric="propose/mean_complexity", max=12),
+             HealthGate(metric="proposals/band_yield", min=0.05)]
+    res = check_health(rounds, gates)
+    assert {f["check"] for f in res["failures"]} == {"propose/acceptance_rate / first", "proposals/band_yield"}
+    assert all(f["failed_rounds"] == [2] for f in res["failures"])

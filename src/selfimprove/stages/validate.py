@@ -160,6 +160,19 @@ def run_validate(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRe
                 enough = -(-need * asked * 5 // (rows_now * 4))  # +25% for the draw's noise
                 fix += (f". This round kept {rows_now} rows from {asked} problems; about {enough} problems would give "
                         f"{need}: -S rounds.{paths.key}.problems={enough}")
+            if proposed:  # the band says whether more of the same problems could help at all
+                from selfimprove.proposals import band_metrics
+
+                b = band_metrics(_proposal_pool(config, paths, candidates, problems))
+                easy, hard, sampled = (b.get("proposals/too_easy", 0), b.get("proposals/too_hard", 0),
+                                       b.get("proposals/sampled", 0))
+                if sampled and max(easy, hard) >= sampled / 2:
+                    fix = (f"The model's proposals fell {'above' if easy >= hard else 'below'} propose.band "
+                           f"({int(easy)} too easy, {int(hard)} too hard of {int(sampled)}): more of them will not "
+                           "fill it. To go on: " + (f"sample harder problems (rounds.{paths.key}.difficulties one "
+                           "higher; loop.policy: curriculum moves the frontier itself)" if easy >= hard else
+                           f"sample easier problems (rounds.{paths.key}.difficulties one lower)")
+                           + " or widen propose.band, and start a new run with those -S settings")
             raise DataQualityError(f"{e}\nFull report: {failed_path}\n{fix}", e.report, path=failed_path) from None
         failed_path.unlink(missing_ok=True)
     n_problems = max(sum(1 for p in problems.values() if not p.meta.get("view_of")), 1)
