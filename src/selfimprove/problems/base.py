@@ -80,6 +80,13 @@ class ProblemSet:
                           meta={"label_source": "vote"})
         return Parsed(problem, "vote", {"parsed": True}, None, float(len(body.split())))
 
+    def novelty_text(self, problem: Problem) -> str:
+        """What near-duplicate detection compares for a problem of this set (default: the text a reader sees).
+        Sets that wrap what the model wrote in a fixed template compare the part that varies."""
+        from selfimprove.proposals import problem_text
+
+        return problem_text(problem)
+
     def check_proposals(self, parsed: list[Parsed], sandbox: dict[str, Any]) -> None:
         """Checks that run the proposals (in the sandbox, with ``verify.sandboxed_tests``' limits), batched, in
         place; sets whose proposals need none do nothing."""

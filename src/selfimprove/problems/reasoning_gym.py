@@ -174,6 +174,14 @@ class ReasoningGymProblems(ProblemSet):
 
         return bool(examples) and all(find_expression(str(e.meta.get("rg_question", e.prompt))) for e in examples)
 
+    def novelty_text(self, problem: Problem) -> str:
+        """An expression task's questions share their wording: near-duplicates are judged on the expression (with
+        its spacing normalised), so "12 + 7" is new beside "12 + 8" and a copy of a seed's expression is not."""
+        from selfimprove.proposals import find_expression
+
+        expr = find_expression(str(problem.meta.get("rg_question", problem.prompt)))
+        return " ".join(re.sub(r"\s*([-+*])\s*", r" \1 ", expr).split()) if expr else super().novelty_text(problem)
+
     def reference_proposal(self, examples: list[Problem], rng: Any) -> str | None:
         from selfimprove.proposals import find_expression, reseed_expression
 

@@ -85,9 +85,10 @@ def run_propose(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRep
                     and (not rc.difficulties or p.problem.difficulty in rc.difficulties)]
             evals = eval_problems(config, pset, paths.key) + eval_problems(config, pset)
             index = NoveltyIndex(pc.novelty.threshold, pc.novelty.ngram, pc.novelty.num_perm)
-            index.add_all((f"eval:{e.id}", problem_text(e)) for e in evals)
-            index.add_all((f"seed:{s.id}", problem_text(s)) for s in seeds)
-            index.add_all((f"earlier:{p.id}", problem_text(p.problem) if p.problem else p.text) for p in earlier)
+            key = pset.novelty_text  # what near-duplicates are judged on (a template's varying part)
+            index.add_all((f"eval:{e.id}", key(e)) for e in evals)
+            index.add_all((f"seed:{s.id}", key(s)) for s in seeds)
+            index.add_all((f"earlier:{p.id}", key(p.problem)) for p in earlier if p.problem is not None)
             examples, prompts = [], []
             for i in range(pc.per_round):
                 ex = choose_examples(pool, seeds, pc.shots, rng)
@@ -122,7 +123,7 @@ def run_propose(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRep
                     if not prop.checks["length"]:
                         reason = "too_short" if len(body) < pc.min_chars else "too_long"
                 if reason is None:
-                    sim, nearest = index.nearest(problem_text(res.problem))
+                    sim, nearest = index.nearest(key(res.problem))
                     prop.novelty, prop.nearest = round(1.0 - sim, 6), nearest
                     prop.checks["novel"] = sim < pc.novelty.threshold
                     if not prop.checks["novel"]:
@@ -130,7 +131,7 @@ def run_propose(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRep
                         reason = {"eval": "near_eval", "seed": "near_seed", "earlier": "near_earlier",
                                   "accepted": "near_this_round"}.get(kind, "near_duplicate")
                 if reason is None:
-                    index.add(f"accepted:{prop.id}", problem_text(res.problem))  # no two alike within a round
+                    index.add(f"accepted:{prop.id}", key(res.problem))  # no two alike within a round
                     prop.accepted = True
                     prop.problem = res.problem.model_copy(update={"meta": {**res.problem.meta, "proposal": prop.id}})
                 else:
