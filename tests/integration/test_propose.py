@@ -64,6 +64,9 @@ def test_proposals_are_checked_versioned_mixed_in_banded_and_tracked(proj: Path)
     banned = {p["problem"]["id"] for p in pool1 if p["band"] != "in"}
     assert not [r for r in train if r["problem_id"] in banned], "out-of-band proposals are never trained on"
 
+    m2 = json.loads((proj / "runs/metrics/r2.json").read_text())
+    assert 0 <= m2["proposals/solved_next_round"] <= 1, "round 1's proposals, answered by the model round 1 made"
+    assert "proposals/solved_next_round" not in json.loads((proj / "runs/metrics/r1.json").read_text())
     metrics = json.loads((proj / "runs/metrics/r1.json").read_text())
     assert metrics["propose/proposed"] == 24 and metrics["propose/accepted"] == len(accepted)
     assert metrics["proposals/sampled"] == len(pool1) and 0 <= metrics["proposals/band_yield"] <= 1

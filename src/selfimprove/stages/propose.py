@@ -63,6 +63,23 @@ def proposer_model(config: Config, paths: RoundPaths) -> Path:
     return members(paths.prev_paths.model)[0]
 
 
+def _solved(config: Config, pset: Any, sampler: Any, problems: list[Problem], round: int) -> float:
+    """The share of ``problems`` the sampler's model answers right greedily, graded by the set's own grader (the
+    previous round's proposals, by the model trained on them: ``proposals/solved_next_round``)."""
+    from dataclasses import replace
+
+    from selfimprove.stages.common import gold_verifier
+
+    params = replace(sampling_params(config, evaluation=True), k=0, greedy=True)
+    outs = sampler.sample(problems, params, round=round, progress=False)
+    grader = gold_verifier(config, pset)
+    try:
+        verdicts = grader.verify({p.id: p for p in problems}, outs)
+    finally:
+        grader.close()
+    return sum(v.passed for v in verdicts) / len(problems)
+
+
 def run_propose(config: Config, paths: RoundPaths, tracker: Tracker) -> StageReport:
     from selfimprove.proposals import NoveltyIndex, choose_examples, health, normalize, problem_text
     from selfimprove.quality import check_proposals
@@ -71,6 +88,7 @@ def run_propose(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRep
     pc, rc = config.propose, config.round_config(paths.key)
     proposals: list[Proposal] = []
     quality: dict[str, Any] = {}
+    solved_next: float | None = None
     with timer() as t:
         if pc.enabled and pc.per_round:
             pset = problem_set(config)
@@ -104,8 +122,11 @@ def run_propose(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRep
             if pc.max_new_tokens:  # the user's bound wins over each prompt's own room
                 prompts = [p.model_copy(update={"meta": {**p.meta, "max_new_tokens": pc.max_new_tokens}})
                            for p in prompts]
+            # the previous round's sampled proposals, which its training saw: does the model it made solve them?
+            last = [p.problem for p in earlier if p.round == paths.prev_paths.round and p.problem is not None]
             with make_sampler(config, proposer_model(config, paths)) as sampler:
                 outs = sampler.sample(prompts, params, round=paths.round)
+                solved_next = _solved(config, pset, sampler, last, paths.round) if last else None
             by_prompt = {c.problem_id: c for c in outs}
             parsed = [pset.parse_proposal(by_prompt[p.id].text if p.id in by_prompt else "", ex, paths.round)
                       for p, ex in zip(prompts, examples)]
@@ -168,6 +189,8 @@ def run_propose(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRep
                     f"for more proposals (propose.per_round), lower propose.min_accepted, or set propose.mix below 1 "
                     "so that the problem set fills the round", report.to_dict(), path=failed)
     metrics = health(proposals, pc.novelty.ngram, pc.novelty.num_perm) if pc.enabled else {}
+    if pc.enabled and solved_next is not None:
+        metrics["proposals/solved_next_round"] = solved_next
     metrics["propose/seconds"] = t["seconds"]
     report_ = StageReport(stage="propose", round=paths.round, seconds=t["seconds"], metrics=metrics,
                           outputs={"proposals": str(paths.propose / "proposals.jsonl"),
