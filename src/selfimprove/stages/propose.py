@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import logging
 import random
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,12 @@ def accepted_problems(paths: RoundPaths) -> list[Problem]:
     return read_verified_jsonl(f, Problem) if f.exists() else []
 
 
+def rejections(proposals: list[Proposal]) -> str:
+    """The rejections by reason, e.g. 'eval_problem 3, near_seed 20' (reasons in alphabetical order)."""
+    counts = Counter(p.rejected_reason for p in proposals if not p.accepted)
+    return ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items()))
+
+
 def _seed(config: Config, paths: RoundPaths) -> int:
     return config.seed * 100_003 + 7_919 * paths.round + 17
 
@@ -66,8 +74,6 @@ def proposer_model(config: Config, paths: RoundPaths) -> Path:
 def _solved(config: Config, pset: Any, sampler: Any, problems: list[Problem], round: int) -> float:
     """The share of ``problems`` the sampler's model answers right greedily, graded by the set's own grader (the
     previous round's proposals, by the model trained on them: ``proposals/solved_next_round``)."""
-    from dataclasses import replace
-
     from selfimprove.stages.common import gold_verifier
 
     params = replace(sampling_params(config, evaluation=True), k=0, greedy=True)
@@ -115,8 +121,6 @@ def run_propose(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRep
             params = sampling_params(config, seed=_seed(config, paths))
             want = pc.max_new_tokens or max([int(p.meta.get("max_new_tokens") or 0) for p in prompts]
                                             + [config.sample.max_new_tokens])
-            from dataclasses import replace
-
             params = replace(params, k=1, greedy=False, temperature=pc.temperature, max_new_tokens=want,
                              logprobs=False)
             if pc.max_new_tokens:  # the user's bound wins over each prompt's own room
@@ -167,11 +171,11 @@ def run_propose(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRep
                                  "verify.verifier: majority_vote (the round's vote labels them)")
             import pandas as pd
 
-            frame = pd.DataFrame({"id": [p.id for p in accepted],
-                                  "problem_id": [p.problem.id for p in accepted if p.problem],
-                                  "text_normalized": [normalize(problem_text(p.problem)) for p in accepted if p.problem],
+            frame = pd.DataFrame({"id": [p.id for p in accepted],  # accepted proposals always have a problem
+                                  "problem_id": [p.problem.id for p in accepted],
+                                  "text_normalized": [normalize(problem_text(p.problem)) for p in accepted],
                                   "label_source": [p.label_source for p in accepted],
-                                  "labelled": [bool(p.label) or bool(p.problem and p.problem.tests) for p in accepted]})
+                                  "labelled": [bool(p.label) or bool(p.problem.tests) for p in accepted]})
             report = check_proposals(frame, sorted({normalize(problem_text(e)) for e in evals}), pc.min_accepted,
                                      name=f"propose@{paths.key}", raise_on_failure=False)
             quality = report.to_stable_dict()
@@ -181,11 +185,9 @@ def run_propose(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRep
                 failed = paths.dir / "propose.failed.json"
                 write_json(failed, json.loads(json.dumps({"report": report.to_dict(), "proposals": [
                     p.model_dump(exclude={"problem"}) for p in proposals]}, default=str)))
-                reasons = health(proposals).items()
-                why = ", ".join(f"{k.split('/')[-1]} {int(v)}" for k, v in reasons if k.startswith("propose/rejected/"))
                 raise DataQualityError(
                     f"propose@{paths.key}: the model's proposals failed validation ({len(accepted)} of {len(proposals)} "
-                    f"accepted; rejected: {why or 'none'}).\n{report.summary()}\nFull report: {failed}\nTo go on: ask "
+                    f"accepted; rejected: {rejections(proposals) or 'none'}).\n{report.summary()}\nFull report: {failed}\nTo go on: ask "
                     f"for more proposals (propose.per_round), lower propose.min_accepted, or set propose.mix below 1 "
                     "so that the problem set fills the round", report.to_dict(), path=failed)
     metrics = health(proposals, pc.novelty.ngram, pc.novelty.num_perm) if pc.enabled else {}
@@ -208,6 +210,5 @@ def run_propose(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRep
         tracker.log_metrics(metrics)
         tracker.log_dataset(paths.propose / "proposals.jsonl", name=f"{paths.key}/proposals", context="proposals")
         log.info("propose@%s: %d of %d proposals accepted (%s)", paths.key, int(metrics.get("propose/accepted", 0)),
-                 len(proposals), ", ".join(f"{k.split('/')[-1]} {int(v)}" for k, v in metrics.items()
-                                          if k.startswith("propose/rejected/")) or "none rejected")
+                 len(proposals), rejections(proposals) or "none rejected")
     return report_

@@ -42,8 +42,8 @@ def round_problems(config: Config, paths: RoundPaths) -> tuple[list[Problem], in
     if config.propose.enabled:  # the model's own problems first (propose.mix of the round), then the problem set's
         from selfimprove.stages.propose import accepted_problems
 
-        proposed = accepted_problems(paths)[:round(n * config.propose.mix)]
-        n -= round(n * config.propose.mix)
+        take = round(n * config.propose.mix)
+        proposed, n = accepted_problems(paths)[:take], n - take
     problems = proposed + (pset.training_pool(n, rc.difficulties, _seed(config, paths), paths.round,
                                               split=config.problems.train_split) if n > 0 else [])
     if not problems:

@@ -23,7 +23,16 @@ from selfimprove.health import sample_health
 from selfimprove.io import read_verified_jsonl, staged_output, write_json, write_jsonl, write_manifest
 from selfimprove.paths import RoundPaths
 from selfimprove.quality import DataQualityError, check_round_data
-from selfimprove.stages.common import StageReport, eval_problems, normalize_prompt, problem_set, setup_runtime, timer
+from selfimprove.stages.common import (
+    StageReport,
+    eval_problems,
+    is_timing,
+    normalize_prompt,
+    problem_set,
+    read_report,
+    setup_runtime,
+    timer,
+)
 from selfimprove.tracker import Tracker
 from selfimprove.types import Completion, PreferencePair, Problem, PromptRow, Proposal, TrainRow, Verdict
 
@@ -196,8 +205,6 @@ def run_validate(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRe
     if config.propose.enabled:  # every proposal sampled so far, with its pass rate and band (later rounds' pool)
         from selfimprove.proposals import band_metrics
         from selfimprove.stages.propose import earlier_proposals
-
-        from selfimprove.stages.common import is_timing, read_report
 
         mine = _proposal_pool(config, paths, candidates, problems)
         pool = earlier_proposals(paths) + mine
