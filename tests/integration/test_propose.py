@@ -107,3 +107,13 @@ def test_a_band_emptied_from_below_says_to_propose_harder_problems(proj: Path) -
     assert out.returncode == 1 and "Traceback" not in text, text[-3000:]
     assert "validate@r1: dataset failed validation" in text and "above propose.band" in text, text[-3000:]
     assert "more of them will not fill it" in text and "sample harder problems" in text, text[-3000:]
+
+
+def test_a_missing_proposer_model_is_named_before_any_work(proj: Path) -> None:
+    params = (proj / "params.yaml").read_bytes()
+    out = run_cli(["run", "--name", "nomodel", "--rounds", "1", "-S", "propose.model=/nonexistent/proposer"], proj,
+                  check=False, timeout=900)
+    text = " ".join((out.stdout + out.stderr).split())
+    assert out.returncode == 1 and "Traceback" not in text, text[-3000:]
+    assert "propose.model: model not found: /nonexistent/proposer has no config.json" in text, text[-3000:]
+    assert (proj / "params.yaml").read_bytes() == params

@@ -65,10 +65,18 @@ def _seed(config: Config, paths: RoundPaths) -> int:
 
 
 def proposer_model(config: Config, paths: RoundPaths) -> Path:
-    """``propose.model``, else the round's start model (the first member of an ensemble)."""
+    """``propose.model``, else the round's start model (the first member of an ensemble), checked before use."""
+    from selfimprove.checkpoint import resolve
+
     if config.propose.model:
+        try:
+            resolve(config.propose.model)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"propose.model: {e}") from None
         return Path(config.propose.model)
-    return members(paths.prev_paths.model)[0]
+    model = members(paths.prev_paths.model)[0]
+    resolve(model)
+    return model
 
 
 def _solved(config: Config, pset: Any, sampler: Any, problems: list[Problem], round: int) -> float:
@@ -95,8 +103,10 @@ def run_propose(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRep
     proposals: list[Proposal] = []
     quality: dict[str, Any] = {}
     solved_next: float | None = None
+    proposer: Path | None = None
     with timer() as t:
         if pc.enabled and pc.per_round:
+            proposer = proposer_model(config, paths)  # a missing model fails here, before any work
             pset = problem_set(config)
             rng = random.Random(_seed(config, paths))
             seeds = pset.training_pool(max(pc.per_round, 8), rc.difficulties, _seed(config, paths), paths.round,
@@ -128,7 +138,7 @@ def run_propose(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRep
                            for p in prompts]
             # the previous round's sampled proposals, which its training saw: does the model it made solve them?
             last = [p.problem for p in earlier if p.round == paths.prev_paths.round and p.problem is not None]
-            with make_sampler(config, proposer_model(config, paths)) as sampler:
+            with make_sampler(config, proposer) as sampler:
                 outs = sampler.sample(prompts, params, round=paths.round)
                 solved_next = _solved(config, pset, sampler, last, paths.round) if last else None
             by_prompt = {c.problem_id: c for c in outs}
@@ -197,7 +207,7 @@ def run_propose(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRep
     report_ = StageReport(stage="propose", round=paths.round, seconds=t["seconds"], metrics=metrics,
                           outputs={"proposals": str(paths.propose / "proposals.jsonl"),
                                    "problems": str(paths.propose / "problems.jsonl")},
-                          details={"enabled": pc.enabled, "model": str(proposer_model(config, paths)) if pc.enabled else None,
+                          details={"enabled": pc.enabled, "model": str(proposer) if proposer else None,
                                    "expectations": "passed" if quality else "not run"})
     with staged_output(paths.propose) as out:
         write_jsonl(out / "proposals.jsonl", proposals)
