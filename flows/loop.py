@@ -5,7 +5,7 @@ worktree with the run's params, ``selfimprove.experiments``), opens the run's ML
 every round as a ``selfimprove-round`` subflow, then the ``summary`` stage, saves the workspace as a DVC
 experiment, closes the MLflow run with the outcome, and (when the run's params are the workspace's) applies the
 experiment to the workspace. ``selfimprove-round`` runs one round's stages as tasks (round 0: bootstrap and
-evaluate; round N: sample -> verify -> validate -> finetune -> evaluate), then registers the round's model.
+evaluate; round N: propose -> sample -> verify -> correct -> validate -> finetune -> evaluate), then registers the round's model.
 
 Each task *is* a core function (``tasks/``): a stage, or one unit of a stage and its merge (``flows/execution.py``:
 the units run side by side on Ray when ``execution`` says so). Before a stage, DVC says whether it is up to date (skipped),
@@ -204,7 +204,7 @@ def round_flow(round_key: str, experiment: str, workdir: str, home: str, parent_
     """One round of a run: its stages as tasks, each recorded in DVC; then the round's model is registered.
 
     Args:
-        round_key: The round (r0 is bootstrap + evaluate; rN is sample -> verify -> validate -> finetune -> evaluate).
+        round_key: The round (r0 is bootstrap + evaluate; rN is propose -> sample -> verify -> correct -> validate -> finetune -> evaluate).
         experiment: The run (DVC experiment) this round belongs to.
         workdir: The run's workspace (a git worktree of the project).
         home: The project folder (MLflow store, DVC cache).

@@ -20,6 +20,7 @@ from selfimprove.registration import register_round
 from selfimprove.stages import (
     SPLITS,
     run_bootstrap,
+    run_correct,
     run_evaluate,
     run_finetune,
     run_propose,
@@ -60,6 +61,7 @@ bootstrap = _task(run_bootstrap, "bootstrap", "bootstrap")
 propose = _task(run_propose, "propose", "propose@{paths.key}")
 sample = _task(run_sample, "sample", "sample@{paths.key}")
 verify = _task(run_verify, "verify", "verify@{paths.key}")
+correct = _task(run_correct, "correct", "correct@{paths.key}")
 validate = _task(run_validate, "validate", "validate@{paths.key}")
 finetune = _task(run_finetune, "finetune", "finetune@{paths.key}")
 evaluate = _task(run_evaluate, "evaluate", "evaluate@{paths.key}")
@@ -109,8 +111,8 @@ def _unit_run_name() -> str:  # e.g. finetune@r1/m2, sample@r1/m0/s1, bootstrap/
 unit = _task(run_unit, "unit", _unit_run_name)
 merge = _task(run_merge, "merge", _stage_id)
 
-ROUND_TASKS = {"propose": propose, "sample": sample, "verify": verify, "validate": validate, "finetune": finetune, "evaluate": evaluate}
+ROUND_TASKS = {"propose": propose, "sample": sample, "verify": verify, "correct": correct, "validate": validate, "finetune": finetune, "evaluate": evaluate}
 STAGE_TASKS = {"bootstrap": bootstrap, **ROUND_TASKS, "summary": summary}
 
-__all__ = ["ROUND_TASKS", "STAGE_TASKS", "bootstrap", "evaluate", "finetune", "merge", "propose", "register", "run_merge",
+__all__ = ["ROUND_TASKS", "STAGE_TASKS", "bootstrap", "correct", "evaluate", "finetune", "merge", "propose", "register", "run_merge",
            "run_unit", "sample", "summary", "unit", "validate", "verify"]

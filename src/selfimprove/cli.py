@@ -126,7 +126,7 @@ def _stage_command(stage: str, needs_round: bool) -> None:
 
 def _register_stage_commands() -> None:
     # Importing selfimprove.stages is cheap: heavy libraries load inside the stage functions.
-    for name in ("bootstrap", "propose", "sample", "verify", "validate", "finetune", "evaluate", "summary"):
+    for name in ("bootstrap", "propose", "sample", "verify", "correct", "validate", "finetune", "evaluate", "summary"):
         _stage_command(name, name not in ("bootstrap", "summary"))
 
 

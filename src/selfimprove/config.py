@@ -221,6 +221,45 @@ class ProposeConfig(Strict):
         return self
 
 
+# ------------------------------------------------------------------------------------------------ correct
+
+
+class CorrectConfig(Strict):
+    """``correct``: after ``verify``, each first attempt gets a second one after feedback; the two-attempt traces are
+    a dataset of the round (docs/correct.md). Off by default: the stage then writes an empty set."""
+
+    enabled: bool = Field(False, description="Rounds sample second attempts (the correct stage writes no trace when off).")
+    mode: Literal["intrinsic", "extrinsic"] = Field(
+        "intrinsic", description="intrinsic: a fixed instruction that reveals no verdict, every first attempt gets a "
+        "second; extrinsic: the verifier's verdict ('incorrect', a failing test's message) and only wrong first "
+        "attempts get a second one.")
+    instruction: str | None = Field(None, description="The intrinsic instruction (None = the problem set's own: a "
+                                    "sentence for chat models, '=' for the tiny arithmetic model).")
+    per_problem: PosInt = Field(1, description="First attempts per problem (and model) that get a second one; the "
+                                "greedy one first.")
+    samples: PosInt = Field(1, description="Second attempts sampled per first attempt.")
+    temperature: float = Field(0.0, ge=0.0, le=5.0, description="Sampling temperature of the second attempt "
+                               "(0 = greedy).")
+    train: Literal["none", "traces"] = Field(
+        "none", description="none: traces are measured, training is the round's usual (first attempts); traces: "
+        "also train on them (sft: (x, y1, feedback) -> y2 where r2 passes; grpo: a two-attempt rollout rewarded "
+        "r2 + alpha * (r2 - r1)).")
+    keep_ratio: float = Field(1.0, ge=0.0, description="train: traces with SFT: right->right traces ('keep the "
+                              "answer') kept per wrong->right trace (STaSC/RISE keep some so the model does not "
+                              "learn to change every answer).")
+    alpha: float = Field(1.0, ge=0.0, description="GRPO's bonus on improvement: reward r2 + alpha * (r2 - r1) (SCoRe).")
+    eval: bool = Field(True, description="evaluate also measures held-out acc@1 and acc@2 (greedy, this mode, gold "
+                       "verdicts as the extrinsic feedback).")
+    min_traces: NonNegInt = Field(1, description="Great Expectations: fewest traces a round may have.")
+
+    @model_validator(mode="after")
+    def _greedy_once(self) -> CorrectConfig:
+        if self.temperature == 0 and self.samples > 1:
+            raise ValueError(f"correct.samples is {self.samples} but correct.temperature is 0 (greedy): every sample "
+                             "would be the same; raise correct.temperature or set correct.samples: 1")
+        return self
+
+
 # ------------------------------------------------------------------------------------------------- verify
 
 
@@ -406,15 +445,19 @@ class HealthGate(Strict):
     min_fraction_of_first: float | None = Field(
         None, gt=0, description="Every round's value must be at least this fraction of the first round's that has it "
         "(e.g. diversity not below half of round 1's).")
+    max_rise: float | None = Field(
+        None, description="The metric must not rise by more than this from one round to the next (e.g. "
+        "'correct/right_to_wrong' with max_rise 0: a run learning to break right answers stops).")
     not_falling_while: str | None = Field(
         None, description="This metric must not fall from one round to the next while the named metric rises "
         "(e.g. precision falling while the label-free proxy 'health/proxy_agreement' rises).")
 
     @model_validator(mode="after")
     def _one_condition(self) -> HealthGate:
-        if all(v is None for v in (self.min, self.max, self.min_fraction_of_first, self.not_falling_while)):
+        if all(v is None for v in (self.min, self.max, self.min_fraction_of_first, self.max_rise,
+                                   self.not_falling_while)):
             raise ValueError(f"health gate on {self.metric!r} sets no condition: give min, max, "
-                             "min_fraction_of_first or not_falling_while")
+                             "min_fraction_of_first, max_rise or not_falling_while")
         return self
 
 
@@ -507,6 +550,7 @@ class Config(Strict):
     propose: ProposeConfig = ProposeConfig()
     sample: SampleConfig = SampleConfig()
     verify: VerifyConfig = VerifyConfig()
+    correct: CorrectConfig = CorrectConfig()
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
     finetune: FinetuneConfig = FinetuneConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
@@ -572,6 +616,23 @@ class Config(Strict):
             raise ValueError(f"propose.band [{lo:g}, {hi:g}] keeps proposals by the pass rate of their samples, but each "
                              f"problem gets {per_problem} sample (0 or 1 right): raise sample.k (or model.ensemble), "
                              "or widen propose.band to include 0 or 1")
+        return self
+
+    @model_validator(mode="after")
+    def _correct_grader(self) -> Config:
+        """Second attempts are graded like first ones: by a gold verifier, or against the vote's pseudo-label."""
+        if not self.correct.enabled:
+            return self
+        from selfimprove.verifiers import VERIFIERS
+
+        if self.correct.train == "traces" and self.finetune.trainer == "dpo":
+            raise ValueError("correct.train: traces trains with sft, weighted_sft or grpo, not finetune.trainer: dpo "
+                             "(set correct.train: none to only measure second attempts)")
+        cls = VERIFIERS.get(self.verify.verifier)
+        if not getattr(cls, "needs_gold", True) and self.verify.verifier != "majority_vote":
+            raise ValueError(f"correct.enabled needs a round verifier that can grade a second attempt: a gold verifier "
+                             f"or majority_vote (graded against the first attempts' pseudo-label), not "
+                             f"verify.verifier: {self.verify.verifier}")
         return self
 
     @property

@@ -129,6 +129,11 @@ def health_table(rounds: Sequence[dict], gates: Sequence) -> tuple[object, dict[
             col = f"{g.metric} / first"
             df[col] = [float("nan") if v is None or not first else float(v) / float(first) for v in values]
             checks[col] = g.metric
+        if g.max_rise is not None:
+            col = f"{g.metric} rise"
+            df[col] = [float("nan")] + [float("nan") if None in (values[i - 1], values[i])
+                                        else float(values[i]) - float(values[i - 1]) for i in range(1, len(rounds))]
+            checks[col] = g.metric
         if g.not_falling_while is not None:
             other = [r.get(g.not_falling_while) for r in rounds]
             col = f"{g.metric} falls while {g.not_falling_while} rises"
@@ -159,6 +164,8 @@ def check_health(rounds: Sequence[dict], gates: Sequence, name: str = "health") 
         if g.min_fraction_of_first is not None:
             expectations.append(gxe.ExpectColumnValuesToBeBetween(column=f"{g.metric} / first",
                                                                    min_value=g.min_fraction_of_first))
+        if g.max_rise is not None:
+            expectations.append(gxe.ExpectColumnValuesToBeBetween(column=f"{g.metric} rise", max_value=g.max_rise))
         if g.not_falling_while is not None:
             expectations.append(gxe.ExpectColumnValuesToBeInSet(
                 column=f"{g.metric} falls while {g.not_falling_while} rises", value_set=[0]))
@@ -171,7 +178,9 @@ def check_health(rounds: Sequence[dict], gates: Sequence, name: str = "health") 
         failures.append({
             "metric": metric, "check": column, "expectation": f["expectation"],
             "bounds": {k: v for k, v in f["kwargs"].items() if k in ("min_value", "max_value", "value_set")},
-            "values": {int(r): (None if v != v else round(float(v), 4)) for r, v in zip(df["round"], df[column])},
+            # a rise gate shows the metric itself across rounds (its rises are what the check read)
+            "values": {int(r): (None if v != v else round(float(v), 4))
+                       for r, v in zip(df["round"], df[metric if column == f"{metric} rise" else column])},
             "failed_rounds": bad_rounds,
         })
     table = [{k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}

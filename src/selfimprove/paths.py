@@ -10,6 +10,7 @@ Layout under the workspace (``runs/`` by default); every directory is one DVC ou
                         problems.jsonl (the accepted ones, which sample mixes into the round; empty when propose is off)
     runs/rN/sample/     problems.jsonl (with hidden gold) + samples.jsonl (completions only)
     runs/rN/verify/     verdicts.jsonl
+    runs/rN/correct/    traces.jsonl: each first attempt's second attempt after feedback (empty when correct is off)
     runs/rN/validate/   train.jsonl (what finetune trains on: TrainRows; PreferencePairs for DPO; PromptRows for GRPO),
                         accepted.jsonl (accumulated self-labels), quality.json (Great Expectations results)
     runs/rN/model/      the round's fine-tuned model (HF format; an ensemble holds m0, m1, ...)
@@ -67,6 +68,11 @@ class RoundPaths:
     @property
     def verify(self) -> Path:
         return self.dir / "verify"
+
+    @property
+    def correct(self) -> Path:
+        """Second attempts after feedback: traces.jsonl (x, y1, r1, feedback, y2, r2; empty when correct is off)."""
+        return self.dir / "correct"
 
     @property
     def validate(self) -> Path:

@@ -249,6 +249,34 @@ def check_proposals(df: Any, eval_texts: list[str], min_accepted: int, name: str
     return _check({"proposals": df}, {"proposals": rows}, name, raise_on_failure)
 
 
+def check_traces(traces: Any, min_traces: int, name: str = "traces", raise_on_failure: bool = True) -> QualityReport:
+    """Validate a round's two-attempt traces (``correct``) with GX: at least ``min_traces``, unique ids, a known mode,
+    feedback on every second attempt that was made and none where the episode ended, an episode ends only after a
+    right first attempt (extrinsic), an unchanged second attempt where none was made, edit distances in [0, 1]."""
+    import great_expectations.expectations as gxe
+    import pandas as pd
+
+    df = pd.DataFrame([t.model_dump() for t in traces] if traces else [],
+                      columns=["id", "mode", "feedback", "attempted", "r1", "r2", "y1", "y2", "edit"])
+    df["has_feedback"] = [bool(str(f).strip()) for f in df["feedback"]]
+    df["same"] = [a == b for a, b in zip(df["y1"], df["y2"])]
+    rows = [
+        gxe.ExpectTableRowCountToBeBetween(min_value=min_traces),
+        gxe.ExpectColumnValuesToBeUnique(column="id"),
+        gxe.ExpectColumnValuesToBeInSet(column="mode", value_set=["intrinsic", "extrinsic"]),
+        gxe.ExpectColumnValuesToBeBetween(column="edit", min_value=0.0, max_value=1.0),
+        gxe.ExpectColumnValuesToBeInSet(column="has_feedback", value_set=[True], condition_parser="pandas",
+                                        row_condition="attempted==True"),
+        gxe.ExpectColumnValuesToBeInSet(column="has_feedback", value_set=[False], condition_parser="pandas",
+                                        row_condition="attempted==False"),
+        gxe.ExpectColumnValuesToBeInSet(column="r1", value_set=[True], condition_parser="pandas",
+                                        row_condition="attempted==False"),
+        gxe.ExpectColumnValuesToBeInSet(column="same", value_set=[True], condition_parser="pandas",
+                                        row_condition="attempted==False"),
+    ]
+    return _check({"traces": df}, {"traces": rows}, name, raise_on_failure)
+
+
 def _check(frames: dict[str, Any], specs: dict[str, list[Any]], name: str, raise_on_failure: bool) -> QualityReport:
     report = QualityReport(success=True)
     for batch, expectations in specs.items():

@@ -176,3 +176,33 @@ class Proposal(Record):
     rejected_reason: str | None = None
     pass_rate: float | None = None
     band: Literal["in", "too_easy", "too_hard"] | None = None
+
+
+class Trace(Record):
+    """One two-attempt trace of a round's ``correct`` stage (``traces.jsonl``): the problem ``x``, the first attempt
+    ``y1`` (a completion of the round's ``sample``) with its verdict ``r1`` (``verify``), the ``feedback`` the model
+    was given, the second attempt ``y2`` and its verdict ``r2`` (the same grader as ``r1``: the round's gold verifier,
+    or for a label-free round agreement with the first attempts' pseudo-label).
+
+    ``mode`` ``intrinsic``: a fixed instruction that reveals no verdict, every first attempt gets a second;
+    ``extrinsic``: the verifier's feedback ("incorrect", a failing test's message), only wrong first attempts get a
+    second one (a right one ends the episode: ``y2 = y1``, ``feedback`` empty, ``attempted`` false)."""
+
+    id: str = Field(description="'<first completion id>/2#<j>'")
+    problem_id: str
+    round: int
+    member: int | None = None
+    mode: Literal["intrinsic", "extrinsic"]
+    x: str = Field(description="The problem's prompt text.")
+    y1: str
+    r1: bool
+    feedback: str
+    y2: str
+    r2: bool
+    attempted: bool = Field(True, description="False where the episode ended after y1 (extrinsic, y1 right).")
+    label: str | None = Field(default=None, description="What r1 and r2 were graded against (gold or pseudo-label).")
+    answer1: str | None = None
+    answer2: str | None = None
+    edit: float = Field(0.0, ge=0.0, le=1.0, description="Normalised edit distance between y1 and y2 (rapidfuzz "
+                        "Levenshtein: 0 = unchanged, 1 = nothing in common).")
+    difficulty: int | None = None

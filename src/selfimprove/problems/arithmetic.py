@@ -207,6 +207,20 @@ class ArithmeticProblems(ProblemSet):
         return Parsed(problem, "execution", {"parsed": True, "difficulty": True, "not_eval": True}, None,
                       float(2 * digits))
 
+    # ------------------------------------------------------------------ second attempts (correct)
+    # The tiny model's vocabulary is digits, "+" and "=": the second attempt follows the first after "=" (intrinsic:
+    # "look again") or "==" (extrinsic: "that was wrong"). "=" resets the coupled position ids, so the second
+    # answer's digit i shares its position with digit i of the operands and of the first answer.
+
+    def feedback(self, mode: str, verdict: Any = None, instruction: str | None = None) -> str:
+        if mode == "intrinsic":
+            return instruction or "="
+        return "=="
+
+    def correction_prompt(self, problem: Problem, first: str, feedback: str, id: str) -> Problem:
+        return problem.model_copy(update={"id": id, "prompt": f"{problem.prompt}{first.strip()}{feedback}",
+                                          "meta": {**problem.meta, "attempt_of": problem.id, "first": first}})
+
     def swap_operands(self, problem: Problem) -> Problem:
         """The commuted view b + a of a problem (same answer, same partition): a label-free second opinion."""
         a, b, digits = int(problem.meta["a"]), int(problem.meta["b"]), int(problem.difficulty or 1)

@@ -17,6 +17,11 @@ if TYPE_CHECKING:
 
     from selfimprove.proposals import Parsed
 
+#: the default intrinsic instruction before a second attempt: it reveals nothing about the first one's verdict
+INTRINSIC_INSTRUCTION = ("There may be an error in your previous answer. Check it step by step and give your final "
+                         "answer again, in the same format.")
+#: the default extrinsic feedback: the verifier said the first attempt is wrong (verl's GSM8K interaction says as much)
+EXTRINSIC_FEEDBACK = "Your answer is incorrect. Try again, and give your final answer in the same format."
 #: the proposer's system message in the default (chat) proposal prompt
 PROPOSER_SYSTEM = "You write new practice problems. Reply with the problem only."
 
@@ -90,6 +95,40 @@ class ProblemSet:
     def check_proposals(self, parsed: list[Parsed], sandbox: dict[str, Any]) -> None:
         """Checks that run the proposals (in the sandbox, with ``verify.sandboxed_tests``' limits), batched, in
         place; sets whose proposals need none do nothing."""
+
+    # ------------------------------------------------------------------------- second attempts (correct)
+
+    def feedback(self, mode: str, verdict: Any = None, instruction: str | None = None) -> str:
+        """What the model is told before its second attempt: ``intrinsic``, a fixed instruction that reveals no
+        verdict (``correct.instruction`` when set); ``extrinsic``, the verifier's verdict on the first attempt
+        (code sets add the failing test's message)."""
+        if mode == "intrinsic":
+            return instruction or INTRINSIC_INSTRUCTION
+        return EXTRINSIC_FEEDBACK
+
+
+class CodeFeedback:
+    """For code problem sets: the extrinsic feedback carries the failing test's message (the sandbox's verdict)."""
+
+    def feedback(self, mode: str, verdict: Any = None, instruction: str | None = None) -> str:
+        if mode == "intrinsic":
+            return instruction or INTRINSIC_INSTRUCTION
+        reason = (getattr(verdict, "reason", "") or "").strip()
+        if not reason:
+            return EXTRINSIC_FEEDBACK
+        return f"Your code is incorrect: {reason[:500]}\nFix it and give the whole function again."
+
+    def correction_prompt(self, problem: Problem, first: str, feedback: str, id: str) -> Problem:
+        """The problem as a second attempt: the conversation so far (the problem, the first attempt as the model's
+        turn, the feedback as the user's) for chat models, and the same as raw text. Gold, tests, verifier and the
+        decode limits are the problem's, so the second attempt is graded and sampled like the first."""
+        from selfimprove.chat import messages_of
+
+        messages = [*messages_of(problem.prompt, problem.messages), {"role": "assistant", "content": first},
+                    {"role": "user", "content": feedback}]
+        return problem.model_copy(update={"id": id, "prompt": f"{problem.prompt}{first}\n\n{feedback}\n\n",
+                                          "messages": messages,
+                                          "meta": {**problem.meta, "attempt_of": problem.id, "first": first}})
 
     def load(self, split: str) -> list[Problem]:
         """All problems of ``split``; raise ``ValueError`` naming the split/file if unavailable."""

@@ -23,7 +23,7 @@ from pydantic import Field
 
 from selfimprove.options import Strict
 from selfimprove.io import DataError
-from selfimprove.problems.base import ProblemSet
+from selfimprove.problems.base import CodeFeedback, ProblemSet
 from selfimprove.problems.jsonl import benchmark_file, iter_numbered_jsonl, require_file, row_field
 from selfimprove.types import Problem
 
@@ -35,7 +35,7 @@ class HumanEvalProblemsConfig(Strict):
     path: str | None = Field(default=None, description="The data file itself (overrides data_dir).")
 
 
-class HumanEvalProblems(ProblemSet):
+class HumanEvalProblems(CodeFeedback, ProblemSet):
     """HumanEval's 164 problems as the ``test`` split."""
 
     name: ClassVar[str] = "humaneval"

@@ -29,7 +29,7 @@ from pydantic import Field
 
 from selfimprove.options import Strict
 from selfimprove.io import DataError, parse_json_line
-from selfimprove.problems.base import ProblemSet
+from selfimprove.problems.base import CodeFeedback, ProblemSet
 from selfimprove.problems.jsonl import (
     benchmark_file,
     check_template,
@@ -95,7 +95,7 @@ def _unix_newlines(code: Any) -> Any:
     return code.replace("\r\n", "\n").replace("\r", "\n") if isinstance(code, str) else code
 
 
-class MBPPProblems(ProblemSet):
+class MBPPProblems(CodeFeedback, ProblemSet):
     """MBPP full or sanitized, split by task_id as in the MBPP README."""
 
     name: ClassVar[str] = "mbpp"

@@ -36,12 +36,14 @@ class ScriptedSamplerConfig(Strict):
     """``sample.scripted``: how often the fake is right."""
 
     accuracy: Prob = Field(0.3, description="Share of right answers of a model no noop fine-tuning has raised.")
+    revise: Prob = Field(0.0, description="Second attempts (correct): share of right first answers the fake breaks, "
+                         "plus the revise_gain noop fine-tunings recorded (a wrong first answer is answered afresh).")
 
 
-def recorded_gain(model_dir: str | Path) -> float:
+def recorded_gain(model_dir: str | Path, key: str = "gain") -> float:
     """The gain noop fine-tunings recorded in a model folder (``skill.json``), else 0."""
     f = Path(model_dir) / SKILL_FILE
-    return float(json.loads(f.read_text())["gain"]) if f.exists() else 0.0
+    return float(json.loads(f.read_text()).get(key, 0.0)) if f.exists() else 0.0
 
 
 def _unit(*parts: object) -> float:
@@ -62,9 +64,10 @@ def wrong_answer(answer: str | None, salt: float) -> str:
 class ScriptedSampler(Sampler):
     name: ClassVar[str] = "scripted"
 
-    def __init__(self, model_dir: str | Path, accuracy: float = 0.3, chat: Any = None, **_: Any):
+    def __init__(self, model_dir: str | Path, accuracy: float = 0.3, revise: float = 0.0, chat: Any = None, **_: Any):
         super().__init__(model_dir, accuracy=accuracy)
         self.skill = min(1.0, accuracy + recorded_gain(model_dir))
+        self.revise = min(1.0, revise + recorded_gain(model_dir, "revise"))
         self.calls = 0  # batches "generated": tests count work with it
 
     def sample(self, problems: Sequence[Problem], params: SamplingParams, round: int,
@@ -77,6 +80,9 @@ class ScriptedSampler(Sampler):
                 # greedy answers depend on the problem only (a deterministic decoder); samples also on the seed
                 u = _unit(p.id, "greedy") if greedy else _unit(p.id, j, params.seed, round)
                 right = u < self.skill
+                if p.meta.get("attempt_of") is not None and p.answer is not None:  # a second attempt (correct)
+                    was_right = str(p.meta.get("first", "")).strip() == str(p.answer).strip()
+                    right = u >= self.revise if was_right else right
                 text = " " + (str(p.answer).strip() if right and p.answer is not None
                               else wrong_answer(p.answer, _unit(p.id, j, "wrong", round if not greedy else "")))
                 out.append(Completion(

@@ -7,6 +7,7 @@ merge (``SPLITS``, ``selfimprove.stages.parts``): the flow runs the units side b
 
 from selfimprove.stages.bootstrap import BOOTSTRAP, run_bootstrap
 from selfimprove.stages.common import StageReport
+from selfimprove.stages.correct import run_correct
 from selfimprove.stages.evaluate import EVALUATE, run_evaluate
 from selfimprove.stages.finetune import FINETUNE, run_finetune
 from selfimprove.stages.parts import Split, Unit
@@ -20,6 +21,7 @@ ROUND_STAGES = {
     "propose": run_propose,
     "sample": run_sample,
     "verify": run_verify,
+    "correct": run_correct,
     "validate": run_validate,
     "finetune": run_finetune,
     "evaluate": run_evaluate,
@@ -36,6 +38,7 @@ __all__ = [
     "StageReport",
     "Unit",
     "run_bootstrap",
+    "run_correct",
     "run_evaluate",
     "run_finetune",
     "run_propose",

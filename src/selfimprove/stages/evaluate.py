@@ -125,6 +125,10 @@ def evaluate_member(config: Config, group: list[Path], i: int, round: int, key: 
             if i:
                 return evaluate_with(s, problems, verifier, greedy_only, round)[0], []
             metrics, predictions = evaluate_with(s, problems, verifier, params, round)
+            if config.correct.enabled and config.correct.eval:  # held-out acc@1 -> acc@2 in the run's mode
+                from selfimprove.stages.correct import heldout_flips
+
+                metrics.update(heldout_flips(config, s, problems, verifier, round))
             if pool:
                 pm, _ = evaluate_with(s, pool, verifier, greedy_only, round)
                 metrics.update(pool_gap(metrics, pm))

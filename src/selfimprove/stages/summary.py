@@ -141,9 +141,13 @@ def health_columns(rounds: list[dict]) -> list[str]:
                                       "proxy_agreement", "pool_accuracy", "heldout_accuracy", "pool_gap")]
     accepted = sorted((k for k in keys if k.startswith("health/accepted/")), key=lambda k: (len(k), k))
     rl = [k for k in GRPO_HEALTH if any(k in r for r in rounds)]  # online RL rounds: label and reward accuracy
-    return [k for k in fixed if k in keys] + accepted + rl + ["acceptance_precision"]
+    fix = [k for k in CORRECT_HEALTH if any(k in r for r in rounds)]  # second attempts: acc@1, acc@2, flips
+    return [k for k in fixed if k in keys] + accepted + rl + fix + ["acceptance_precision"]
 
 
+#: What second attempts record (selfimprove.correction): on the round's traces, then held out (evaluate, gold).
+CORRECT_HEALTH = tuple(f"{p}/{k}" for p in ("correct", "correct_eval")
+                       for k in ("acc1", "acc2", "delta", "wrong_to_right", "right_to_wrong", "edit"))
 #: What a GRPO round records about its rewards against gold (selfimprove.trainers.grpo), in health.csv and the plot.
 GRPO_HEALTH = ("finetune/label_accuracy", "finetune/reward_accuracy", "finetune/gold_reward")
 
@@ -200,8 +204,13 @@ def _plot_health(rounds: list[dict], cols: list[str], path: Path) -> None:
                                             "health/pool_accuracy", "health/heldout_accuracy", "health/pool_gap"]),
         ("labels", ["health/proxy_agreement", "acceptance_precision", *GRPO_HEALTH]),
     ]
-    fig, axes = plt.subplots(2, 2, figsize=(10, 6.4), dpi=100)
-    for ax, (title, keys) in zip(axes.flat, panels, strict=True):
+    fix = [k for k in CORRECT_HEALTH if k in cols and not k.endswith("/edit")]
+    if fix:  # second attempts: acc@1, acc@2 and the flip shares (traces, then held out)
+        panels.append(("second attempts (correct)", fix))
+    fig, axes = plt.subplots(2, 3 if fix else 2, figsize=(15 if fix else 10, 6.4), dpi=100)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    for ax, (title, keys) in zip(axes.flat, panels):
         for k in keys:
             pts = [(x, r[k]) for x, r in zip(xs, rounds, strict=True) if k in r]
             if pts:

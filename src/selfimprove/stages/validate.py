@@ -34,7 +34,7 @@ from selfimprove.stages.common import (
     timer,
 )
 from selfimprove.tracker import Tracker
-from selfimprove.types import Completion, PreferencePair, Problem, PromptRow, Proposal, TrainRow, Verdict
+from selfimprove.types import Completion, PreferencePair, Problem, PromptRow, Proposal, Trace, TrainRow, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,14 @@ def run_validate(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRe
         prompt_rows = _prompt_rows(kept, pass_rates(candidates), paths.round) if grpo else []
         accepted_now = [] if grpo else [_row(c, paths.round) for c in kept]
         accepted_problems = {c.problem.id for c in kept}
+        n_trace_rows = 0
+        if config.correct.enabled and config.correct.train == "traces" and not grpo:  # SFT on two-attempt traces
+            from selfimprove.correction import trace_rows
+
+            traces = read_verified_jsonl(paths.correct / "traces.jsonl", Trace)
+            rows = trace_rows(traces, problems, pset, config.correct.keep_ratio, paths.round,
+                              config.seed * 7919 + paths.round)
+            accepted_now, n_trace_rows = accepted_now + rows, len(rows)
         prev_accepted: list[TrainRow] = []
         if vc.accumulate and paths.prev_paths.key != "r0":
             prev_accepted = read_verified_jsonl(paths.prev_paths.validate / "accepted.jsonl", TrainRow)
@@ -191,6 +199,7 @@ def run_validate(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRe
         "validate/acceptance_rate": len(accepted_problems) / n_problems,
         "validate/accepted_total": len(accepted_all),
         "validate/real_rows": len(real_rows),
+        "validate/trace_rows": n_trace_rows,
         "validate/train_rows": len(train),
         "validate/seconds": t["seconds"],
     }
@@ -201,6 +210,9 @@ def run_validate(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRe
     for s in stats:
         metrics[f"validate/removed/{s.function}"] = s.removed
     metrics.update(sample_health(completions, verdicts, problems, accepted_now))
+    corrected = read_report(paths.correct)  # the round's flip metrics join its metrics file through here
+    if corrected is not None:
+        metrics.update({k: v for k, v in corrected.metrics.items() if not is_timing(k)})
     pool = None
     if config.propose.enabled:  # every proposal sampled so far, with its pass rate and band (later rounds' pool)
         from selfimprove.proposals import band_metrics

@@ -29,11 +29,13 @@ class NoopTrainerConfig(Strict):
     """``finetune.noop``: what a fake fine-tuning adds."""
 
     gain: Prob = Field(0.2, description="Share of answers the scripted sampler gets right after each noop round.")
+    revise_gain: Prob = Field(0.0, description="Share of right first answers the scripted sampler's second attempts "
+                              "break, added after each noop round (a run that learns to break right answers).")
 
 
 def train_noop(init_model: str | Path, rows: Sequence[Any], out_dir: str | Path, cfg: Any, tracker: Any = None, *,
                prefix: str = "finetune", model: Any = None, tokenizer: Any = None, gain: float = 0.2,
-               **_: Any) -> dict[str, Any]:
+               revise_gain: float = 0.0, **_: Any) -> dict[str, Any]:
     """Copy the init model (or save the given in-memory one) to ``out_dir``; raise its recorded skill by ``gain``."""
     if not rows:
         raise ValueError("no training rows: the validate stage accepted nothing this round")
@@ -43,7 +45,7 @@ def train_noop(init_model: str | Path, rows: Sequence[Any], out_dir: str | Path,
     if model is not None:
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
-        total = 0.0
+        total = revise = 0.0
     else:
         from selfimprove.checkpoint import resolve
 
@@ -51,8 +53,9 @@ def train_noop(init_model: str | Path, rows: Sequence[Any], out_dir: str | Path,
         for f in src.iterdir():
             if f.is_file() and f.name not in (MANIFEST, "stage_report.json"):
                 shutil.copy2(f, out / f.name)
-        total = recorded_gain(src) + gain
-    (out / SKILL_FILE).write_text(json.dumps({"gain": round(total, 6)}) + "\n")
+        total, revise = recorded_gain(src) + gain, recorded_gain(src, "revise") + revise_gain
+    skill = {"gain": round(total, 6)} | ({"revise": round(revise, 6)} if revise else {})
+    (out / SKILL_FILE).write_text(json.dumps(skill) + "\n")
     if tracker is not None:
         tracker.log_metrics({f"{prefix}/loss": 0.0}, step=0)
     log.info("noop trainer: %s, recorded gain %.2f (%d rows, no steps)", out, total, len(rows))
