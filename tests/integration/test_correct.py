@@ -87,7 +87,7 @@ def test_a_run_learning_to_break_right_answers_is_stopped_by_the_gate(tmp_path: 
     assert "correct/right_to_wrong" in text and "failed in round 2" in text, text[-3000:]
     assert not (proj / "runs/metrics/r3.json").exists(), "the run stopped: round 3 never ran"
     params = (proj / "params.yaml").read_text()
-    assert "r3:" not in params and "stopped after this round: health gate failed: correct/right_to_wrong" in params
+    assert not re.search(r"^  r3:", params, re.M) and "stopped after this round: health gate failed: correct/right_to_wrong" in params
     m1 = json.loads((proj / "runs/metrics/r1.json").read_text())
     m2 = json.loads((proj / "runs/metrics/r2.json").read_text())
     assert m2["correct/right_to_wrong"] > m1["correct/right_to_wrong"]
