@@ -13,6 +13,7 @@ STAGE_TIMES = [
     ("propose", "propose/seconds"),
     ("sample", "sample/seconds"),
     ("verify", "verify/seconds"),
+    ("correct", "correct/seconds"),
     ("validate", "validate/seconds"),
     ("finetune", "finetune/seconds"),
     ("evaluate", "evaluate/seconds"),
@@ -44,6 +45,8 @@ def table_rows(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for name, key in STAGE_TIMES:
             if name == "propose" and "propose/proposed" not in m:
                 continue  # propose is off: no column
+            if name == "correct" and "correct/traces" not in m:
+                continue  # correct is off: no column
             if key in m:
                 row[f"{name}_s"] = m[key]
             elif states.get(name) in ("fresh", "restored"):
@@ -80,6 +83,7 @@ HEADERS = {
     "propose_s": "prop",
     "sample_s": "sample",
     "verify_s": "verify",
+    "correct_s": "fix",
     "validate_s": "valid",
     "finetune_s": "tune",
     "evaluate_s": "eval",
@@ -177,6 +181,28 @@ def _cell(v: Any, key: str) -> Any:
     return round(float(v), 3)
 
 
+def correction_rows(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per round with second attempts (``correct``): on its traces, then held out (``correct_eval``)."""
+    out = []
+    for r in rounds:
+        m = r["metrics"]
+        if "correct/traces" not in m and "correct_eval/traces" not in m:
+            continue
+        row: dict[str, Any] = {"round": r["round"]}
+        for prefix, name in (("correct", "traces"), ("correct_eval", "held-out")):
+            if f"{prefix}/traces" in m:
+                row[f"{name} acc@1"] = _cell(m.get(f"{prefix}/acc1"), "")
+                row[f"{name} acc@2"] = _cell(m.get(f"{prefix}/acc2"), "")
+                row[f"{name} w->r"] = _cell(m.get(f"{prefix}/wrong_to_right"), "")
+                row[f"{name} r->w"] = _cell(m.get(f"{prefix}/right_to_wrong"), "")
+        if "correct/edit" in m:
+            row["edit"] = _cell(m["correct/edit"], "")
+        if "validate/trace_rows" in m:
+            row["trace rows"] = int(m["validate/trace_rows"])
+        out.append(row)
+    return out
+
+
 def artifact_tables(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The per-round numbers as two narrow tables that fit a page: accuracy per difficulty, and the round's data
     and time (accepted labels, their precision, seconds per stage)."""
@@ -191,6 +217,10 @@ def artifact_tables(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
         {"name": "data", "title": "self-labels accepted, their precision against hidden gold, seconds per stage "
          "(c = up to date or restored from DVC's run cache)", "rows": data},
     ]
+    fixes = correction_rows(rounds)
+    if fixes:
+        tables.append({"name": "second-attempts", "title": "second attempts after feedback: acc@1 -> acc@2 and the "
+                       "shares that flip, on the round's traces and held out (gold)", "rows": fixes})
     props = proposal_rows(rounds)
     if props:
         tables.append({"name": "proposals", "title": "problems the model wrote: accepted of proposed, the pass-rate "

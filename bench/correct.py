@@ -1,0 +1,122 @@
+"""Second attempts on the embedded default task, through ``selfimprove run``: what trains self-correction, if anything.
+
+Each variant is one run of the default loop (params.yaml: three rounds, 4 digits then 4-5 digits twice; three tiny
+models, label-free unanimous vote) with ``correct.enabled`` in its own clone of HEAD, one after another (never two
+torch processes at once on this 2-core machine). Every variant samples the same first and second attempts (the
+greedy answer of each model, then one greedy second attempt after ``=`` (intrinsic) or ``==`` (extrinsic: the vote
+said the first was wrong)), so sampling costs the same; they differ in what is trained on:
+
+- ``rs_<mode>``: plain rejection sampling, today's loop: the first attempts the filters keep; traces only measured;
+- ``sft_<mode>``: the same rows plus SFT rows from the traces, (x, y1, feedback) -> y2 where r2 passes (every
+  wrong->right, right->right up to ``keep_ratio`` 1 per wrong->right one), the same number of steps;
+- ``grpo_<mode>``: GRPO from each round's start model on the round's prompts with the two-attempt rollout (first
+  attempt, feedback, second attempt; the feedback tokens out of the loss) and reward r2 + alpha * (r2 - r1), the
+  vote of each group as the label (``finetune.grpo.rewards: majority_vote``), the same number of steps.
+
+Per round: held-out greedy accuracy per length, held-out acc@1 -> acc@2 with the flip shares (gold feedback in the
+extrinsic mode), the same on the round's traces (label-free), rows trained on; minutes per run.
+
+    .venv/bin/python bench/correct.py --seeds 3 --variants rs_intrinsic sft_intrinsic rs_extrinsic sft_extrinsic
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import clone, env, fmt, head_commit, save_results  # noqa: E402
+
+GRPO = ["finetune.trainer=grpo", "sample.k=3", "finetune.grpo.num_generations=4", "finetune.train.batch_size=64",
+        "finetune.train.lr=0.0003",
+        # the default filters keep unanimous problems only, which carry no GRPO signal: keep the format checks
+        "validate.filters=[{function: format}, {function: decontaminate}, {function: dedup}]"]
+VARIANTS: dict[str, list[str]] = {}
+for mode in ("intrinsic", "extrinsic"):
+    on = ["correct.enabled=true", f"correct.mode={mode}"]
+    VARIANTS[f"rs_{mode}"] = on + ["correct.train=none"]
+    VARIANTS[f"sft_{mode}"] = on + ["correct.train=traces"]
+    VARIANTS[f"grpo_{mode}"] = on + ["correct.train=traces", *GRPO]
+KEYS = ("validate/accepted", "validate/train_rows", "validate/trace_rows", "acceptance_precision",
+        *(f"{p}/{k}" for p in ("correct", "correct_eval")
+          for k in ("acc1", "acc2", "delta", "wrong_to_right", "right_to_wrong", "edit")))
+
+
+def run_one(root: Path, variant: str, seed: int) -> dict[str, Any]:
+    name = f"{variant}-s{seed}"
+    proj = clone(root, name)
+    args = [str(Path(sys.executable).parent / "selfimprove"), "run", "--name", name, "--apply", "never",
+            "-S", f"seed={seed}", *[x for o in VARIANTS[variant] for x in ("-S", o)]]
+    t0 = time.perf_counter()
+    with (root / f"{name}.log").open("w") as log:
+        proc = subprocess.run(args, cwd=proj, env=env(), stdout=log, stderr=subprocess.STDOUT)
+    out: dict[str, Any] = {"variant": variant, "seed": seed, "exit": proc.returncode,
+                           "wall_min": round((time.perf_counter() - t0) / 60, 2), "rounds": []}
+    rep = subprocess.run([str(Path(sys.executable).parent / "selfimprove"), "report", "--name", name, "--json"],
+                         cwd=proj, env=env(), capture_output=True, text=True)
+    for r in (json.loads(rep.stdout)["rounds"] if rep.stdout.strip() else []):
+        m = r["metrics"]
+        out["rounds"].append({"round": r["round"],
+                              "accuracy": {k.split("/")[1]: round(v, 3) for k, v in sorted(m.items())
+                                           if k.startswith("accuracy/d") and k.count("/") == 1},
+                              "mean": m.get("accuracy"), **{k: m[k] for k in KEYS if k in m},
+                              "minutes": {k.split("/")[0]: round(v / 60, 2) for k, v in m.items()
+                                          if k.endswith("/seconds") and k.count("/") == 1}})
+    if proc.returncode != 0:
+        out["log_tail"] = (root / f"{name}.log").read_text()[-1500:]
+    print(json.dumps(out)[:600], flush=True)
+    return out
+
+
+def markdown(results: list[dict[str, Any]], command: str) -> str:
+    lines = ["# Second attempts: rejection sampling vs SFT on traces vs GRPO (default tiny task)", "",
+             f"Command: `{command}` (commit {head_commit()}; 2-core machine, one run at a time).", "",
+             "acc@1 -> acc@2 held out: greedy first attempt, greedy second attempt (gold verdict as the extrinsic "
+             "feedback). On traces: the round's own first attempts, graded against the vote's label.", "",
+             "| variant | seed | round | d4 | d5 | d6 | held-out acc@1 -> acc@2 | w->r / r->w | traces acc@1 -> acc@2 "
+             "| w->r / r->w | edit | rows (trace rows) | label prec. | wall min |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        for x in r["rounds"]:
+            a = x["accuracy"]
+
+            def pair(p: str, x: dict = x) -> tuple[str, str]:
+                if f"{p}/acc1" not in x:
+                    return "", ""
+                return (f"{fmt(x[f'{p}/acc1'])} -> {fmt(x[f'{p}/acc2'])}",
+                        f"{fmt(x[f'{p}/wrong_to_right'])} / {fmt(x[f'{p}/right_to_wrong'])}")
+
+            ev, ev_flip = pair("correct_eval")
+            tr, tr_flip = pair("correct")
+            rows = f"{fmt(x.get('validate/train_rows'), 0)} ({fmt(x.get('validate/trace_rows'), 0)})" \
+                if "validate/train_rows" in x else ""
+            lines.append(f"| {r['variant']} | {r['seed']} | {x['round']} | {fmt(a.get('d4'))} | {fmt(a.get('d5'))} | "
+                         f"{fmt(a.get('d6'))} | {ev} | {ev_flip} | {tr} | {tr_flip} | {fmt(x.get('correct/edit'))} | "
+                         f"{rows} | {fmt(x.get('acceptance_precision'))} | {r['wall_min']} |")
+        if r["exit"]:
+            lines.append(f"| {r['variant']} | {r['seed']} | failed | {r.get('log_tail', '')[-300:]!r} ||||||||||||")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[3, 4, 5])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    ap.add_argument("--root", type=Path, default=Path("/tmp/selfimprove-correct"))
+    ap.add_argument("--tag", default="")
+    a = ap.parse_args()
+    results = [run_one(a.root, v, s) for s in a.seeds for v in a.variants]
+    command = "python bench/correct.py " + " ".join(sys.argv[1:])
+    save_results(f"correct{'_' + a.tag if a.tag else ''}", {"commit": head_commit(), "runs": results},
+                 markdown(results, command))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    main()
