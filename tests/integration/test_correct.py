@@ -91,3 +91,51 @@ def test_a_run_learning_to_break_right_answers_is_stopped_by_the_gate(tmp_path: 
     m1 = json.loads((proj / "runs/metrics/r1.json").read_text())
     m2 = json.loads((proj / "runs/metrics/r2.json").read_text())
     assert m2["correct/right_to_wrong"] > m1["correct/right_to_wrong"]
+
+
+def test_grpo_two_attempt_rollout_masks_the_feedback_and_rewards_improvement(tiny_model_dir: Path,
+                                                                           tmp_path: Path) -> None:
+    """A real TRL GRPO run on the tiny arithmetic model with the two-attempt rollout (TRL's rollout_func)."""
+    import torch
+
+    from selfimprove.config import TrainConfig
+    from selfimprove.problems.arithmetic import ArithmeticProblems
+    from selfimprove.trainers.grpo import GRPOOptions, RewardSpec, Rollouts, TwoAttempts, train_grpo
+    from selfimprove.trainers.sft import load_for_training
+    from selfimprove.types import PromptRow
+    from selfimprove.verifiers import VERIFIERS
+
+    pset = ArithmeticProblems()
+    problems = {p.id: p for p in pset.training_pool(8, [2], seed=0, round=1)}
+    rows = [PromptRow(id=p.id, prompt=p.prompt, problem_id=p.id, round=1, pass_rate=0.5) for p in problems.values()]
+    rec = Rollouts(["improvement"], [1.0], None, 1)
+    two = TwoAttempts(problems, pset, "intrinsic", None, 1.0, [RewardSpec(verifier="exact_match")],
+                      lambda name: VERIFIERS.get(name)(), rec, 1)
+    seen: list[dict] = []
+    rollout = two.rollout
+
+    def spy(prompts, trainer):
+        out = rollout(prompts, trainer)
+        seen.append({"prompts": list(prompts), **out})
+        return out
+
+    two.rollout = spy  # type: ignore[method-assign]
+    cfg = TrainConfig(steps=2, batch_size=8, lr=1e-3, warmup_steps=0, max_length=32, device="cpu")
+    model, tok = load_for_training(tiny_model_dir, cfg)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    report = train_grpo("unused", rows, tmp_path / "out", cfg, grpo=GRPOOptions(num_generations=4, temperature=1.0),
+                        rewards=[], max_completion_length=3, model=model, tokenizer=tok, progress=False,
+                        two_attempts=two)
+    assert report["steps"] == 2 and seen
+    eq = tok.convert_tokens_to_ids("=")
+    for batch in seen:
+        assert len(batch["completion_ids"]) == len(batch["prompts"])
+        for ids, mask, r1, r2 in zip(batch["completion_ids"], batch["env_mask"], batch["r1"], batch["r2"]):
+            # y1 (the model's), "=" (the intrinsic feedback: no loss), y2 (the model's)
+            assert len(ids) == len(mask) and mask.count(0) == 1 and ids[mask.index(0)] == eq
+    records = rec.records()
+    assert records and all(r.reward in (-1.0, 0.0, 1.0, 2.0) for r in records)
+    by_batch = [(a, b) for batch in seen for a, b in zip(batch["r1"], batch["r2"])]
+    assert sorted(r.reward for r in records) == sorted(b + (b - a) for a, b in by_batch[:len(records)])
+    changed = [n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())]
+    assert changed, "GRPO steps on two-attempt episodes moved the model"

@@ -71,6 +71,17 @@ class _GRPORound:
     def kwargs(self, member: str | None) -> dict[str, Any]:
         from selfimprove.trainers.grpo import Rollouts, reward_functions
 
+        cc = self.config.correct
+        if cc.enabled and cc.train == "traces":  # two attempts per rollout, rewarded r2 + alpha * (r2 - r1)
+            from selfimprove.trainers.grpo import TwoAttempts
+
+            rec = Rollouts(["improvement"], [1.0], member, self.paths.round)
+            self._recorders.append(rec)
+            two = TwoAttempts(self.problems, problem_set(self.config), cc.mode, cc.instruction, cc.alpha,
+                              self.g.rewards, self.make, rec, self.paths.round)
+            self._verifiers += two.verifiers
+            return {"grpo": self.g, "rewards": [two.improvement], "two_attempts": two,
+                    "max_completion_length": self.g.max_completion_length or self.config.sample.max_new_tokens}
         rec = Rollouts([s.verifier for s in self.g.rewards], [s.weight for s in self.g.rewards], member,
                        self.paths.round)
         self._recorders.append(rec)
@@ -117,6 +128,10 @@ class _GRPORound:
         rollouts = [r.model_copy(update={"gold_passed": gold.get(r.id)}) for r in rollouts]
         weights = [s.weight for s in self.g.rewards]
         bounds = (sum(min(w, 0.0) for w in weights), sum(max(w, 0.0) for w in weights))
+        cc = self.config.correct
+        if cc.enabled and cc.train == "traces":  # r2 + alpha * (r2 - r1) with r1, r2 in the bounds above
+            lo, hi = bounds
+            bounds = (lo - cc.alpha * (hi - lo), hi + cc.alpha * (hi - lo))
         frame = pd.DataFrame([r.model_dump() for r in rollouts])
         quality = check_rollouts(frame, self.g.num_generations, bounds, name=f"finetune@{self.paths.key}/rollouts")
         write_jsonl(out / "rollouts.jsonl", rollouts)

@@ -257,6 +257,7 @@ def train_grpo(
     callbacks: Sequence[Any] = (),
     model: Any = None,
     tokenizer: Any = None,
+    two_attempts: TwoAttempts | None = None,
 ) -> dict[str, Any]:
     """GRPO on ``rows``' prompts from ``init_model``; save to ``out_dir``; return a report with the SFT trainer's
     keys plus TRL's last reward, reward std, zero-std share, KL and entropy."""
@@ -300,7 +301,7 @@ def train_grpo(
         epsilon=grpo.epsilon,
         loss_type=grpo.loss_type,
         scale_rewards=grpo.scale_rewards,
-        reward_weights=[s.weight for s in grpo.rewards],
+        reward_weights=[1.0] if two_attempts is not None else [s.weight for s in grpo.rewards],
         generation_kwargs={"eos_token_id": stop_token_ids(tokenizer)},
     )
     tcb = TrackerCallback(tracker, prefix)
@@ -311,9 +312,18 @@ def train_grpo(
         args.vllm_gpu_memory_utilization = grpo.vllm_gpu_memory_utilization
         if grpo.vllm_server_base_url:
             args.vllm_server_base_url = grpo.vllm_server_base_url
+    extra: dict[str, Any] = {}
+    if two_attempts is not None:  # self-correction: TRL's rollout_func with an env_mask over the feedback tokens
+        import os
+
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # experimental in TRL 1.16: said in docs/correct.md
+        two_attempts.index(rows, chat)
+        two_attempts.max_new_tokens, two_attempts.temperature = max_completion_length, grpo.temperature
+        extra["rollout_func"] = two_attempts.rollout
+        rewards = [two_attempts.improvement]  # its __name__ is what TRL logs the reward as
     trainer = GRPOTrainer(model=model, reward_funcs=list(rewards), args=args, train_dataset=Dataset.from_list(records),
                           processing_class=tokenizer, peft_config=peft_config(cfg, model),
-                          callbacks=[tcb.callback, *callbacks])
+                          callbacks=[tcb.callback, *callbacks], **extra)
     quiet_progress(trainer)
     t0 = time.perf_counter()
     result = trainer.train()
@@ -335,3 +345,175 @@ def train_grpo(
     log.info("GRPO: %d steps on %d prompts x %d generations in %.1fs (reward %.3f)", report["steps"], len(rows),
              grpo.num_generations, seconds, report.get("reward", float("nan")))
     return report
+
+
+# ------------------------------------------------------------------------------- two attempts (correct.train)
+
+
+class TwoAttempts:
+    """GRPO on self-correction (``correct.train: traces`` with ``finetune.trainer: grpo``): a two-attempt rollout and
+    SCoRe's reward r2 + alpha * (r2 - r1), through TRL's ``rollout_func`` (experimental in TRL 1.16) and its
+    ``env_mask``.
+
+    Per prompt TRL hands it (each problem ``num_generations`` times): the model's first attempt y1 (sampled at the
+    round's GRPO temperature, cut at the end of turn), graded (r1) by the reward verifiers; the feedback of
+    ``correct.mode`` (the problem set's ``correction_prompt``, so the rollout, the ``correct`` stage and the SFT rows
+    share one format; extrinsic: only after a wrong y1, a right one ends the episode with y2 = y1); the second attempt
+    y2, graded (r2). The completion TRL trains on is y1 + feedback + y2 with ``env_mask`` 0 on the feedback tokens,
+    so the loss and the KL fall on the model's own tokens only, both attempts trained as in SCoRe's second stage.
+
+    r1 and r2 are the weighted sum of ``finetune.grpo.rewards``: gold verifiers grade each attempt; ``majority_vote``
+    takes the plurality of the group's first attempts as the label and grades both attempts against it (no gold).
+    The rollouts recorded are the second attempts with their reward (health grades them against gold)."""
+
+    def __init__(self, problems: Mapping[str, Problem], pset: Any, mode: str, instruction: str | None, alpha: float,
+                 specs: Sequence[RewardSpec], make: Callable[[str], Any], recorder: Rollouts, round: int):
+        self.problems, self.pset, self.mode, self.instruction, self.alpha = problems, pset, mode, instruction, alpha
+        self.specs, self.recorder, self.round = list(specs), recorder, round
+        self.verifiers = [make(s.verifier) for s in specs]
+        self.blind = {k: p.model_copy(update={"answer": None, "solution": None, "tests": None})
+                      for k, p in problems.items()}
+        self.by_prompt: dict[str, str] = {}
+        self.chat = False
+        self.max_new_tokens = 16
+        self.temperature = 1.0
+        self.counts = {"episodes": 0, "second_attempts": 0}
+
+    def index(self, rows: Sequence[PromptRow], chat: bool) -> None:
+        import json
+
+        self.chat = chat
+        for r in rows:
+            key = json.dumps(r.messages or [{"role": "user", "content": r.prompt}]) if chat else r.prompt
+            self.by_prompt[key] = r.problem_id
+
+    def _problem_id(self, prompt: Any) -> str:
+        import json
+
+        key = json.dumps(prompt) if self.chat else prompt
+        return self.by_prompt[key]
+
+    # -------------------------------------------------------------------------------------- grading
+    def grade(self, problem_ids: Sequence[str], texts: Sequence[str], labels: Sequence[str | None] | None = None
+              ) -> tuple[list[float], list[Any], list[str | None]]:
+        """The weighted reward of each text, its first verifier's verdict, and the group label (majority vote:
+        the plurality of these texts; or the given ``labels``, graded by the vote's answer reader)."""
+        comps = _completions(problem_ids, texts, self.round)
+        total = [0.0] * len(texts)
+        first: list[Any] = []
+        out_labels: list[str | None] = [None] * len(texts)
+        for k, (spec, v) in enumerate(zip(self.specs, self.verifiers)):
+            vote = spec.verifier == "majority_vote"
+            if vote and labels is not None:
+                scores, verdicts = [], []
+                for c, label in zip(comps, labels):
+                    answer = v.answer_verifier.extract(c.text, self.blind[c.problem_id])
+                    ok = label is not None and answer is not None and (answer == label or
+                                                                        v.answer_verifier.equivalent(answer, label))
+                    scores.append(1.0 if ok else 0.0)
+                    verdicts.append(_Judged(ok, answer, label))
+                out_labels = list(labels)
+            else:
+                verdicts = v.verify(self.problems if v.needs_gold else self.blind, comps)
+                scores = [(1.0 if x.passed else 0.0) if vote else float(x.score) for x in verdicts]
+                if vote:
+                    out_labels = [x.label for x in verdicts]
+            total = [t + spec.weight * s for t, s in zip(total, scores)]
+            if k == 0:
+                first = list(verdicts)
+        return total, first, out_labels
+
+    # -------------------------------------------------------------------------------------- rollout
+    def rollout(self, prompts: list[Any], trainer: Any) -> dict[str, Any]:
+        """TRL's ``rollout_func``: one two-attempt episode per prompt (prompts come ``num_generations`` times)."""
+        from selfimprove.chat import messages_of, render_prompt, stop_token_ids
+
+        tok = trainer.processing_class
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        pids = [self._problem_id(p) for p in prompts]
+        problems = [self.problems[pid] for pid in pids]
+        text1 = [render_prompt(tok, messages_of(p.prompt, p.messages)) if self.chat else p.prompt for p in problems]
+        ids1 = [tok(t, add_special_tokens=not self.chat)["input_ids"] for t in text1]
+        stops = stop_token_ids(tok)
+        y1_ids = _generate(model, tok, ids1, self.max_new_tokens, self.temperature, stops, keep_stop=False)
+        y1 = [tok.decode(ids, skip_special_tokens=True) for ids in y1_ids]
+        r1, v1, labels = self.grade(pids, y1)
+        feedback_ids: list[list[int]] = []
+        asked: list[int] = []
+        for i, (p, t1, y, v) in enumerate(zip(problems, text1, y1, v1)):
+            if self.mode == "extrinsic" and v.passed:
+                feedback_ids.append([])
+                continue
+            fb = self.pset.feedback(self.mode, v, self.instruction)
+            second = self.pset.correction_prompt(p, y, fb, id=f"{p.id}/2")
+            t2 = render_prompt(tok, messages_of(second.prompt, second.messages)) if self.chat else second.prompt
+            y_used = y if self.chat else y.strip() if t2.startswith(t1 + y.strip()) else y
+            if not t2.startswith(t1 + y_used):
+                raise ValueError(f"problem set {self.pset.name!r}: the second-attempt prompt does not continue the "
+                                 f"first attempt ({t2[:120]!r}); GRPO's two-attempt rollout needs it to")
+            feedback_ids.append(tok(t2[len(t1 + y_used):], add_special_tokens=False)["input_ids"])
+            asked.append(i)
+        y2_ids: list[list[int]] = [[] for _ in prompts]
+        if asked:
+            got = _generate(model, tok, [ids1[i] + y1_ids[i] + feedback_ids[i] for i in asked], self.max_new_tokens,
+                            self.temperature, stops, keep_stop=True)
+            for i, ids in zip(asked, got):
+                y2_ids[i] = ids
+        y2 = [tok.decode(y2_ids[i], skip_special_tokens=True) if i in set(asked) else y1[i] for i in range(len(y1))]
+        r2, v2, _ = self.grade(pids, y2, labels)
+        completion_ids = [a + f + b for a, f, b in zip(y1_ids, feedback_ids, y2_ids)]
+        env_mask = [[1] * len(a) + [0] * len(f) + [1] * len(b) for a, f, b in zip(y1_ids, feedback_ids, y2_ids)]
+        self.counts["episodes"] += len(prompts)
+        self.counts["second_attempts"] += len(asked)
+        self._last = {"y2": y2, "v2": v2}
+        return {"prompt_ids": ids1, "completion_ids": completion_ids, "logprobs": None, "env_mask": env_mask,
+                "r1": r1, "r2": r2, "second": y2}
+
+    def improvement(self, prompts: list[Any], completions: list[Any], problem_id: list[str], r1: list[float],
+               r2: list[float], second: list[str], trainer_state: Any = None, **_: Any) -> list[float]:
+        """r2 + alpha * (r2 - r1), recorded with the second attempt as the rollout's text."""
+        from selfimprove.correction import improvement_reward
+
+        scores = [improvement_reward(a, b, self.alpha) for a, b in zip(r1, r2)]
+        step = int(getattr(trainer_state, "global_step", 0) or 0)
+        verdicts = self._last["v2"] if len(self._last["v2"]) == len(scores) else [_Judged(b > 0, None, None) for b in r2]
+        self.recorder.add("improvement", step, problem_id, second, scores, verdicts)
+        return scores
+
+    def close(self) -> None:
+        for v in self.verifiers:
+            v.close()
+
+
+class _Judged:
+    """A verdict-shaped record of a second attempt graded against its group's label."""
+
+    def __init__(self, passed: bool, answer: str | None, label: str | None):
+        self.passed, self.answer, self.label, self.score = passed, answer, label, 1.0 if passed else 0.0
+
+
+def _generate(model: Any, tok: Any, batch: list[list[int]], max_new_tokens: int, temperature: float,
+              stops: list[int], keep_stop: bool) -> list[list[int]]:
+    """Sampled continuations of token-id prompts (left-padded, one batch), each cut after its first stop token
+    (kept with ``keep_stop``, for the second attempt, so the model learns to end its turn)."""
+    import torch
+
+    width = max(len(b) for b in batch)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else stops[0]
+    ids = torch.tensor([[pad] * (width - len(b)) + b for b in batch])
+    mask = torch.tensor([[0] * (width - len(b)) + [1] * len(b) for b in batch])
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature,
+                             max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=pad, top_k=0, top_p=1.0)
+    if was_training:
+        model.train()
+    result = []
+    for row in out[:, width:].tolist():
+        cut = next((j for j, t in enumerate(row) if t in stops), None)
+        if cut is None:
+            result.append([t for t in row if t != pad] if pad not in stops else row)
+        else:
+            result.append(row[:cut + 1] if keep_stop else row[:cut])
+    return result
