@@ -11,7 +11,12 @@ said the first was wrong)), so sampling costs the same; they differ in what is t
   wrong->right, right->right up to ``keep_ratio`` 1 per wrong->right one), the same number of steps;
 - ``grpo_<mode>``: GRPO from each round's start model on the round's prompts with the two-attempt rollout (first
   attempt, feedback, second attempt; the feedback tokens out of the loss) and reward r2 + alpha * (r2 - r1), the
-  vote of each group as the label (``finetune.grpo.rewards: majority_vote``), the same number of steps.
+  vote of each group's first attempts as the label (``finetune.grpo.rewards: majority_vote``), the same number of
+  steps (lr 1e-4, KL 0.04: bench/objectives.py's GRPO recipe), on the problems the three models disagree on;
+- ``rs_intrinsic_noprior``: ``rs_intrinsic`` with ``correct.bootstrap=0``: round 0 never saw a second attempt.
+
+Every variant but the last has ``correct.bootstrap`` 0.25: round 0 also learns the second-attempt format on a quarter
+of its labelled 1-3 digit problems (the gold answer after a first attempt with one digit changed, or a right one).
 
 Per round: held-out greedy accuracy per length, held-out acc@1 -> acc@2 with the flip shares (gold feedback in the
 extrinsic mode), the same on the round's traces (label-free), rows trained on; minutes per run.
@@ -33,16 +38,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import clone, env, fmt, head_commit, save_results  # noqa: E402
 
-GRPO = ["finetune.trainer=grpo", "sample.k=3", "finetune.grpo.num_generations=4", "finetune.train.batch_size=64",
-        "finetune.train.lr=0.0003",
-        # the default filters keep unanimous problems only, which carry no GRPO signal: keep the format checks
-        "validate.filters=[{function: format}, {function: decontaminate}, {function: dedup}]"]
+GRPO = ["finetune.trainer=grpo", "finetune.train.lr=0.0001", "finetune.grpo.beta=0.04",  # bench/objectives.py's recipe
+        # no agreement/view filters: GRPO wants the problems the models disagree on (prompt_band), not unanimous ones
+        "validate.filters=[{function: decontaminate}, {function: dedup}, {function: per_problem_cap, max: 1}]"]
 VARIANTS: dict[str, list[str]] = {}
 for mode in ("intrinsic", "extrinsic"):
     on = ["correct.enabled=true", f"correct.mode={mode}"]
     VARIANTS[f"rs_{mode}"] = on + ["correct.train=none"]
     VARIANTS[f"sft_{mode}"] = on + ["correct.train=traces"]
     VARIANTS[f"grpo_{mode}"] = on + ["correct.train=traces", *GRPO]
+VARIANTS["rs_intrinsic_noprior"] = VARIANTS["rs_intrinsic"] + ["correct.bootstrap=0"]  # round 0 never saw the format
 KEYS = ("validate/accepted", "validate/train_rows", "validate/trace_rows", "acceptance_precision",
         *(f"{p}/{k}" for p in ("correct", "correct_eval")
           for k in ("acc1", "acc2", "delta", "wrong_to_right", "right_to_wrong", "edit")))

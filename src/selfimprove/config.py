@@ -251,6 +251,10 @@ class CorrectConfig(Strict):
     eval: bool = Field(True, description="evaluate also measures held-out acc@1 and acc@2 (greedy, this mode, gold "
                        "verdicts as the extrinsic feedback).")
     min_traces: NonNegInt = Field(1, description="Great Expectations: fewest traces a round may have.")
+    bootstrap: float = Field(0.25, ge=0.0, le=1.0, description="model.source: tiny: round 0 also learns the "
+                             "second-attempt format on this share of its labelled problems (the gold answer after a "
+                             "first attempt with one digit changed or, intrinsic, a right one); a model trained from "
+                             "scratch has never seen a second attempt (0 = it learns the format in the rounds or not).")
 
     @model_validator(mode="after")
     def _greedy_once(self) -> CorrectConfig:

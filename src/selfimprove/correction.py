@@ -118,3 +118,38 @@ def improvement_reward(r1: float, r2: float, alpha: float) -> float:
     (2.0, -1.0, 1.0)
     """
     return r2 + alpha * (r2 - r1)
+
+
+def corrupt(answer: str, rng: random.Random) -> str | None:
+    """The answer with one digit changed (a plausible wrong first attempt), or None when it has no digit.
+
+    >>> corrupt("9750", random.Random(0)) != "9750"
+    True
+    """
+    digits = [i for i, ch in enumerate(answer) if ch.isdigit()]
+    if not digits:
+        return None
+    i = rng.choice(digits)
+    new = rng.choice([d for d in "0123456789" if d != answer[i]])
+    return answer[:i] + new + answer[i + 1:]
+
+
+def format_rows(pset: Any, problems: Sequence[Problem], mode: str, instruction: str | None, share: float,
+                seed: int) -> list[TrainRow]:
+    """Labelled rows in the second-attempt format for a model trained from scratch (``correct.bootstrap``): it has
+    never seen a second attempt, so round 0 learns the format on the labelled problems: the gold answer after a first
+    attempt that is wrong (one digit changed) or, intrinsic only, right (keep it): ``share`` x the problems."""
+    rng = random.Random(seed)
+    pool = [p for p in problems if p.answer is not None]
+    rows: list[TrainRow] = []
+    for p in rng.sample(pool, min(len(pool), int(round_half_up(len(pool) * share)))):
+        keep = mode == "intrinsic" and rng.random() < 0.5
+        first = p.answer if keep else corrupt(str(p.answer), rng)
+        if first is None:
+            continue
+        fb = pset.feedback(mode, None, instruction)
+        second = pset.correction_prompt(p, first, fb, id=f"{p.id}/fix")
+        rows.append(TrainRow(id=f"real/{p.id}/fix", prompt=second.prompt, completion=str(p.answer), problem_id=p.id,
+                             origin="real", round=0, difficulty=p.difficulty, label=p.answer,
+                             messages=second.messages))
+    return rows

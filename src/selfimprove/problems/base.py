@@ -107,17 +107,6 @@ class ProblemSet:
         return EXTRINSIC_FEEDBACK
 
 
-class CodeFeedback:
-    """For code problem sets: the extrinsic feedback carries the failing test's message (the sandbox's verdict)."""
-
-    def feedback(self, mode: str, verdict: Any = None, instruction: str | None = None) -> str:
-        if mode == "intrinsic":
-            return instruction or INTRINSIC_INSTRUCTION
-        reason = (getattr(verdict, "reason", "") or "").strip()
-        if not reason:
-            return EXTRINSIC_FEEDBACK
-        return f"Your code is incorrect: {reason[:500]}\nFix it and give the whole function again."
-
     def correction_prompt(self, problem: Problem, first: str, feedback: str, id: str) -> Problem:
         """The problem as a second attempt: the conversation so far (the problem, the first attempt as the model's
         turn, the feedback as the user's) for chat models, and the same as raw text. Gold, tests, verifier and the
@@ -192,3 +181,15 @@ class CodeFeedback:
             items = by[d]
             out.extend(items if len(items) <= per_difficulty else rng.sample(items, per_difficulty))
         return out
+
+
+class CodeFeedback:
+    """For code problem sets: the extrinsic feedback carries the failing test's message (the sandbox's verdict)."""
+
+    def feedback(self, mode: str, verdict: Any = None, instruction: str | None = None) -> str:
+        if mode == "intrinsic":
+            return instruction or INTRINSIC_INSTRUCTION
+        reason = (getattr(verdict, "reason", "") or "").strip()
+        if not reason:
+            return EXTRINSIC_FEEDBACK
+        return f"Your code is incorrect: {reason[:500]}\nFix it and give the whole function again."

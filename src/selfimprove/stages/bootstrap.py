@@ -49,7 +49,9 @@ def labelled_problems(config: Config) -> list[Problem]:
     return problems
 
 
-def labelled_rows(problems: list[Problem]) -> list[TrainRow]:
+def labelled_rows(problems: list[Problem], config: Config | None = None) -> list[TrainRow]:
+    """The labelled rows; with ``correct.bootstrap`` (a tiny model trained here) also rows in the second-attempt
+    format, so round 0 knows what a second attempt is (``selfimprove.correction.format_rows``)."""
     rows = []
     for p in problems:
         completion = p.solution if p.solution is not None else p.answer
@@ -57,6 +59,11 @@ def labelled_rows(problems: list[Problem]) -> list[TrainRow]:
             continue
         rows.append(TrainRow(id=f"real/{p.id}", prompt=p.prompt, completion=completion, problem_id=p.id, origin="real",
                              round=0, difficulty=p.difficulty, label=p.answer))
+    cc = config.correct if config is not None else None
+    if cc is not None and cc.enabled and cc.bootstrap > 0 and config.model.source == "tiny":
+        from selfimprove.correction import format_rows
+
+        rows += format_rows(problem_set(config), problems, cc.mode, cc.instruction, cc.bootstrap, config.seed)
     return rows
 
 
@@ -131,7 +138,7 @@ def run_bootstrap_unit(config: Config, paths: RoundPaths, unit: Unit, tracker: T
 
     train = TRAINERS.get(config.bootstrap.trainer)
     setup_runtime(config)
-    rows = labelled_rows(labelled_problems(config))
+    rows = labelled_rows(labelled_problems(config), config)
     if not rows:
         raise ValueError("bootstrap has no labelled rows to train the tiny model on; check bootstrap.difficulties")
     i, target = unit.member or 0, unit.dir(paths)
@@ -161,7 +168,7 @@ def merge_bootstrap(config: Config, paths: RoundPaths, units: list[Unit], parts:
         find_gguf(mc.path, mc.gguf_file)  # fails before anything is written
     with timer() as t:
         problems = labelled_problems(config)
-        rows = labelled_rows(problems)
+        rows = labelled_rows(problems, config)
         with staged_output(paths.sample) as out:
             write_jsonl(out / "problems.jsonl", problems)
             write_jsonl(out / "samples.jsonl", [])
