@@ -13,7 +13,7 @@ import yaml
 
 from helpers import ROOT, run_cli
 
-STAGES = ["propose", "sample", "verify", "validate", "finetune", "evaluate"]
+STAGES = ["propose", "sample", "verify", "correct", "validate", "finetune", "evaluate"]
 
 
 def test_every_dvc_stage_has_config_function_cli_and_task() -> None:

@@ -88,7 +88,7 @@ def base(tmp_path_factory: pytest.TempPathFactory, prefect_backend) -> tuple[Pat
 def test_a_run_is_a_dvc_experiment_applied_to_an_untouched_workspace(base) -> None:
     proj, result, params = base
     assert result["ran"] == {"r0": ["bootstrap", "evaluate"],
-                             "r1": ["propose", "sample", "verify", "validate", "finetune", "evaluate"]}
+                             "r1": ["propose", "sample", "verify", "correct", "validate", "finetune", "evaluate"]}
     assert result["applied"] is True and result["experiment"] == "base"
     assert (proj / "params.yaml").read_bytes() == params and not git(["status", "--porcelain", "params.yaml"], proj)
     assert "base" in dvc_out(["exp", "list", "--name-only"], proj).split()

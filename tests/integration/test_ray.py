@@ -72,7 +72,7 @@ def _lock(proj: Path, rev: str) -> str:
 def test_ray_and_sequential_write_the_same_bytes(both) -> None:
     (sp, seq), (rp, ray_) = both["sequential"], both["ray"]
     assert seq["ran"] == ray_["ran"] == {"r0": ["bootstrap", "evaluate"],
-                                        "r1": ["propose", "sample", "verify", "validate", "finetune", "evaluate"]}
+                                        "r1": ["propose", "sample", "verify", "correct", "validate", "finetune", "evaluate"]}
     lock_seq, lock_ray = _lock(sp, seq["rev"]), _lock(rp, ray_["rev"])
     assert "runs/r1/sample" in lock_seq and "md5:" in lock_seq
     assert lock_seq == lock_ray

@@ -117,3 +117,21 @@ def test_health_gates_read_the_proposals_drift_and_collapse():
     res = check_health(rounds, gates)
     assert {f["check"] for f in res["failures"]} == {"propose/acceptance_rate / first", "proposals/band_yield"}
     assert all(f["failed_rounds"] == [2] for f in res["failures"])
+
+
+def test_a_rise_gate_stops_right_to_wrong_flips_rising_and_a_delta_floor():
+    from selfimprove.config import HealthGate
+    from selfimprove.health import check_health, describe_failure
+
+    rounds = [{"round": 0}, {"round": 1, "correct/right_to_wrong": 0.05, "correct/delta": 0.02},
+              {"round": 2, "correct/right_to_wrong": 0.04, "correct/delta": 0.01},
+              {"round": 3, "correct/right_to_wrong": 0.12, "correct/delta": -0.06}]
+    gates = [HealthGate(metric="correct/right_to_wrong", max_rise=0.01), HealthGate(metric="correct/delta", min=-0.02)]
+    assert check_health(rounds[:3], gates)["success"] is True
+    bad = check_health(rounds, gates)
+    by_check = {f["check"]: f for f in bad["failures"]}
+    assert set(by_check) == {"correct/right_to_wrong rise", "correct/delta"}
+    rise = by_check["correct/right_to_wrong rise"]
+    assert rise["failed_rounds"] == [3] and rise["values"] == {0: None, 1: 0.05, 2: 0.04, 3: 0.12}
+    assert describe_failure(rise).startswith("correct/right_to_wrong (correct/right_to_wrong rise, max_value 0.01) "
+                                             "failed in round 3")
