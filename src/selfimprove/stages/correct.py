@@ -161,8 +161,8 @@ def run_correct(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRep
     return report
 
 
-def heldout_flips(config: Config, sampler: Any, problems: list[Problem], verifier: Any, round: int
-                  ) -> dict[str, float]:
+def heldout_flips(config: Config, sampler: Any, problems: list[Problem], verifier: Any, round: int,
+                  keep: list[Trace] | None = None) -> dict[str, float]:
     """Held-out acc@1 and acc@2 of a model in the run's ``correct.mode`` (``evaluate``, with ``correct.eval``): a
     greedy first attempt, graded by the gold verifier, whose verdict is also the extrinsic feedback; a greedy second
     attempt. ``correct_eval/*`` (overall and per difficulty ``correct_eval/acc2/dN``)."""
@@ -176,6 +176,8 @@ def heldout_flips(config: Config, sampler: Any, problems: list[Problem], verifie
     triples = [(by_id[c.problem_id], c, verdicts[c.id]) for c in firsts]
     traces = second_attempts(pset, triples, config.correct.mode, config.correct.instruction, sampler, params, round,
                              verifier, False, None)
+    if keep is not None:
+        keep.extend(traces)
     out = flip_metrics(traces, prefix="correct_eval/")
     for d in sorted({t.difficulty for t in traces if t.difficulty is not None}):
         mine = [t for t in traces if t.difficulty == d]
