@@ -13,6 +13,7 @@ said the first was wrong)), so sampling costs the same; they differ in what is t
   attempt, feedback, second attempt; the feedback tokens out of the loss) and reward r2 + alpha * (r2 - r1), the
   vote of each group's first attempts as the label (``finetune.grpo.rewards: majority_vote``), the same number of
   steps (lr 1e-4, KL 0.04: bench/objectives.py's GRPO recipe), on the problems the three models disagree on;
+- ``grpo_intrinsic_alpha0``: ``grpo_intrinsic`` rewarded r2 alone (no bonus on improving);
 - ``rs_intrinsic_noprior``: ``rs_intrinsic`` with ``correct.bootstrap=0``: round 0 never saw a second attempt.
 
 Every variant but the last has ``correct.bootstrap`` 0.25: round 0 also learns the second-attempt format on a quarter
@@ -47,6 +48,8 @@ for mode in ("intrinsic", "extrinsic"):
     VARIANTS[f"rs_{mode}"] = on + ["correct.train=none"]
     VARIANTS[f"sft_{mode}"] = on + ["correct.train=traces"]
     VARIANTS[f"grpo_{mode}"] = on + ["correct.train=traces", *GRPO]
+# the bonus alone: wrong->right earns 2 and right->right 1 at alpha 1, so a worse first attempt can pay
+VARIANTS["grpo_intrinsic_alpha0"] = VARIANTS["grpo_intrinsic"] + ["correct.alpha=0"]
 VARIANTS["rs_intrinsic_noprior"] = VARIANTS["rs_intrinsic"] + ["correct.bootstrap=0"]  # round 0 never saw the format
 KEYS = ("validate/accepted", "validate/train_rows", "validate/trace_rows", "acceptance_precision",
         *(f"{p}/{k}" for p in ("correct", "correct_eval")
