@@ -38,9 +38,15 @@ def save_results(stem: str, data: dict[str, Any], md: str) -> None:
     print(md)
 
 
-def env() -> dict[str, str]:
+def env(proj: Path | None = None) -> dict[str, str]:
+    """The environment of a run in a clone: this venv's binaries and, given the clone, the clone's own code first
+    (the venv's package is an editable install of this checkout: without it a run would import the checkout's
+    working tree, edits made while a benchmark runs included)."""
     out = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     out.pop("PREFECT_API_URL", None)
+    if proj is not None:
+        out["PYTHONPATH"] = os.pathsep.join([str(Path(proj).resolve() / "src"), str(Path(proj).resolve())]
+                                            + ([out["PYTHONPATH"]] if out.get("PYTHONPATH") else []))
     return out
 
 
@@ -61,7 +67,7 @@ def read_back(proj: Path, name: str, out: dict[str, Any]) -> dict[str, Any]:
     params = subprocess.run(["git", "show", f"{rev}:params.yaml"], cwd=proj, capture_output=True, text=True).stdout
     cfg = config_from_text(params, f"{rev}:params.yaml")
     report = json.loads(subprocess.run([str(Path(sys.executable).parent / "selfimprove"), "report", "--name", name,
-                                        "--json"], cwd=proj, env=env(), capture_output=True, text=True).stdout)
+                                        "--json"], cwd=proj, env=env(proj), capture_output=True, text=True).stdout)
     cum = 0.0
     rounds = []
     for r in report["rounds"]:

@@ -50,7 +50,7 @@ def run(root: Path, runner: str, i: int, extra: list[str]) -> dict[str, Any]:
     busy0 = _busy_cpu_s()
     t0 = time.perf_counter()
     with log_path.open("w") as log:
-        proc = subprocess.Popen(args, cwd=proj, env=env(), stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(args, cwd=proj, env=env(proj), stdout=log, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     text = log_path.read_text(errors="replace")

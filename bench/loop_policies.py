@@ -89,7 +89,7 @@ def run_one(root: Path, scenario: str, seed: int, extra: list[str]) -> dict[str,
         args += ["-S", o]
     log = (root / f"{name}.log").open("w")
     t0 = time.perf_counter()
-    proc = subprocess.Popen(args, cwd=proj, env=env(), stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(args, cwd=proj, env=env(proj), stdout=log, stderr=subprocess.STDOUT)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     log.close()

@@ -67,7 +67,7 @@ def run_variant(root: Path, name: str, overrides: list[str], seed: int) -> dict[
         args += ["-S", o]
     log = (root / f"{name}.log").open("w")
     t0 = time.perf_counter()
-    proc = subprocess.Popen(args, cwd=proj, env=env(), stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(args, cwd=proj, env=env(proj), stdout=log, stderr=subprocess.STDOUT)
     _, status, usage = os.wait4(proc.pid, 0)
     log.close()
     out: dict[str, Any] = {"scenario": "objectives", "seed": seed, "name": name, "overrides": overrides,
@@ -79,7 +79,7 @@ def run_variant(root: Path, name: str, overrides: list[str], seed: int) -> dict[
 def from_mlflow(proj: Path, out: dict[str, Any]) -> dict[str, Any]:
     """A run that failed has no experiment commit: its finished rounds are read back from MLflow instead."""
     text = subprocess.run([str(Path(sys.executable).parent / "selfimprove"), "report", "--name", out["name"],
-                           "--json"], cwd=proj, env=env(), capture_output=True, text=True).stdout
+                           "--json"], cwd=proj, env=env(proj), capture_output=True, text=True).stdout
     cum, rounds = 0.0, []
     for r in (json.loads(text)["rounds"] if text.strip() else []):
         m = r["metrics"]

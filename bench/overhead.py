@@ -69,7 +69,7 @@ def run_flow(root: Path) -> dict[str, Any]:
             "-S", "execution.runner=sequential"]
     t0 = time.perf_counter()
     with (root / "flow.log").open("w") as log:
-        proc = subprocess.Popen(args, cwd=proj, env=env(), stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(args, cwd=proj, env=env(proj), stdout=log, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
     return {"exit": os.waitstatus_to_exitcode(status), "wall_s": round(time.perf_counter() - t0, 1),
             "cpu_s": round(usage.ru_utime + usage.ru_stime, 1)}
@@ -79,7 +79,7 @@ def run_bare(root: Path) -> dict[str, Any]:
     proj = clone(root, "bare")
     t0 = time.perf_counter()
     with (root / "bare.log").open("w") as log:
-        proc = subprocess.Popen([sys.executable, "-c", BARE], cwd=proj, env=env(), stdout=subprocess.PIPE,
+        proc = subprocess.Popen([sys.executable, "-c", BARE], cwd=proj, env=env(proj), stdout=subprocess.PIPE,
                                 stderr=log, text=True)
         out, _ = proc.communicate()
     data = json.loads(out.strip().splitlines()[-1])

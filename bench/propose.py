@@ -65,11 +65,11 @@ def run_one(root: Path, variant: str, seed: int) -> dict[str, Any]:
             "-S", f"seed={seed}", *[x for o in VARIANTS[variant] for x in ("-S", o)]]
     t0 = time.perf_counter()
     with (root / f"{name}.log").open("w") as log:
-        proc = subprocess.run(args, cwd=proj, env=env(), stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.run(args, cwd=proj, env=env(proj), stdout=log, stderr=subprocess.STDOUT)
     out: dict[str, Any] = {"variant": variant, "seed": seed, "exit": proc.returncode,
                            "wall_min": round((time.perf_counter() - t0) / 60, 2), "rounds": []}
     rep = subprocess.run([str(Path(sys.executable).parent / "selfimprove"), "report", "--name", name, "--json"],
-                         cwd=proj, env=env(), capture_output=True, text=True)
+                         cwd=proj, env=env(proj), capture_output=True, text=True)
     for r in (json.loads(rep.stdout)["rounds"] if rep.stdout.strip() else []):
         m = r["metrics"]
         rejected = {k.rsplit("/", 1)[1]: int(v) for k, v in m.items() if k.startswith("propose/rejected/")}

@@ -72,8 +72,9 @@ def test_traces_are_versioned_validated_trained_on_and_tracked(proj: Path) -> No
     report = json.loads(run_cli(["report", "--name", "fix", "--json"], proj).stdout)
     r1 = next(r for r in report["rounds"] if r["round"] == 1)
     assert r1["metrics"]["correct/acc2"] == pytest.approx(m1["correct/acc2"]), "MLflow holds the flip metrics"
-    curves = (proj / "runs/summary/health_curves.csv").read_text()
-    assert "right_to_wrong" in curves and "wrong_to_right" in curves, "dvc plots draw the flip shares"
+    curves = (proj / "runs/summary/correct_curves.csv").read_text()
+    assert "trace right_to_wrong" in curves and "eval wrong_to_right" in curves, "dvc plots draw the flip shares"
+    assert "right_to_wrong" not in (proj / "runs/summary/health_curves.csv").read_text()
 
 
 def test_a_run_learning_to_break_right_answers_is_stopped_by_the_gate(tmp_path: Path, prefect_backend) -> None:

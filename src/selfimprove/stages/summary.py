@@ -87,7 +87,12 @@ def run_summary(config: Config, paths: RoundPaths, tracker: Tracker | None = Non
         tmp.write_text(curves_csv(rounds, acc_series))
     with atomic_path(out_dir / "health_curves.csv") as tmp:  # the shares (0-1) on one scale; counts: health.png
         tmp.write_text(curves_csv(rounds, [(c, c.removeprefix("health/").removeprefix("finetune/")) for c in health_cols
-                                           if c not in NOT_SHARES and not c.startswith("health/accepted/")]))
+                                           if c not in NOT_SHARES and not c.startswith("health/accepted/")
+                                           and c not in CORRECT_HEALTH]))
+    with atomic_path(out_dir / "correct_curves.csv") as tmp:  # second attempts: a plot of their own (header only
+        # when the run had none); "trace" = the round's own traces, "eval" = held out
+        tmp.write_text(curves_csv(rounds, [(c, c.replace("correct_eval/", "eval ").replace("correct/", "trace "))
+                                           for c in health_cols if c in CORRECT_HEALTH]))
     _plot_health(rounds, health_cols, out_dir / "health.png")
     head = headline(rounds, config.loop.target.metric)
     write_json(out_dir / "metrics.json", head)
