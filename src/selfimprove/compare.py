@@ -20,7 +20,7 @@ import yaml
 from selfimprove import experiments
 
 #: the vega plots of dvc.yaml that overlay runs; the PNG plots are one run's pictures (MLflow, Prefect show them)
-DIFF_PLOTS = ["accuracy_across_rounds", "loop_health"]
+DIFF_PLOTS = ["accuracy_across_rounds", "loop_health", "second_attempts"]
 #: headline numbers (runs/summary/metrics.json) shown under the params
 HEADLINE = ["rounds", "accuracy", "best_round", "best_accuracy", "label_precision_min", "accepted_total"]
 

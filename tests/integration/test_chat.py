@@ -208,3 +208,33 @@ def test_a_saved_folder_says_whether_it_has_a_template(chat_model: Path, tmp_pat
     # the finetune stage loads what is not a folder (a hub id), as the samplers do; nothing to load: raw text
     assert model_has_template(chat_model, load=True) and not model_has_template(tmp_path / "plain", load=True)
     assert not model_has_template("no-such-org/no-such-model", load=True)
+
+
+def test_grpo_two_attempt_rollout_in_the_chat_template(chat_model: Path, tmp_path: Path) -> None:
+    """Self-correction GRPO on a ChatML model: the feedback turn, rendered by the template, is out of the loss."""
+    from selfimprove.problems.base import ProblemSet
+    from selfimprove.trainers.grpo import GRPOOptions, RewardSpec, Rollouts, TwoAttempts, train_grpo
+    from selfimprove.trainers.sft import load_for_training
+    from selfimprove.types import PromptRow
+    from selfimprove.verifiers import VERIFIERS
+
+    msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "2+1="}]
+    problems = {"p": Problem(id="p", prompt="2+1=", messages=msgs, answer="3")}
+    rec = Rollouts(["improvement"], [1.0], None, 1)
+    two = TwoAttempts(problems, ProblemSet(), "intrinsic", "check again", 1.0, [RewardSpec(verifier="exact_match")],
+                      lambda name: VERIFIERS.get(name)(), rec, 1)
+    seen: list[dict] = []
+    rollout = two.rollout
+    two.rollout = lambda prompts, trainer: seen.append(rollout(prompts, trainer)) or seen[-1]  # type: ignore[method-assign]
+    cfg = TrainConfig(steps=1, batch_size=4, lr=1e-4, warmup_steps=0, max_length=64, device="cpu")
+    model, tok = load_for_training(chat_model, cfg)
+    rows = [PromptRow(id="r", prompt="2+1=", problem_id="p", round=1, pass_rate=0.5, messages=msgs)]
+    train_grpo("unused", rows, tmp_path / "out", cfg, grpo=GRPOOptions(num_generations=4), rewards=[],
+               max_completion_length=4, chat=True, model=model, tokenizer=tok, progress=False, two_attempts=two)
+    turn = "<|im_end|>\n<|im_start|>user\ncheck again<|im_end|>\n<|im_start|>assistant\n"
+    for ids_, mask in zip(seen[0]["completion_ids"], seen[0]["env_mask"]):
+        masked = [t for t, m in zip(ids_, mask) if m == 0]
+        assert tok.decode(masked) == turn, "exactly the feedback turn is the environment's"
+        first_zero, last_zero = mask.index(0), len(mask) - 1 - mask[::-1].index(0)
+        assert all(m == 0 for m in mask[first_zero:last_zero + 1])
+    assert len(rec.records()) == 4

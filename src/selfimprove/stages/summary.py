@@ -92,7 +92,8 @@ def run_summary(config: Config, paths: RoundPaths, tracker: Tracker | None = Non
     with atomic_path(out_dir / "correct_curves.csv") as tmp:  # second attempts: a plot of their own (header only
         # when the run had none); "trace" = the round's own traces, "eval" = held out
         tmp.write_text(curves_csv(rounds, [(c, c.replace("correct_eval/", "eval ").replace("correct/", "trace "))
-                                           for c in health_cols if c in CORRECT_HEALTH]))
+                                           for c in health_cols if c in CORRECT_HEALTH
+                                           and not c.endswith(("/delta", "/edit"))]))  # 8 series: one colour each
     _plot_health(rounds, health_cols, out_dir / "health.png")
     head = headline(rounds, config.loop.target.metric)
     write_json(out_dir / "metrics.json", head)
