@@ -74,12 +74,18 @@ def evaluate_with(
     sampler: Sampler, problems: Sequence[Problem], verifier: Verifier, params: SamplingParams, round: int,
     progress: bool = True,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    completions, verdicts = sample_and_grade(sampler, problems, verifier, params, round, progress)
+    return score_eval(problems, completions, verdicts, params.k)
+
+
+def sample_and_grade(sampler: Sampler, problems: Sequence[Problem], verifier: Verifier, params: SamplingParams,
+                     round: int, progress: bool = True) -> tuple[list[Completion], list[Any]]:
+    """The evaluation's completions and their verdicts (``evaluate_with`` scores them; ``evaluate`` also hands the
+    greedy ones to the held-out second attempts)."""
     if hasattr(sampler, "progress_desc"):
         sampler.progress_desc = "evaluate"
     completions = sampler.sample(problems, params, round=round, progress=progress)
-    pmap = {p.id: p for p in problems}
-    verdicts = verifier.verify(pmap, completions)
-    return score_eval(problems, completions, verdicts, params.k)
+    return completions, verifier.verify({p.id: p for p in problems}, completions)
 
 
 def label_precision(

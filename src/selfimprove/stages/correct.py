@@ -42,12 +42,10 @@ log = logging.getLogger(__name__)
 def second_grader(config: Config, model_dir: Any = None) -> tuple[Any, bool]:
     """The grader of second attempts and whether it is label-free: the round's verifier when it reads gold, else
     (``majority_vote``) its answer verifier, which grades against the first attempts' pseudo-label."""
-    verifier = round_verifier(config, model_dir)
-    if verifier.needs_gold:
-        return verifier, False
-    verifier.close()
     from selfimprove.verifiers import VERIFIERS
 
+    if VERIFIERS.get(config.verify.verifier).needs_gold:
+        return round_verifier(config, model_dir), False
     name = config.verify.majority_vote.answer
     return VERIFIERS.get(name)(**config.verify.options(name)), True
 
@@ -162,19 +160,22 @@ def run_correct(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRep
 
 
 def heldout_flips(config: Config, sampler: Any, problems: list[Problem], verifier: Any, round: int,
-                  keep: list[Trace] | None = None) -> dict[str, float]:
+                  keep: list[Trace] | None = None,
+                  firsts: list[tuple[Problem, Completion, Verdict]] | None = None) -> dict[str, float]:
     """Held-out acc@1 and acc@2 of a model in the run's ``correct.mode`` (``evaluate``, with ``correct.eval``): a
-    greedy first attempt, graded by the gold verifier, whose verdict is also the extrinsic feedback; a greedy second
-    attempt. ``correct_eval/*`` (overall and per difficulty ``correct_eval/acc2/dN``)."""
+    greedy first attempt (``firsts``: the evaluation's own greedy answers with their verdicts; else sampled here),
+    graded by the gold verifier, whose verdict is also the extrinsic feedback; a greedy second attempt.
+    ``correct_eval/*`` (overall and per difficulty ``correct_eval/acc2/dN``)."""
     from selfimprove.correction import flip_metrics
+    from selfimprove.metrics import sample_and_grade
 
     pset = problem_set(config)
     params = replace(sampling_params(config, evaluation=True), k=0, greedy=True, logprobs=False)
-    firsts = sampler.sample(problems, params, round=round)
-    by_id = {p.id: p for p in problems}
-    verdicts = {v.sample_id: v for v in verifier.verify(by_id, firsts)}
-    triples = [(by_id[c.problem_id], c, verdicts[c.id]) for c in firsts]
-    traces = second_attempts(pset, triples, config.correct.mode, config.correct.instruction, sampler, params, round,
+    if firsts is None:
+        by_id = {p.id: p for p in problems}
+        firsts = [(by_id[c.problem_id], c, v) for c, v in zip(*sample_and_grade(sampler, problems, verifier, params,
+                                                                                 round))]
+    traces = second_attempts(pset, firsts, config.correct.mode, config.correct.instruction, sampler, params, round,
                              verifier, False, None)
     if keep is not None:
         keep.extend(traces)

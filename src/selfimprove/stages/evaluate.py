@@ -32,7 +32,7 @@ from selfimprove.stages.common import (
     setup_runtime,
     timer,
 )
-from selfimprove.metrics import evaluate_with, label_precision
+from selfimprove.metrics import evaluate_with, label_precision, sample_and_grade, score_eval
 from selfimprove.stages.parts import Split, Unit, run_split
 from selfimprove.stages.parts import finish as parts_finish
 from selfimprove.tracker import Tracker
@@ -124,11 +124,14 @@ def evaluate_member(config: Config, group: list[Path], i: int, round: int, key: 
         with make_sampler(config, group[i]) as s:
             if i:
                 return evaluate_with(s, problems, verifier, greedy_only, round)[0], []
-            metrics, predictions = evaluate_with(s, problems, verifier, params, round)
+            completions, verdicts = sample_and_grade(s, problems, verifier, params, round)
+            metrics, predictions = score_eval(problems, completions, verdicts, params.k)
             if config.correct.enabled and config.correct.eval:  # held-out acc@1 -> acc@2 in the run's mode
                 from selfimprove.stages.correct import heldout_flips
 
-                metrics.update(heldout_flips(config, s, problems, verifier, round))
+                by_id = {p.id: p for p in problems}  # the greedy answers just graded are the first attempts
+                firsts = [(by_id[c.problem_id], c, v) for c, v in zip(completions, verdicts) if c.greedy]
+                metrics.update(heldout_flips(config, s, problems, verifier, round, firsts=firsts))
             if pool:
                 pm, _ = evaluate_with(s, pool, verifier, greedy_only, round)
                 metrics.update(pool_gap(metrics, pm))

@@ -15,6 +15,7 @@ from typing import Any
 from pathlib import Path
 
 from selfimprove.config import Config
+from selfimprove.correction import FLIP_KEYS
 from selfimprove.io import atomic_path, write_json
 from selfimprove.paths import RoundPaths, metrics_dir, summary_dir
 from selfimprove.stages.common import StageReport
@@ -152,8 +153,7 @@ def health_columns(rounds: list[dict]) -> list[str]:
 
 
 #: What second attempts record (selfimprove.correction): on the round's traces, then held out (evaluate, gold).
-CORRECT_HEALTH = tuple(f"{p}/{k}" for p in ("correct", "correct_eval")
-                       for k in ("acc1", "acc2", "delta", "wrong_to_right", "right_to_wrong", "edit"))
+CORRECT_HEALTH = tuple(f"{p}/{k}" for p in ("correct", "correct_eval") for k in FLIP_KEYS)
 #: What a GRPO round records about its rewards against gold (selfimprove.trainers.grpo), in health.csv and the plot.
 GRPO_HEALTH = ("finetune/label_accuracy", "finetune/reward_accuracy", "finetune/gold_reward")
 
