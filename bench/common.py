@@ -10,6 +10,8 @@ import re
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,3 +120,33 @@ def other_shape(g: str) -> str | None:
     if re.fullmatch(r"\(.*\)", g) and ", " in g:
         return g.replace(", ", ",")
     return None
+
+
+def run_variant(root: Path, variant: str, seed: int, overrides: list[str], keys: Sequence[str],
+                extra: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """``selfimprove run`` of one variant and seed in its own clone of HEAD (its log beside it), then each round's
+    held-out accuracy per difficulty, mean, the metrics named in ``keys`` and ``extra(metrics)``, read back from
+    MLflow (``selfimprove report --json``); minutes of wall time, and the log's tail when the run failed."""
+    name = f"{variant}-s{seed}"
+    proj = clone(root, name)
+    bin_ = Path(sys.executable).parent / "selfimprove"
+    args = [str(bin_), "run", "--name", name, "--apply", "never", "-S", f"seed={seed}",
+            *[x for o in overrides for x in ("-S", o)]]
+    t0 = time.perf_counter()
+    with (root / f"{name}.log").open("w") as log:
+        proc = subprocess.run(args, cwd=proj, env=env(proj), stdout=log, stderr=subprocess.STDOUT)
+    out: dict[str, Any] = {"variant": variant, "seed": seed, "exit": proc.returncode,
+                           "wall_min": round((time.perf_counter() - t0) / 60, 2), "rounds": []}
+    rep = subprocess.run([str(bin_), "report", "--name", name, "--json"], cwd=proj, env=env(proj),
+                         capture_output=True, text=True)
+    for r in (json.loads(rep.stdout)["rounds"] if rep.stdout.strip() else []):
+        m = r["metrics"]
+        out["rounds"].append({"round": r["round"],
+                              "accuracy": {k.split("/")[1]: round(v, 3) for k, v in sorted(m.items())
+                                           if k.startswith("accuracy/d") and k.count("/") == 1},
+                              "mean": m.get("accuracy"), **(extra(m) if extra else {}),
+                              **{k: m[k] for k in keys if k in m}})
+    if proc.returncode != 0:
+        out["log_tail"] = (root / f"{name}.log").read_text()[-1500:]
+    print(json.dumps(out)[:600], flush=True)
+    return out

@@ -28,16 +28,15 @@ extrinsic mode), the same on the round's traces (label-free), rows trained on; m
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import clone, env, fmt, head_commit, save_results  # noqa: E402
+from common import fmt, head_commit, run_variant, save_results  # noqa: E402
+
+from selfimprove.correction import FLIP_KEYS  # noqa: E402
 
 GRPO = ["finetune.trainer=grpo", "finetune.train.lr=0.0001", "finetune.grpo.beta=0.04",  # bench/objectives.py's recipe
         # no agreement/view filters: GRPO wants the problems the models disagree on (prompt_band), not unanimous ones
@@ -52,34 +51,15 @@ for mode in ("intrinsic", "extrinsic"):
 VARIANTS["grpo_intrinsic_alpha0"] = VARIANTS["grpo_intrinsic"] + ["correct.alpha=0"]
 VARIANTS["rs_intrinsic_noprior"] = VARIANTS["rs_intrinsic"] + ["correct.bootstrap=0"]  # round 0 never saw the format
 KEYS = ("validate/accepted", "validate/train_rows", "validate/trace_rows", "acceptance_precision",
-        *(f"{p}/{k}" for p in ("correct", "correct_eval")
-          for k in ("acc1", "acc2", "delta", "wrong_to_right", "right_to_wrong", "edit")))
+        *(f"{p}/{k}" for p in ("correct", "correct_eval") for k in FLIP_KEYS))
 
 
 def run_one(root: Path, variant: str, seed: int) -> dict[str, Any]:
-    name = f"{variant}-s{seed}"
-    proj = clone(root, name)
-    args = [str(Path(sys.executable).parent / "selfimprove"), "run", "--name", name, "--apply", "never",
-            "-S", f"seed={seed}", *[x for o in VARIANTS[variant] for x in ("-S", o)]]
-    t0 = time.perf_counter()
-    with (root / f"{name}.log").open("w") as log:
-        proc = subprocess.run(args, cwd=proj, env=env(proj), stdout=log, stderr=subprocess.STDOUT)
-    out: dict[str, Any] = {"variant": variant, "seed": seed, "exit": proc.returncode,
-                           "wall_min": round((time.perf_counter() - t0) / 60, 2), "rounds": []}
-    rep = subprocess.run([str(Path(sys.executable).parent / "selfimprove"), "report", "--name", name, "--json"],
-                         cwd=proj, env=env(proj), capture_output=True, text=True)
-    for r in (json.loads(rep.stdout)["rounds"] if rep.stdout.strip() else []):
-        m = r["metrics"]
-        out["rounds"].append({"round": r["round"],
-                              "accuracy": {k.split("/")[1]: round(v, 3) for k, v in sorted(m.items())
-                                           if k.startswith("accuracy/d") and k.count("/") == 1},
-                              "mean": m.get("accuracy"), **{k: m[k] for k in KEYS if k in m},
-                              "minutes": {k.split("/")[0]: round(v / 60, 2) for k, v in m.items()
-                                          if k.endswith("/seconds") and k.count("/") == 1}})
-    if proc.returncode != 0:
-        out["log_tail"] = (root / f"{name}.log").read_text()[-1500:]
-    print(json.dumps(out)[:600], flush=True)
-    return out
+    def minutes(m: dict[str, Any]) -> dict[str, Any]:
+        return {"minutes": {k.split("/")[0]: round(v / 60, 2) for k, v in m.items()
+                            if k.endswith("/seconds") and k.count("/") == 1}}
+
+    return run_variant(root, variant, seed, VARIANTS[variant], KEYS, minutes)
 
 
 def markdown(results: list[dict[str, Any]], command: str) -> str:

@@ -25,16 +25,13 @@ reason, band yield, mean complexity (the drift signal) and self-similarity; minu
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import clone, env, fmt, head_commit, save_results  # noqa: E402
+from common import fmt, head_commit, run_variant, save_results  # noqa: E402
 
 BAND = "[0.2, 0.8]"
 VARIANTS: dict[str, list[str]] = {
@@ -59,29 +56,10 @@ KEYS = ("validate/accepted", "validate/train_rows", "propose/accepted", "propose
 
 
 def run_one(root: Path, variant: str, seed: int) -> dict[str, Any]:
-    name = f"{variant}-s{seed}"
-    proj = clone(root, name)
-    args = [str(Path(sys.executable).parent / "selfimprove"), "run", "--name", name, "--apply", "never",
-            "-S", f"seed={seed}", *[x for o in VARIANTS[variant] for x in ("-S", o)]]
-    t0 = time.perf_counter()
-    with (root / f"{name}.log").open("w") as log:
-        proc = subprocess.run(args, cwd=proj, env=env(proj), stdout=log, stderr=subprocess.STDOUT)
-    out: dict[str, Any] = {"variant": variant, "seed": seed, "exit": proc.returncode,
-                           "wall_min": round((time.perf_counter() - t0) / 60, 2), "rounds": []}
-    rep = subprocess.run([str(Path(sys.executable).parent / "selfimprove"), "report", "--name", name, "--json"],
-                         cwd=proj, env=env(proj), capture_output=True, text=True)
-    for r in (json.loads(rep.stdout)["rounds"] if rep.stdout.strip() else []):
-        m = r["metrics"]
-        rejected = {k.rsplit("/", 1)[1]: int(v) for k, v in m.items() if k.startswith("propose/rejected/")}
-        out["rounds"].append({"round": r["round"],
-                              "accuracy": {k.split("/")[1]: round(v, 3) for k, v in sorted(m.items())
-                                           if k.startswith("accuracy/d") and k.count("/") == 1},
-                              "mean": m.get("accuracy"), "rejected": rejected,
-                              **{k: m[k] for k in KEYS if k in m}})
-    if proc.returncode != 0:
-        out["log_tail"] = (root / f"{name}.log").read_text()[-1500:]
-    print(json.dumps(out)[:600], flush=True)
-    return out
+    def rejected(m: dict[str, Any]) -> dict[str, Any]:
+        return {"rejected": {k.rsplit("/", 1)[1]: int(v) for k, v in m.items() if k.startswith("propose/rejected/")}}
+
+    return run_variant(root, variant, seed, VARIANTS[variant], KEYS, rejected)
 
 
 def markdown(results: list[dict[str, Any]], command: str) -> str:
