@@ -99,3 +99,48 @@ def test_the_label_free_vote_reads_numbers_without_seeing_gold() -> None:
     verdicts = MajorityVoteVerifier(answer="reasoning_gym").verify({p.id: blind}, comps)
     assert [v.passed for v in verdicts] == [True, True, True, False], [v.reason for v in verdicts]
     assert verdicts[0].agreement == pytest.approx(0.75)
+
+
+def test_views_ask_the_same_expression_another_way_and_pool_in_the_vote() -> None:
+    """``sample.views: [rephrase, swap]``: "What is <expr>?" and b + a / b * a carry the original's answer, its
+    system prompt and ``meta.group``, so ``majority_vote`` with ``views: true`` pools them; the gold scorer grades a
+    view like its original; a difference has no swap view; a task without an expression is refused by name."""
+    from selfimprove.stages.sample import with_views
+    from selfimprove.verifiers.vote import MajorityVoteVerifier
+
+    for task in ("chain_sum", "products"):
+        c = config(task)
+        ps = problem_set(c)
+        pool = ps.training_pool(30, [1, 2], seed=0, round=1)
+        problems = with_views(ps, pool, ["rephrase", "swap"])
+        views = [p for p in problems if p.meta.get("view_of")]
+        by_id = {p.id: p for p in problems}
+        assert {v.meta["view"] for v in views} == {"rephrase", "swap"}
+        v = gold_verifier(c, ps)
+        for view in views:
+            orig = by_id[view.meta["view_of"]]
+            assert view.answer == orig.answer and view.meta["group"] == orig.id and view.id in orig.meta["views"]
+            assert view.messages[0] == orig.messages[0] and view.messages[-1]["content"] != orig.messages[-1]["content"]
+            assert grade(v, view, orig.answer) and not grade(v, view, str(int(orig.answer) + 1))
+            if view.meta["view"] == "rephrase":
+                assert view.prompt.startswith("What is ")
+        swapped = [p for p in views if p.meta["view"] == "swap"]
+        assert all(" - " not in by_id[s.meta["view_of"]].meta["rg_question"] for s in swapped)
+    p = next(x for x in pool if x.meta["rg_question"].count(" * ") == 1)
+    rephrase, swap = ps.views(p, ["rephrase", "swap"])
+    a, b = p.meta["rg_question"].split(" * ")[0].split()[-1], p.meta["rg_question"].split(" * ")[1].split()[0].rstrip(".")
+    assert f"{b} * {a}" in swap.prompt and rephrase.prompt == f"What is {a} * {b}?"
+    # the vote pools a problem with its views: 1 right of 1 under one wording, 2 of 2 under the other two
+    blind = {q.id: q.model_copy(update={"answer": None}) for q in (p, rephrase, swap)}
+    wrong = str(int(p.answer) + 1)
+    comps = [Completion(id=f"{q}#0", problem_id=q, round=1, sample_idx=0, text=t)
+             for q, t in ((p.id, wrong), (rephrase.id, p.answer), (swap.id, p.answer))]
+    pooled = MajorityVoteVerifier(answer="reasoning_gym", views=True).verify(blind, comps)
+    assert [x.label for x in pooled] == [p.answer] * 3 and pooled[0].agreement == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="offers the views"):
+        ps.views(p, ["paraphrase"])
+    lc = load_config(ROOT / "params.yaml", ["problems.name=reasoning_gym", "problems.reasoning_gym.task=leg_counting",
+                                           "model.ensemble=1", "sample.views=[]"])
+    q = problem_set(lc).training_pool(2, [1], seed=0, round=1)[0]
+    with pytest.raises(ValueError, match="leg_counting.*states no arithmetic expression"):
+        problem_set(lc).views(q, ["rephrase"])

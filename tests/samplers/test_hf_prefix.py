@@ -43,6 +43,7 @@ def test_shared_prompt_gives_the_same_answers_and_counts_the_prompt_once(llama) 
     params = SamplingParams(k=4, greedy=True, temperature=1.0, max_new_tokens=6, batch_size=64, seed=3, logprobs=True)
     plain = sampler(llama, share=False, budget=2**30).sample(problems(), params, round=1, progress=False)
     shared_s = sampler(llama, share=True, budget=2**30)
+    shared_s.greedy_with_samples = False  # the same two calls as without sharing: the same random draws
     shared = shared_s.sample(problems(), params, round=1, progress=False)
     assert [c.text for c in shared if c.greedy] == [c.text for c in plain if c.greedy]
     same = sum(a.text == b.text for a, b in zip(shared, plain)) / len(plain)
@@ -75,3 +76,31 @@ def test_step_by_step_logprobs_equal_a_teacher_forced_pass(llama) -> None:
         want = logp.gather(-1, gen[0].unsqueeze(-1)).squeeze(-1).tolist()
         assert c.token_logprobs[: len(want)] == pytest.approx(want, abs=1e-4), c.text
     assert checked >= 5, checked
+
+
+def test_the_greedy_answer_decoded_in_the_samples_call_is_the_greedy_answer(llama) -> None:
+    """One ``generate`` call for the greedy answer and the k samples (the first row of each prompt keeps only its
+    argmax): the greedy texts and log-probs equal a ``do_sample=False`` call's, samples still vary, one call per
+    batch instead of two."""
+    from unittest import mock
+
+    params = SamplingParams(k=4, greedy=True, temperature=1.3, top_p=0.9, max_new_tokens=6, batch_size=64, seed=1,
+                            logprobs=True)
+    two = sampler(llama, share=True, budget=0)
+    two.greedy_with_samples = False
+    apart = two.sample(problems(), params, round=1, progress=False)
+    one = sampler(llama, share=True, budget=0)
+    assert one.greedy_with_samples
+    with mock.patch.object(type(one), "_generate", autospec=True, side_effect=type(one)._generate) as gen:
+        merged = one.sample(problems(), params, round=1, progress=False)
+    assert gen.call_count == 1 and gen.call_args.kwargs["greedy_first"] and gen.call_args.kwargs["n"] == 5
+    assert [c.sample_idx for c in merged] == [c.sample_idx for c in apart]
+    assert [c.greedy for c in merged] == [c.greedy for c in apart]
+    g_apart = [c for c in apart if c.greedy]
+    g_merged = [c for c in merged if c.greedy]
+    assert [c.text for c in g_merged] == [c.text for c in g_apart]
+    for a, b in zip(g_merged, g_apart):
+        assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=1e-4)
+        assert a.finish_reason == b.finish_reason and a.n_tokens == b.n_tokens
+    sampled = [c.text for c in merged if not c.greedy]
+    assert len(set(sampled)) > len(problems()), "the samples are still drawn"

@@ -219,6 +219,45 @@ class ReasoningGymProblems(ProblemSet):
         return Parsed(problem, "execution", {"parsed": True, "family": True, "not_eval": True}, None,
                       float(sum(digits)))
 
+    # ------------------------------------------------------------------------------- views (label-free checks)
+    # An expression task's question asked another way must have the same answer: a second, partly independent
+    # sample of the model's computation. ``majority_vote`` with ``views: true`` pools a problem's answers with its
+    # views' (``meta.group``), so an answer the model gives only under one wording loses the vote.
+
+    VIEW_KINDS: ClassVar[tuple[str, ...]] = ("rephrase", "swap")
+
+    def views(self, problem: Problem, kinds: list[str]) -> list[Problem]:
+        """``rephrase``: the expression asked as "What is <expr>?"; ``swap``: a two-operand sum or product with its
+        operands exchanged (``b + a``; a difference, or equal operands, has no swap view). Same answer, never trained on."""
+        from selfimprove.proposals import find_expression
+
+        unknown = [k for k in kinds if k not in self.VIEW_KINDS]
+        if unknown:
+            raise ValueError(f"reasoning_gym offers the views {list(self.VIEW_KINDS)}, not {unknown} (sample.views)")
+        question = str(problem.meta.get("rg_question", problem.prompt))
+        expr = find_expression(question)
+        if expr is None:
+            raise ValueError(f"sample.views: the reasoning_gym task {self.config.task!r} states no arithmetic "
+                             f"expression (problem {problem.id}: {question[:60]!r}); views need chain_sum, products "
+                             "or basic_arithmetic")
+        out = []
+        for kind in kinds:
+            if kind == "rephrase":
+                text = f"What is {expr}?"
+            else:
+                m = re.fullmatch(r"(-?\d+) ([+*]) (-?\d+)", expr)
+                if m is None or m.group(1) == m.group(3):
+                    continue
+                text = question.replace(expr, f"{m.group(3)} {m.group(2)} {m.group(1)}", 1)
+            text = text.strip() + self.config.prompt_suffix
+            messages = [*(m for m in problem.messages if m.get("role") == "system"), {"role": "user", "content": text}]
+            out.append(problem.model_copy(update={
+                "id": f"{problem.id}/{kind}", "prompt": text, "messages": messages,
+                "meta": {**problem.meta, "rg_question": text.removesuffix(self.config.prompt_suffix) if
+                         self.config.prompt_suffix else text, "view_of": problem.id, "view": kind,
+                         "group": problem.id}}))
+        return out
+
     # ----------------------------------------------------------------------------------- problem set API
 
     def splits(self) -> list[str]:

@@ -105,6 +105,24 @@ class _StepLogprobs:
         return torch.stack(cols[: seqs.shape[1]], dim=1).cpu()
 
 
+def _greedy_rows(n: int) -> Any:
+    """A logits processor for one ``generate`` call that samples ``n`` answers per prompt where the first of each
+    prompt's ``n`` rows is its greedy answer: that row keeps only its argmax (after the other processors, before
+    temperature and top-p), so its draw is the greedy token, and the greedy answer shares the samples' batch
+    instead of a call of its own (one forward pass per step for all ``n`` answers)."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class GreedyRows(LogitsProcessor):
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            rows = scores[::n]
+            best = rows.argmax(-1, keepdim=True)
+            scores[::n] = torch.full_like(rows, float("-inf")).scatter_(-1, best, rows.gather(-1, best))
+            return scores
+
+    return GreedyRows()
+
+
 class TransformersSampler(Sampler):
     name: ClassVar[str] = "transformers"
 
@@ -126,6 +144,9 @@ class TransformersSampler(Sampler):
         #: the prompt of a batch is computed once and its KV cache shared by the greedy answer and the k samples
         #: (the tiny model computes its own coupled positions, so it keeps generate's own prefill)
         self.share_prefix = getattr(self.model.config, "model_type", "") != "selfimprove_llama"
+        #: the greedy answer decoded in the samples' call (``_greedy_rows``) rather than a call of its own; with the
+        #: shared prompt only (the tiny default keeps its two calls, so its rounds' data do not change)
+        self.greedy_with_samples = self.share_prefix
         self.prefill_tokens = self.decode_tokens = 0
         self.progress_desc = "sample"  # the progress bar's label; evaluate sets "evaluate"
 
@@ -161,11 +182,12 @@ class TransformersSampler(Sampler):
 
     def _generate(self, prompts: list[str], params: SamplingParams, do_sample: bool, n: int,
                   answer_tokens: int | None = None, min_tokens: int | None = None, enc: Any = None,
-                  prefix: Any = None) -> list[dict[str, Any]]:
+                  prefix: Any = None, greedy_first: bool = False) -> list[dict[str, Any]]:
         """Generate ``n`` completions per prompt. ``answer_tokens``: the problems declare their answer length
         (``meta.max_new_tokens``); reaching it ends the answer, so it counts as a natural stop.
         ``min_tokens`` (``meta.min_new_tokens``): fixed-width answers are decoded to their full width.
-        ``prefix``: the prompts' KV cache from ``_prefill`` (copied here, repeated ``n`` times per prompt)."""
+        ``prefix``: the prompts' KV cache from ``_prefill`` (copied here, repeated ``n`` times per prompt).
+        ``greedy_first``: (sampling) the first of each prompt's ``n`` answers is its greedy one."""
         import copy
 
         import torch
@@ -189,6 +211,10 @@ class TransformersSampler(Sampler):
             gen_kwargs.update(temperature=None, top_p=None, top_k=None)
         if params.stop:
             gen_kwargs.update(stop_strings=list(params.stop), tokenizer=tok)
+        if greedy_first and do_sample:
+            from transformers import LogitsProcessorList
+
+            gen_kwargs["logits_processor"] = LogitsProcessorList([_greedy_rows(n)])
         # Log-probs from the raw logits generate computed anyway, when keeping them fits the budget (small
         # vocabularies, the tiny default: this halves the sampling time); else one teacher-forced pass in chunks.
         vocab = self.model.get_output_embeddings().weight.shape[0]
@@ -277,11 +303,18 @@ class TransformersSampler(Sampler):
             per_problem: dict[int, list[dict[str, Any]]] = {i: [] for i in idx}
             enc = self._encode(prompts)
             prefix = self._prefill(enc) if self.share_prefix and (params.k or 0) + bool(params.greedy) > 1 else None
-            if params.greedy:
+            merged = bool(params.greedy and params.k and prefix is not None and self.greedy_with_samples)
+            if merged:  # one call: each prompt's first row greedy, then its k samples
+                n = params.k + 1
+                res = self._generate(prompts, params, do_sample=True, n=n, answer_tokens=alen, min_tokens=amin,
+                                     enc=enc, prefix=prefix, greedy_first=True)
+                for j, i in enumerate(idx):
+                    per_problem[i] = [r | {"greedy": s == 0} for s, r in enumerate(res[j * n:(j + 1) * n])]
+            if params.greedy and not merged:
                 for i, res in zip(idx, self._generate(prompts, params, do_sample=False, n=1, answer_tokens=alen,
                                                       min_tokens=amin, enc=enc, prefix=prefix)):
                     per_problem[i].append(res | {"greedy": True})
-            if params.k:
+            if params.k and not merged:
                 res = self._generate(prompts, params, do_sample=True, n=params.k, answer_tokens=alen, min_tokens=amin,
                                      enc=enc, prefix=prefix)
                 for j, i in enumerate(idx):
