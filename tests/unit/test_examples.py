@@ -43,6 +43,21 @@ def test_gpu_recipes(name: str, verifier: str, problems: str) -> None:
     assert c.problems.options()["data_dir"], "the recipe names where the benchmark data lives"
 
 
+@pytest.mark.parametrize("name, gold", [("smollm2", True), ("smollm2-label-free", False)])
+def test_real_model_recipes(name: str, gold: bool) -> None:
+    """The CPU recipes on SmolLM2 (docs/real-model.md): round 0 is the GGUF import, the rounds train LoRA on
+    reasoning-gym, and the label-free one reads no gold (the vote labels, the agreement filter keeps)."""
+    c = load_config(ROOT / "examples" / f"{name}.params.yaml")
+    assert c.model.source == "gguf" and c.problems.name == "reasoning_gym" and c.finetune.train.lora.enabled
+    assert len(c.rounds) == 3 and c.threads == 2
+    filters = [f.function for f in c.validate_cfg.filters]
+    if gold:
+        assert c.verify.verifier == "reasoning_gym" and "keep_correct" in filters
+    else:
+        assert c.verify.verifier == "majority_vote" and c.verify.options()["answer"] == "reasoning_gym"
+        assert "agreement" in filters and "keep_correct" not in filters
+
+
 def run_one_round(example: str, tmp_path: Path) -> tuple[object, Path]:
     from selfimprove.stages import (
         run_bootstrap,

@@ -194,8 +194,8 @@ def train_dpo(
                 "rejected": [{"role": "assistant", "content": p.rejected}]}
 
     ds = Dataset.from_list([row(p) for p in pairs])
-    args = TrlDPOConfig(**common_args(cfg, out_dir, progress), beta=dpo.beta, loss_type=[dpo.loss_type],
-                        dataset_num_proc=None)
+    args = TrlDPOConfig(**common_args(cfg, out_dir, progress, rows=len(pairs)), beta=dpo.beta,
+                        loss_type=[dpo.loss_type], dataset_num_proc=None)
     tcb = TrackerCallback(tracker, prefix)
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=ds, processing_class=tokenizer,
                          peft_config=lora, callbacks=[tcb.callback, *callbacks])

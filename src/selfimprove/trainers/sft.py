@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from selfimprove.checkpoint import adapter_base, load_merged  # noqa: F401 (model-folder loading)
-from selfimprove.trainers.options import TrainConfig
+from selfimprove.trainers.options import TrainConfig, capped_steps
 from selfimprove.tracker import Tracker
 from selfimprove.types import TrainRow
 
@@ -45,15 +45,16 @@ def use_cuda(device: str) -> bool:
     return device != "cpu" and torch.cuda.is_available()
 
 
-def common_args(cfg: TrainConfig, out_dir: Path, progress: bool) -> dict[str, Any]:
-    """TrainingArguments shared by the SFT and DPO trainers."""
+def common_args(cfg: TrainConfig, out_dir: Path, progress: bool, rows: int | None = None) -> dict[str, Any]:
+    """TrainingArguments shared by the SFT and DPO trainers; ``rows``: the training set's size, for
+    ``max_epochs``."""
     import torch
 
     cuda = use_cuda(cfg.device)
     bf16 = bool(cuda and torch.cuda.is_bf16_supported())
     return dict(
         output_dir=str(out_dir / "_trainer"),
-        max_steps=cfg.steps,
+        max_steps=cfg.steps if rows is None else capped_steps(cfg, rows),
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.lr,
@@ -256,7 +257,7 @@ def train_sft(
                 else {"prompt": r.prompt, "completion": r.completion}) | ({"weight": r.weight} if weighted else {})
                for r in rows]
     ds = Dataset.from_list(records)
-    args = SFTConfig(**common_args(cfg, out_dir, progress), completion_only_loss=True, dataset_num_proc=None,
+    args = SFTConfig(**common_args(cfg, out_dir, progress, rows=len(rows)), completion_only_loss=True, dataset_num_proc=None,
                      remove_unused_columns=not weighted)
     tcb = TrackerCallback(tracker, prefix)
     trainer_cls = SFTTrainer
