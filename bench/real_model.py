@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -355,7 +356,53 @@ def train(steps: int, batch: int, variants: list[str]) -> dict:
             out["runs"][name] = {"wall_s": round(wall, 1), "train_s": rep.get("seconds"),
                                  "steps_per_s": steps / rep.get("seconds", wall), "final_loss": rep.get("final_loss")}
             print(name, out["runs"][name], flush=True)
+        out["floor"] = torch_floor(paths.model, rows[:batch], config)
+        print("floor", out["floor"], flush=True)
     return out
+
+
+def torch_floor(model_dir: Path, rows: list, config: Any) -> dict:
+    """What one LoRA step of these rows costs in plain torch (forward, backward, AdamW; no TRL, no data pipeline):
+    the floor TRL's step is compared with, and the machine's compute limit for the same tokens (forward 2 x
+    parameters FLOPs a token, backward through frozen weights as much again)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from selfimprove.chat import conversational
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    lcfg = config.finetune.train.lora
+    model = get_peft_model(model, LoraConfig(r=lcfg.r, lora_alpha=lcfg.alpha, lora_dropout=0.0,
+                                             target_modules=lcfg.target_modules))
+    texts = [tok.apply_chat_template(conversational(r.prompt, r.messages, r.completion)["prompt"]
+                                     + conversational(r.prompt, r.messages, r.completion)["completion"], tokenize=False)
+             for r in rows]
+    tok.padding_side = "right"
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step() -> None:
+        out = model(**enc, labels=enc["input_ids"])
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+    step()
+    t0 = time.perf_counter()
+    for _ in range(3):
+        step()
+    sec = (time.perf_counter() - t0) / 3
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        model(**enc)
+        fwd = time.perf_counter() - t0
+    n = sum(p.numel() for p in model.parameters())
+    tokens = int(enc["input_ids"].numel())
+    flops = machine_limits(2)["flops"]
+    return {"rows": len(rows), "tokens": tokens, "step_s": round(sec, 2), "forward_s": round(fwd, 2),
+            "limit_step_s": round(4 * n * tokens / flops, 2), "limit_forward_s": round(2 * n * tokens / flops, 2)}
 
 
 def train_md(r: dict) -> str:
@@ -365,6 +412,12 @@ def train_md(r: dict) -> str:
              "train_sft, torch 2 threads.", "", "| variant | steps/s | train s | final loss |", "|---|---|---|---|"]
     for name, x in r["runs"].items():
         lines.append(f"| {name} | {x['steps_per_s']:.3f} | {x['train_s']:.1f} | {x['final_loss']:.3f} |")
+    if r.get("floor"):
+        f = r["floor"]
+        lines += ["", f"The same LoRA step in plain torch (forward, backward, AdamW on {f['rows']} rows, {f['tokens']} "
+                  f"tokens padded): {f['step_s']} s a step ({1 / f['step_s']:.3f} steps/s), the forward alone "
+                  f"{f['forward_s']} s; this machine's compute limit for those tokens: {f['limit_step_s']} s a step "
+                  f"(forward {f['limit_forward_s']} s)."]
     return "\n".join(lines) + "\n"
 
 
