@@ -228,7 +228,8 @@ class ReasoningGymProblems(ProblemSet):
 
     def views(self, problem: Problem, kinds: list[str]) -> list[Problem]:
         """``rephrase``: the expression asked as "What is <expr>?"; ``swap``: a two-operand sum or product with its
-        operands exchanged (``b + a``; a difference, or equal operands, has no swap view). Same answer, never trained on."""
+        operands exchanged (``b + a``; a difference, or equal operands, has no swap view). Same answer, never
+        trained on."""
         from selfimprove.proposals import find_expression
 
         unknown = [k for k in kinds if k not in self.VIEW_KINDS]
@@ -240,21 +241,21 @@ class ReasoningGymProblems(ProblemSet):
             raise ValueError(f"sample.views: the reasoning_gym task {self.config.task!r} states no arithmetic "
                              f"expression (problem {problem.id}: {question[:60]!r}); views need chain_sum, products "
                              "or basic_arithmetic")
+        system = [msg for msg in problem.messages if msg.get("role") == "system"]
         out = []
         for kind in kinds:
             if kind == "rephrase":
-                text = f"What is {expr}?"
+                asked = f"What is {expr}?"
             else:
                 m = re.fullmatch(r"(-?\d+) ([+*]) (-?\d+)", expr)
                 if m is None or m.group(1) == m.group(3):
                     continue
-                text = question.replace(expr, f"{m.group(3)} {m.group(2)} {m.group(1)}", 1)
-            text = text.strip() + self.config.prompt_suffix
-            messages = [*(m for m in problem.messages if m.get("role") == "system"), {"role": "user", "content": text}]
+                asked = question.replace(expr, f"{m.group(3)} {m.group(2)} {m.group(1)}", 1).strip()
+            text = asked + self.config.prompt_suffix
             out.append(problem.model_copy(update={
-                "id": f"{problem.id}/{kind}", "prompt": text, "messages": messages,
-                "meta": {**problem.meta, "rg_question": text.removesuffix(self.config.prompt_suffix) if
-                         self.config.prompt_suffix else text, "view_of": problem.id, "view": kind,
+                "id": f"{problem.id}/{kind}", "prompt": text,
+                "messages": [*system, {"role": "user", "content": text}],
+                "meta": {**problem.meta, "rg_question": asked, "view_of": problem.id, "view": kind,
                          "group": problem.id}}))
         return out
 

@@ -161,9 +161,10 @@ def run_correct(config: Config, paths: RoundPaths, tracker: Tracker) -> StageRep
 
 def heldout_flips(config: Config, sampler: Any, problems: list[Problem], verifier: Any, round: int,
                   keep: list[Trace] | None = None,
-                  firsts: list[tuple[Problem, Completion, Verdict]] | None = None) -> dict[str, float]:
+                  graded: tuple[list[Completion], list[Verdict]] | None = None) -> dict[str, float]:
     """Held-out acc@1 and acc@2 of a model in the run's ``correct.mode`` (``evaluate``, with ``correct.eval``): a
-    greedy first attempt (``firsts``: the evaluation's own greedy answers with their verdicts; else sampled here),
+    greedy first attempt (``graded``: the evaluation's own completions and verdicts, whose greedy ones are used; else
+    sampled here),
     graded by the gold verifier, whose verdict is also the extrinsic feedback; a greedy second attempt.
     ``correct_eval/*`` (overall and per difficulty ``correct_eval/acc2/dN``)."""
     from selfimprove.correction import flip_metrics
@@ -171,10 +172,9 @@ def heldout_flips(config: Config, sampler: Any, problems: list[Problem], verifie
 
     pset = problem_set(config)
     params = replace(sampling_params(config, evaluation=True), k=0, greedy=True, logprobs=False)
-    if firsts is None:
-        by_id = {p.id: p for p in problems}
-        firsts = [(by_id[c.problem_id], c, v) for c, v in zip(*sample_and_grade(sampler, problems, verifier, params,
-                                                                                 round))]
+    completions, verdicts = graded or sample_and_grade(sampler, problems, verifier, params, round)
+    by_id = {p.id: p for p in problems}
+    firsts = [(by_id[c.problem_id], c, v) for c, v in zip(completions, verdicts) if c.greedy]
     traces = second_attempts(pset, firsts, config.correct.mode, config.correct.instruction, sampler, params, round,
                              verifier, False, None)
     if keep is not None:

@@ -129,9 +129,8 @@ def evaluate_member(config: Config, group: list[Path], i: int, round: int, key: 
             if config.correct.enabled and config.correct.eval:  # held-out acc@1 -> acc@2 in the run's mode
                 from selfimprove.stages.correct import heldout_flips
 
-                by_id = {p.id: p for p in problems}  # the greedy answers just graded are the first attempts
-                firsts = [(by_id[c.problem_id], c, v) for c, v in zip(completions, verdicts) if c.greedy]
-                metrics.update(heldout_flips(config, s, problems, verifier, round, firsts=firsts))
+                # the greedy answers just graded are the first attempts
+                metrics.update(heldout_flips(config, s, problems, verifier, round, graded=(completions, verdicts)))
             if pool:
                 pm, _ = evaluate_with(s, pool, verifier, greedy_only, round)
                 metrics.update(pool_gap(metrics, pm))

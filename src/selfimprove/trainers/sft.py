@@ -257,8 +257,8 @@ def train_sft(
                 else {"prompt": r.prompt, "completion": r.completion}) | ({"weight": r.weight} if weighted else {})
                for r in rows]
     ds = Dataset.from_list(records)
-    args = SFTConfig(**common_args(cfg, out_dir, progress, rows=len(rows)), completion_only_loss=True, dataset_num_proc=None,
-                     remove_unused_columns=not weighted)
+    args = SFTConfig(**common_args(cfg, out_dir, progress, rows=len(rows)), completion_only_loss=True,
+                     dataset_num_proc=None, remove_unused_columns=not weighted)
     tcb = TrackerCallback(tracker, prefix)
     trainer_cls = SFTTrainer
     if weighted:
