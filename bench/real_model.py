@@ -256,21 +256,25 @@ def speed(family: str, n_problems: int, k: int, max_new: int, batch: int, vllm: 
             from selfimprove.samplers.vllm import VllmSampler
 
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")  # GiB: every sequence of the batch in the cache
-            t0 = time.perf_counter()
-            with VllmSampler(paths.model, mode="server", python=str(ROOT / ".venv-vllm" / "bin" / "python"),
-                             dtype="float32", max_model_len=512, startup_timeout_s=900, chat="always",
-                             concurrency=vllm_concurrency) as vs:
-                startup = time.perf_counter() - t0
-                try:
-                    vs.sample(problems[:4], params, round=1, progress=False)  # warm-up
-                    t0 = time.perf_counter()
-                    v_out = vs.sample(problems, params, round=1, progress=False)
-                    wall = time.perf_counter() - t0
-                except Exception as e:  # noqa: BLE001 - keep the other backends' numbers; say why vLLM has none
-                    out["failed"] = {"vllm-cpu server": {"error": f"{type(e).__name__}: {str(e)[:300]}",
-                                                         "server_log_tail": vs._server.log_tail(40)}}  # type: ignore[union-attr]
-                    print(out["failed"]["vllm-cpu server"]["server_log_tail"], flush=True)
-                    v_out = None
+            t0, v_out, tail = time.perf_counter(), None, ""
+            try:  # a server that fails to start or dies mid-run: keep the other backends' numbers, say why
+                with VllmSampler(paths.model, mode="server", python=str(ROOT / ".venv-vllm" / "bin" / "python"),
+                                 dtype="float32", max_model_len=512, startup_timeout_s=900, chat="always",
+                                 concurrency=vllm_concurrency) as vs:
+                    startup = time.perf_counter() - t0
+                    try:
+                        vs.sample(problems[:4], params, round=1, progress=False)  # warm-up
+                        t0 = time.perf_counter()
+                        v_out = vs.sample(problems, params, round=1, progress=False)
+                        wall = time.perf_counter() - t0
+                    except Exception:
+                        tail = vs._server.log_tail(40)  # type: ignore[union-attr]  # before close() removes it
+                        raise
+            except Exception as e:  # noqa: BLE001 - a start failure's message holds the server's log lines
+                tail = tail or str(e)[-2000:]
+                out["failed"] = {"vllm-cpu server": {"error": f"{type(e).__name__}: {str(e)[:300]}",
+                                                     "server_log_tail": tail}}
+                print(tail, flush=True)
         if vllm and v_out is not None:
             gen = sum(c.n_tokens for c in v_out)
             # vLLM computes no padding: its work is the tokens it generated (and each sequence's stop token) and
@@ -376,9 +380,8 @@ def torch_floor(model_dir: Path, rows: list, config: Any) -> dict:
     lcfg = config.finetune.train.lora
     model = get_peft_model(model, LoraConfig(r=lcfg.r, lora_alpha=lcfg.alpha, lora_dropout=0.0,
                                              target_modules=lcfg.target_modules))
-    texts = [tok.apply_chat_template(conversational(r.prompt, r.messages, r.completion)["prompt"]
-                                     + conversational(r.prompt, r.messages, r.completion)["completion"], tokenize=False)
-             for r in rows]
+    convs = [conversational(r.prompt, r.messages, r.completion) for r in rows]
+    texts = [tok.apply_chat_template(c["prompt"] + c["completion"], tokenize=False) for c in convs]
     tok.padding_side = "right"
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -504,28 +507,30 @@ def votes(families: list[str], n: int, k: int, temperature: float, view_sets: li
             by_id = {p.id: p for p in problems}
             gold = gold_verifier(config, ps)
             graded = {v.sample_id: v.passed for v in gold.verify(by_id, comps)}
+            orig_ids = {p.id for p in originals}
             row: dict = {"sample_s": round(time.perf_counter() - t0, 1), "problems": len(problems),
-                         "greedy": sum(graded[c.id] for c in comps if c.greedy and c.problem_id in
-                                       {p.id for p in originals}) / len(originals),
-                         "sampled": sum(graded[c.id] for c in comps if not c.greedy and c.problem_id in
-                                        {p.id for p in originals}) / max(1, len(originals) * k),
+                         "greedy": sum(graded[c.id] for c in comps if c.greedy and c.problem_id in orig_ids)
+                         / len(originals),
+                         "sampled": sum(graded[c.id] for c in comps if not c.greedy and c.problem_id in orig_ids)
+                         / max(1, len(originals) * k),
                          "votes": {}}
             blind = {pid: p.model_copy(update={"answer": None}) for pid, p in by_id.items()}
             for vs in view_sets:
-                use = {p.id for p in originals} | {p.id for p in problems if p.meta.get("view") in vs.split("+")}
+                use = orig_ids | {p.id for p in problems if p.meta.get("view") in vs.split("+")}
                 mine = [c for c in comps if c.problem_id in use]
                 verdicts = MajorityVoteVerifier(answer="reasoning_gym", views=True).verify(blind, mine)
                 labels = {}
                 for c, v in zip(mine, verdicts):
-                    if c.problem_id in {p.id for p in originals} and v.label is not None:
+                    if c.problem_id in orig_ids and v.label is not None:
                         labels[c.problem_id] = (v.agreement or 0.0, v.label)
+                as_answers = [Completion(id=f"{pid}#label", problem_id=pid, round=1, sample_idx=0, text=lab)
+                              for pid, (_, lab) in labels.items()]
+                right = {v.problem_id: v.passed for v in gold.verify(by_id, as_answers)}  # each label against gold
                 cells = {}
                 for thr in thresholds:
-                    kept = [(pid, lab) for pid, (a, lab) in labels.items() if a >= thr]
-                    right = sum(gold.verify({pid: by_id[pid]}, [Completion(id=f"{pid}#label", problem_id=pid, round=1,
-                                                                            sample_idx=0, text=lab)])[0].passed
-                                for pid, lab in kept)
-                    cells[str(thr)] = {"kept": len(kept), "precision": right / len(kept) if kept else None}
+                    kept = [pid for pid, (a, _) in labels.items() if a >= thr]
+                    cells[str(thr)] = {"kept": len(kept),
+                                       "precision": sum(right[pid] for pid in kept) / len(kept) if kept else None}
                 row["votes"][vs or "none"] = cells
             out["families"][fam] = row
             print(fam, json.dumps(row)[:300], flush=True)
